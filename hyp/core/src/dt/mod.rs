@@ -1,0 +1,1 @@
+//! Device-tree reading (placeholder: being written).

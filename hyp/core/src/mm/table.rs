@@ -1,0 +1,1 @@
+//! LPAE long-descriptor translation tables (placeholder: being written).
