@@ -1,0 +1,1 @@
+//! The monitor under QEMU (being written).
