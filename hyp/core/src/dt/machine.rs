@@ -1,0 +1,504 @@
+//! What carve needs of the machine's device tree, as typed descriptions.
+//!
+//! RAM banks, reserved regions (`/reserved-memory` and `/memreserve/`), guests
+//! under `/chosen` (the dom0less-shaped binding in DESIGN.md), and the devices
+//! the monitor uses: the console UART, the GIC, the timer, PSCI and the CPUs.
+//! Untidy but legal trees produce warnings, not errors; a tree carve cannot
+//! plan from produces one error naming the node, the property and the numbers.
+
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+
+use super::tree::{Cells, DtError, Node, Tree};
+use crate::addr::{Address, Ipa, PhysRange};
+
+/// A bank of RAM from a `device_type = "memory"` node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RamBank {
+    pub node: String,
+    pub range: PhysRange,
+}
+
+/// Where a reserved region lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReservedKind {
+    /// `reg`: fixed ranges (a node may list several).
+    Static(Vec<PhysRange>),
+    /// `size` (+ `alignment`, `alloc-ranges`): placed by the plan.
+    Dynamic { size: u64, alignment: u64, alloc_ranges: Vec<PhysRange> },
+}
+
+/// A `/reserved-memory` child or a `/memreserve/` entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reserved {
+    /// The node name (`ipu-pool@50000000`), or `/memreserve/ #N`.
+    pub name: String,
+    pub kind: ReservedKind,
+    pub no_map: bool,
+    pub reusable: bool,
+    /// The first `compatible` string, e.g. `shared-dma-pool`.
+    pub compatible: Option<String>,
+    /// From the header's memory reservation block rather than a node.
+    pub memreserve: bool,
+}
+
+/// A boot module of a guest (`multiboot,kernel`, `multiboot,ramdisk`, `multiboot,device-tree`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Module {
+    pub node: String,
+    pub range: PhysRange,
+    pub bootargs: Option<String>,
+}
+
+/// A guest under `/chosen`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guest {
+    /// The node name, e.g. `guest@0`.
+    pub name: String,
+    pub path: String,
+    /// RAM in bytes (the binding gives KiB).
+    pub memory: u64,
+    pub cpus: u32,
+    /// `carve,ipa-base`; the plan uses 0x40000000 when absent.
+    pub ipa_base: Option<Ipa>,
+    pub kernel: Option<Module>,
+    pub ramdisk: Option<Module>,
+    pub device_tree: Option<Module>,
+    /// The kernel module's `bootargs`, else the guest node's.
+    pub bootargs: Option<String>,
+}
+
+/// An MMIO device window, translated to a physical address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    pub node: String,
+    pub compatible: Option<String>,
+    pub regs: Vec<PhysRange>,
+}
+
+/// The GIC: distributor, CPU interface and, with the Virtualization Extensions, GICH and GICV.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Gic {
+    pub node: String,
+    pub compatible: Option<String>,
+    pub distributor: PhysRange,
+    pub cpu_interface: PhysRange,
+    /// The virtual interface control block (GICH), when the tree gives it.
+    pub hyp_interface: Option<PhysRange>,
+    /// The virtual CPU interface (GICV), when the tree gives it.
+    pub vcpu_interface: Option<PhysRange>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PsciMethod {
+    Smc,
+    Hvc,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Psci {
+    pub node: String,
+    pub method: PsciMethod,
+    /// `arm,psci-0.2` or later: the standard function IDs apply.
+    pub v02: bool,
+}
+
+/// What carve reads from a device tree.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    pub model: Option<String>,
+    pub ram: Vec<RamBank>,
+    /// `/reserved-memory` children in tree order, then `/memreserve/` entries.
+    pub reserved: Vec<Reserved>,
+    pub guests: Vec<Guest>,
+    /// The console: the node `stdout-path` names, if any.
+    pub uart: Option<Device>,
+    pub gic: Option<Gic>,
+    /// `arm,armv7-timer`: its node, if present.
+    pub timer: Option<String>,
+    pub psci: Option<Psci>,
+    /// MPIDR affinity values of the `/cpus` nodes.
+    pub cpus: Vec<u64>,
+    /// Untidy things carve accepted, one sentence each.
+    pub warnings: Vec<String>,
+}
+
+impl Machine {
+    /// Reads a whole DTB. Never panics.
+    pub fn from_dtb(blob: &[u8]) -> Result<Machine, DtError> {
+        let tree = Tree::parse(blob)?;
+        Machine::from_tree(&tree)
+    }
+
+    pub fn from_tree(tree: &Tree<'_>) -> Result<Machine, DtError> {
+        let root = &tree.root;
+        let mut m = Machine {
+            model: root.str_prop("model").ok().flatten().map(String::from),
+            ..Machine::default()
+        };
+        let root_cells = root.cells()?;
+        m.read_memory(root, root_cells)?;
+        m.read_reserved(tree)?;
+        m.read_chosen(tree)?;
+        m.read_devices(tree)?;
+        Ok(m)
+    }
+
+    /// Every enabled `device_type = "memory"` node under the root.
+    fn read_memory(&mut self, root: &Node<'_>, cells: Cells) -> Result<(), DtError> {
+        for node in root.children.iter().filter(|n| is_memory(n)) {
+            if !node.is_enabled() {
+                continue;
+            }
+            let Some(reg) = node.prop("reg") else {
+                return Err(DtError::node(&node.path, "memory node has no reg: carve cannot tell where RAM is"));
+            };
+            for (base, size) in cells.pairs(&node.path, "reg", reg)? {
+                if size == 0 {
+                    self.warnings.push(format!(
+                        "{}: memory bank at {base:#x} has size 0 (left for a bootloader to fill in): ignored",
+                        node.path
+                    ));
+                    continue;
+                }
+                let range = PhysRange::from_raw(base, size).ok_or_else(|| {
+                    DtError::prop(&node.path, "reg", format!("bank {base:#x} size {size:#x} runs past the 40-bit physical address space"))
+                })?;
+                self.ram.push(RamBank { node: node.path.clone(), range });
+            }
+        }
+        self.ram.sort_by_key(|b| b.range.start());
+        Ok(())
+    }
+
+    fn read_reserved(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
+        if let Some(rm) = tree.root.child("reserved-memory") {
+            let cells = rm.cells()?;
+            for node in &rm.children {
+                if !node.is_enabled() {
+                    continue;
+                }
+                let kind = if let Some(reg) = node.prop("reg") {
+                    let mut ranges = Vec::new();
+                    for (base, size) in cells.pairs(&node.path, "reg", reg)? {
+                        if size == 0 {
+                            self.warnings.push(format!(
+                                "{}: reserved range at {base:#x} has size 0 (left for a bootloader to fill in): ignored",
+                                node.path
+                            ));
+                            continue;
+                        }
+                        ranges.push(PhysRange::from_raw(base, size).ok_or_else(|| {
+                            DtError::prop(&node.path, "reg", format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"))
+                        })?);
+                    }
+                    if ranges.is_empty() {
+                        continue;
+                    }
+                    ReservedKind::Static(ranges)
+                } else if let Some(size_v) = node.prop("size") {
+                    let size = sized(node, "size", size_v, cells.size)?;
+                    if size == 0 {
+                        self.warnings.push(format!("{}: dynamic region of size 0: ignored", node.path));
+                        continue;
+                    }
+                    let alignment = match node.prop("alignment") {
+                        None => crate::addr::PAGE_SIZE,
+                        Some(v) => {
+                            let a = sized(node, "alignment", v, cells.size)?;
+                            if !a.is_power_of_two() {
+                                return Err(DtError::prop(&node.path, "alignment", format!("{a:#x} is not a power of two")));
+                            }
+                            a.max(crate::addr::PAGE_SIZE)
+                        }
+                    };
+                    let mut alloc_ranges = Vec::new();
+                    if let Some(v) = node.prop("alloc-ranges") {
+                        for (base, size) in cells.pairs(&node.path, "alloc-ranges", v)? {
+                            alloc_ranges.push(PhysRange::from_raw(base, size).ok_or_else(|| {
+                                DtError::prop(&node.path, "alloc-ranges", format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"))
+                            })?);
+                        }
+                    }
+                    ReservedKind::Dynamic { size, alignment, alloc_ranges }
+                } else {
+                    self.warnings.push(format!("{}: reserved-memory node with neither reg nor size: ignored", node.path));
+                    continue;
+                };
+                self.reserved.push(Reserved {
+                    name: node.name.clone(),
+                    kind,
+                    no_map: node.has_prop("no-map"),
+                    reusable: node.has_prop("reusable"),
+                    compatible: node.strings_prop("compatible").ok().and_then(|c| c.first().map(|s| s.to_string())),
+                    memreserve: false,
+                });
+            }
+        }
+        for (i, r) in tree.memreserve.iter().enumerate() {
+            self.reserved.push(Reserved {
+                name: format!("/memreserve/ #{i}"),
+                kind: ReservedKind::Static(alloc::vec![*r]),
+                no_map: false,
+                reusable: false,
+                compatible: None,
+                memreserve: true,
+            });
+        }
+        Ok(())
+    }
+
+    fn read_chosen(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
+        let Some(chosen) = tree.root.child("chosen") else { return Ok(()) };
+        for node in &chosen.children {
+            if !(node.is_compatible("carve,guest") || node.is_compatible("xen,domain")) || !node.is_enabled() {
+                continue;
+            }
+            self.guests.push(read_guest(node)?);
+        }
+        // The console: `stdout-path` = "/path[:options]" or "alias[:options]".
+        if let Ok(Some(sp)) = chosen.str_prop("stdout-path") {
+            let path = sp.split(':').next().unwrap_or(sp);
+            let resolved = if path.starts_with('/') {
+                Some(path.to_string())
+            } else {
+                tree.root
+                    .child("aliases")
+                    .and_then(|a| a.str_prop_lossy(path))
+                    .map(String::from)
+            };
+            match resolved.as_deref().and_then(|p| tree.find(p)) {
+                Some(node) => self.uart = Some(device(tree, node)?),
+                None => self.warnings.push(format!("/chosen: stdout-path \"{sp}\" names no node")),
+            }
+        }
+        Ok(())
+    }
+
+    fn read_devices(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
+        let mut found: Vec<&Node<'_>> = Vec::new();
+        tree.root.walk(&mut |n| {
+            if n.is_enabled() && (is_gic(n) || n.is_compatible("arm,armv7-timer") || n.base_name() == "psci") {
+                found.push(n);
+            }
+        });
+        for n in found {
+            if is_gic(n) && self.gic.is_none() {
+                let d = device(tree, n)?;
+                if d.regs.len() < 2 {
+                    return Err(DtError::prop(&n.path, "reg", "a GIC needs at least its distributor and CPU interface"));
+                }
+                self.gic = Some(Gic {
+                    node: d.node,
+                    compatible: d.compatible,
+                    distributor: d.regs[0],
+                    cpu_interface: d.regs[1],
+                    hyp_interface: d.regs.get(2).copied(),
+                    vcpu_interface: d.regs.get(3).copied(),
+                });
+            } else if n.is_compatible("arm,armv7-timer") && self.timer.is_none() {
+                self.timer = Some(n.path.clone());
+            } else if n.base_name() == "psci" && self.psci.is_none() {
+                let method = match n.str_prop("method")? {
+                    Some("smc") => PsciMethod::Smc,
+                    Some("hvc") => PsciMethod::Hvc,
+                    other => {
+                        self.warnings.push(format!("{}: method {other:?} is neither smc nor hvc: PSCI ignored", n.path));
+                        continue;
+                    }
+                };
+                let v02 = n.strings_prop("compatible").unwrap_or_default().iter().any(|c| *c != "arm,psci");
+                self.psci = Some(Psci { node: n.path.clone(), method, v02 });
+            }
+        }
+        if let Some(cpus) = tree.root.child("cpus") {
+            let cells = cpus.cells()?;
+            for c in cpus.children.iter().filter(|c| c.str_prop("device_type").ok().flatten() == Some("cpu")) {
+                if let Some(reg) = c.prop("reg") {
+                    if reg.len() >= 4 * cells.address as usize {
+                        self.cpus.push(super::tree::cells_to_u64(&reg[..4 * cells.address as usize]));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// All RAM in bytes.
+    pub fn ram_total(&self) -> u64 {
+        self.ram.iter().map(|b| b.range.size).sum()
+    }
+}
+
+fn is_memory(n: &Node<'_>) -> bool {
+    n.str_prop("device_type").ok().flatten() == Some("memory")
+        || (n.base_name() == "memory" && !n.has_prop("device_type") && n.has_prop("reg"))
+}
+
+fn is_gic(n: &Node<'_>) -> bool {
+    ["arm,cortex-a15-gic", "arm,cortex-a7-gic", "arm,gic-400", "arm,cortex-a9-gic", "arm,arm11mp-gic"]
+        .iter()
+        .any(|c| n.is_compatible(c))
+}
+
+/// A number whose width is the parent's `#size-cells`.
+fn sized(node: &Node<'_>, prop: &'static str, v: &[u8], size_cells: u32) -> Result<u64, DtError> {
+    if size_cells == 0 || v.len() != 4 * size_cells as usize {
+        return Err(DtError::prop(
+            &node.path,
+            prop,
+            format!("{} bytes, expected {} cell(s) per the parent's #size-cells", v.len(), size_cells),
+        ));
+    }
+    Ok(super::tree::cells_to_u64(v))
+}
+
+impl Node<'_> {
+    /// A string property when well-formed, else `None` (for optional lookups).
+    fn str_prop_lossy(&self, name: &str) -> Option<&str> {
+        let v = self.prop(name)?;
+        super::tree::strings(v).ok()?.next()
+    }
+}
+
+fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
+    let kib = node
+        .u64_prop("memory")?
+        .ok_or_else(|| DtError::prop(&node.path, "memory", "missing: a guest needs its RAM size (KiB, 64-bit in two cells)"))?;
+    let memory = kib
+        .checked_mul(1024)
+        .filter(|b| *b < crate::addr::PA_LIMIT)
+        .ok_or_else(|| DtError::prop(&node.path, "memory", format!("{kib} KiB is more than a 40-bit IPA space holds")))?;
+    if memory == 0 {
+        return Err(DtError::prop(&node.path, "memory", "0 KiB: a guest needs RAM"));
+    }
+    let cpus = node.u32_prop("cpus")?.unwrap_or(1);
+    if cpus == 0 {
+        return Err(DtError::prop(&node.path, "cpus", "0: a guest needs at least one CPU"));
+    }
+    let ipa_base = match node.u64_prop("carve,ipa-base")? {
+        None => None,
+        Some(v) => Some(Ipa::from_u64(v).ok_or_else(|| {
+            DtError::prop(&node.path, "carve,ipa-base", format!("{v:#x} is past the 40-bit IPA space"))
+        })?),
+    };
+    let cells = node.cells()?;
+    let mut g = Guest {
+        name: node.name.clone(),
+        path: node.path.clone(),
+        memory,
+        cpus,
+        ipa_base,
+        kernel: None,
+        ramdisk: None,
+        device_tree: None,
+        bootargs: node.str_prop("bootargs")?.map(String::from),
+    };
+    for m in &node.children {
+        let slot = if m.is_compatible("multiboot,kernel") {
+            &mut g.kernel
+        } else if m.is_compatible("multiboot,ramdisk") {
+            &mut g.ramdisk
+        } else if m.is_compatible("multiboot,device-tree") {
+            &mut g.device_tree
+        } else {
+            continue;
+        };
+        if slot.is_some() {
+            return Err(DtError::node(&m.path, "a second module of the same kind in one guest"));
+        }
+        let reg = m.prop("reg").ok_or_else(|| DtError::prop(&m.path, "reg", "missing: where is the module?"))?;
+        let pairs = cells.pairs(&m.path, "reg", reg)?;
+        let &[(base, size)] = pairs.as_slice() else {
+            return Err(DtError::prop(&m.path, "reg", format!("{} entries, a module has one", pairs.len())));
+        };
+        if size == 0 {
+            return Err(DtError::prop(&m.path, "reg", format!("module at {base:#x} has size 0")));
+        }
+        let range = PhysRange::from_raw(base, size).ok_or_else(|| {
+            DtError::prop(&m.path, "reg", format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"))
+        })?;
+        let bootargs = m.str_prop("bootargs")?.map(String::from);
+        if m.is_compatible("multiboot,kernel") && bootargs.is_some() {
+            g.bootargs = bootargs.clone();
+        }
+        *slot = Some(Module { node: m.path.clone(), range, bootargs });
+    }
+    Ok(g)
+}
+
+/// A device node's `reg` windows translated through every parent bus's `ranges`.
+fn device(tree: &Tree<'_>, node: &Node<'_>) -> Result<Device, DtError> {
+    // The chain of ancestors, root first.
+    let mut chain: Vec<&Node<'_>> = Vec::new();
+    let mut path = String::new();
+    chain.push(&tree.root);
+    let parts: Vec<&str> = node.path.split('/').filter(|p| !p.is_empty()).collect();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        path.push('/');
+        path.push_str(p);
+        let n = tree.find(&path).ok_or_else(|| DtError::node(&node.path, "parent not found"))?;
+        chain.push(n);
+    }
+    let parent = chain.last().copied().unwrap_or(&tree.root);
+    let cells = parent.cells()?;
+    let mut regs = Vec::new();
+    if let Some(reg) = node.prop("reg") {
+        if cells.size == 0 {
+            return Ok(Device { node: node.path.clone(), compatible: None, regs });
+        }
+        for (addr, size) in cells.pairs(&node.path, "reg", reg)? {
+            let pa = translate(&chain, addr).ok_or_else(|| {
+                DtError::prop(&node.path, "reg", format!("{addr:#x} is not translated by the parent buses' ranges"))
+            })?;
+            regs.push(PhysRange::from_raw(pa, size).ok_or_else(|| {
+                DtError::prop(&node.path, "reg", format!("{pa:#x} size {size:#x} runs past the physical address space"))
+            })?);
+        }
+    }
+    Ok(Device {
+        node: node.path.clone(),
+        compatible: node.strings_prop("compatible").ok().and_then(|c| c.first().map(|s| s.to_string())),
+        regs,
+    })
+}
+
+/// Translates a bus address up through `chain` (root first, the device's parent last).
+fn translate(chain: &[&Node<'_>], mut addr: u64) -> Option<u64> {
+    // Walk from the device's parent up to (not including) the root.
+    for i in (1..chain.len()).rev() {
+        let bus = chain[i];
+        let parent = chain[i - 1];
+        let Some(ranges) = bus.prop("ranges") else {
+            // No `ranges`: the bus is not memory-mapped; keep the address as is
+            // (common for simple-bus nodes written without it).
+            continue;
+        };
+        if ranges.is_empty() {
+            continue; // identity
+        }
+        let child = bus.cells().ok()?;
+        let up = parent.cells().ok()?;
+        let entry = 4 * (child.address + up.address + child.size) as usize;
+        if entry == 0 || ranges.len() % entry != 0 {
+            return None;
+        }
+        let mut hit = None;
+        for e in ranges.chunks_exact(entry) {
+            let (c, rest) = e.split_at(4 * child.address as usize);
+            let (p, s) = rest.split_at(4 * up.address as usize);
+            let (c, p, s) = (
+                super::tree::cells_to_u64(c),
+                super::tree::cells_to_u64(p),
+                super::tree::cells_to_u64(s),
+            );
+            if addr >= c && addr - c < s {
+                hit = p.checked_add(addr - c);
+                break;
+            }
+        }
+        addr = hit?;
+    }
+    Some(addr)
+}

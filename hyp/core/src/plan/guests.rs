@@ -1,0 +1,325 @@
+//! Guests: each gets one dense IPA range backed by physical extents that skip everything else.
+//!
+//! Extents are chosen so stage-2 can use the largest blocks: each extent
+//! starts at a physical address congruent to its IPA modulo 1 GiB when a whole
+//! gibibyte fits, else modulo 2 MiB, and every extent but the last is a whole
+//! number of 2 MiB so the next one stays congruent. Among equally aligned
+//! candidates the largest piece wins (fewer extents), then the highest address
+//! (low RAM stays near the monitor's image).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use super::{Carveout, PlanConfig, PlanError, RangeSet, DEFAULT_IPA_BASE};
+use crate::addr::{Address, Ipa, IpaRange, Mib, PhysAddr, PhysRange, Size, PAGE_SIZE, SIZE_1G, SIZE_2M};
+use crate::dt::machine::{Guest, Machine};
+
+/// One piece of a guest's RAM: `size` bytes at IPA `ipa` backed at `pa`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub ipa: Ipa,
+    pub pa: PhysAddr,
+    pub size: u64,
+}
+
+impl Extent {
+    pub fn pa_range(&self) -> PhysRange {
+        PhysRange { base: self.pa, size: self.size }
+    }
+    pub fn ipa_range(&self) -> IpaRange {
+        IpaRange { base: self.ipa, size: self.size }
+    }
+}
+
+/// What the plan decided for one guest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GuestPlan {
+    pub name: String,
+    pub ipa_base: Ipa,
+    pub size: u64,
+    pub cpus: u32,
+    /// The index of the first machine CPU this guest runs on (CPUs are handed out in order).
+    pub first_cpu: u32,
+    /// In IPA order, contiguous from `ipa_base`.
+    pub extents: Vec<Extent>,
+    /// The guest as the tree describes it (`None` for a `--guest` what-if).
+    pub desc: Option<Guest>,
+}
+
+impl GuestPlan {
+    pub fn ipa_range(&self) -> IpaRange {
+        IpaRange { base: self.ipa_base, size: self.size }
+    }
+
+    /// The physical address behind `ipa`, if it is guest RAM.
+    pub fn pa_of(&self, ipa: Ipa) -> Option<PhysAddr> {
+        self.extents
+            .iter()
+            .find(|e| e.ipa_range().contains(ipa.as_u64()))
+            .and_then(|e| PhysAddr::from_u64(e.pa.as_u64() + (ipa.as_u64() - e.ipa.as_u64())))
+    }
+}
+
+/// Places every guest; returns the plans and the RAM left to the monitor.
+pub fn place(
+    machine: &Machine,
+    config: &PlanConfig,
+    ram: &RangeSet,
+    carveouts: &[Carveout],
+    mut free: RangeSet,
+) -> Result<(Vec<GuestPlan>, RangeSet), PlanError> {
+    let mut wanted: Vec<(String, u64, u32, Option<Ipa>, Option<Guest>)> = machine
+        .guests
+        .iter()
+        .map(|g| (g.name.clone(), g.memory, g.cpus, g.ipa_base, Some(g.clone())))
+        .collect();
+    for (i, size) in config.extra_guests.iter().enumerate() {
+        wanted.push((format!("guest@{}", machine.guests.len() + i), *size, 1, None, None));
+    }
+    check_modules(machine, ram, carveouts, config.require_kernel)?;
+
+    let machine_cpus = machine.cpus.len() as u32;
+    let mut next_cpu = 0u32;
+    let mut plans: Vec<GuestPlan> = Vec::new();
+    for (name, size, cpus, ipa_base, desc) in wanted {
+        if size % PAGE_SIZE != 0 {
+            return Err(PlanError::new(
+                name,
+                format!("memory {} KiB is not a whole number of 4 KiB pages", size / 1024),
+            ));
+        }
+        if machine_cpus != 0 && next_cpu + cpus > machine_cpus {
+            return Err(PlanError::new(
+                name,
+                format!(
+                    "asks for {cpus} CPU(s), but only {} of the machine's {machine_cpus} are left",
+                    machine_cpus - next_cpu
+                ),
+            ));
+        }
+        let base = ipa_base.unwrap_or(DEFAULT_IPA_BASE);
+        let ipa = IpaRange::new(base, size).ok_or_else(|| {
+            PlanError::new(name.as_str(), format!("RAM at IPA {base} size {} runs past the 40-bit IPA space", Size(size)))
+        })?;
+        if !base.is_aligned(PAGE_SIZE) {
+            return Err(PlanError::new(name, format!("carve,ipa-base {base} is not 4 KiB aligned")));
+        }
+        check_devices(&name, machine, &ipa)?;
+        let available = free.total().saturating_sub(config.monitor_min_free);
+        if size > available {
+            return Err(PlanError::new(name, too_big(size, available, carveouts, ram, config, &plans)));
+        }
+        let extents = choose_extents(&mut free, base, size)
+            .ok_or_else(|| PlanError::new(name.as_str(), too_big(size, available, carveouts, ram, config, &plans)))?;
+        plans.push(GuestPlan { name, ipa_base: base, size, cpus, first_cpu: next_cpu, extents, desc });
+        next_cpu += cpus;
+    }
+    Ok((plans, free))
+}
+
+/// `wants 2048 MiB, 1536 MiB free after carveouts (a@1 56 MiB, ...)`.
+fn too_big(
+    size: u64,
+    available: u64,
+    carveouts: &[Carveout],
+    ram: &RangeSet,
+    config: &PlanConfig,
+    earlier: &[GuestPlan],
+) -> String {
+    let mut taken: Vec<String> = carveouts
+        .iter()
+        .filter_map(|c| {
+            let in_ram = ram.intersect(c.range).total();
+            (in_ram > 0).then(|| format!("{} {}", c.name, Mib(in_ram)))
+        })
+        .collect();
+    if taken.len() > 6 {
+        let rest = taken.len() - 5;
+        taken.truncate(5);
+        taken.push(format!("and {rest} more"));
+    }
+    let mut msg = format!("wants {}, {} free after carveouts", Mib(size), Mib(available));
+    if !taken.is_empty() {
+        msg.push_str(&format!(" ({})", taken.join(", ")));
+    }
+    msg.push_str(&format!(", the monitor (image and {} kept free)", Mib(config.monitor_min_free)));
+    if !earlier.is_empty() {
+        let g: Vec<String> = earlier.iter().map(|g| format!("{} {}", g.name, Mib(g.size))).collect();
+        msg.push_str(&format!(" and earlier guests ({})", g.join(", ")));
+    }
+    msg
+}
+
+/// Modules must be in RAM, outside carveouts, apart from each other; a guest needs a kernel.
+fn check_modules(machine: &Machine, ram: &RangeSet, carveouts: &[Carveout], require_kernel: bool) -> Result<(), PlanError> {
+    let mut seen: Vec<(&str, PhysRange)> = Vec::new();
+    for g in &machine.guests {
+        if require_kernel && g.kernel.is_none() {
+            return Err(PlanError::new(g.path.as_str(), "has no multiboot,kernel module: nothing to boot"));
+        }
+        for m in [&g.kernel, &g.ramdisk, &g.device_tree].into_iter().flatten() {
+            if !ram.contains_range(&m.range) {
+                return Err(PlanError::new(m.node.as_str(), format!("{} is not inside RAM", m.range)));
+            }
+            if let Some(c) = carveouts.iter().find(|c| c.range.overlaps(&m.range)) {
+                return Err(PlanError::new(
+                    m.node.as_str(),
+                    format!("{} overlaps the carveout {} {}", m.range, c.name, c.range),
+                ));
+            }
+            if let Some((other, r)) = seen.iter().find(|(_, r)| r.overlaps(&m.range)) {
+                return Err(PlanError::new(m.node.as_str(), format!("{} overlaps the module {other} {r}", m.range)));
+            }
+            seen.push((m.node.as_str(), m.range));
+        }
+    }
+    Ok(())
+}
+
+/// A guest sees the devices passed to it at their physical addresses: its RAM must not cover them.
+fn check_devices(name: &str, machine: &Machine, ipa: &IpaRange) -> Result<(), PlanError> {
+    let mut windows: Vec<(&str, &str, PhysRange)> = Vec::new();
+    if let Some(u) = &machine.uart {
+        windows.extend(u.regs.iter().map(|r| ("the UART", u.node.as_str(), *r)));
+    }
+    if let Some(g) = &machine.gic {
+        windows.push(("the GIC distributor", g.node.as_str(), g.distributor));
+        windows.push(("the GIC CPU interface", g.node.as_str(), g.cpu_interface));
+    }
+    for (what, node, r) in windows {
+        if ipa.start() < r.end() && r.start() < ipa.end() {
+            return Err(PlanError::new(
+                name,
+                format!(
+                    "its RAM at IPA {:#x}-{:#x} covers {what} ({node} at {:#x}), which the guest sees at that address",
+                    ipa.start(),
+                    ipa.end(),
+                    r.start()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The first physical address at or after `from` congruent to `ipa` modulo `align`.
+fn congruent_start(from: u64, ipa: u64, align: u64) -> Option<u64> {
+    let want = ipa & (align - 1);
+    let have = from & (align - 1);
+    from.checked_add(want.wrapping_sub(have) & (align - 1))
+}
+
+/// Takes `size` bytes for IPAs `[base, base + size)` out of `free`. `None` when it does not fit.
+pub fn choose_extents(free: &mut RangeSet, base: Ipa, size: u64) -> Option<Vec<Extent>> {
+    let mut extents = Vec::new();
+    let mut cursor = base.as_u64();
+    let mut remaining = size;
+    let mut trial = free.clone();
+    while remaining > 0 {
+        // (alignment level, usable bytes, pa): the best candidate.
+        let mut best: Option<(u64, u64, u64)> = None;
+        for f in trial.ranges() {
+            for align in [SIZE_1G, SIZE_2M, PAGE_SIZE] {
+                let Some(pa) = congruent_start(f.start(), cursor, align) else { continue };
+                if pa >= f.end() {
+                    continue;
+                }
+                let mut usable = (f.end() - pa).min(remaining);
+                if usable < remaining && align >= SIZE_2M {
+                    // Keep the next extent congruent: take whole 2 MiB.
+                    usable &= !(SIZE_2M - 1);
+                }
+                // A 1 GiB (2 MiB) congruence is only worth it if a block that big fits.
+                let worth = usable >= align || usable == remaining;
+                if usable == 0 || !worth {
+                    continue;
+                }
+                let cand = (align, usable, pa);
+                if best.is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
+                    best = Some(cand);
+                }
+                break;
+            }
+        }
+        let (_, take, pa) = best?;
+        let pa_r = PhysRange::from_raw(pa, take)?;
+        extents.push(Extent { ipa: Ipa::from_u64(cursor)?, pa: pa_r.base, size: take });
+        trial.remove(pa_r);
+        cursor += take;
+        remaining -= take;
+    }
+    *free = trial;
+    Some(extents)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn set(rs: &[(u64, u64)]) -> RangeSet {
+        RangeSet::from_ranges(rs.iter().map(|&(a, s)| PhysRange::from_raw(a, s).unwrap()))
+    }
+
+    #[test]
+    fn two_carveout_virt_gives_two_2m_extents() {
+        // -m 1280 at 0x40000000, no-map at 0x50000000 and 0x60000000 (128 MiB each), monitor in the first 8 MiB.
+        let mut free = set(&[(0x4080_0000, 0x0f80_0000), (0x5800_0000, 0x0800_0000), (0x6800_0000, 0x2800_0000)]);
+        let e = choose_extents(&mut free, DEFAULT_IPA_BASE, 768 << 20).unwrap();
+        assert_eq!(e.len(), 2);
+        assert_eq!(e[0], Extent { ipa: Ipa::new(0x4000_0000), pa: PhysAddr::new(0x6800_0000), size: 640 << 20 });
+        assert_eq!(e[1], Extent { ipa: Ipa::new(0x6800_0000), pa: PhysAddr::new(0x5800_0000), size: 128 << 20 });
+        assert_eq!(free.total(), 0x0f80_0000);
+    }
+
+    #[test]
+    fn gibibyte_congruence_above_4g() {
+        let mut free = set(&[(0x4000_0000, 0x1000_0000), (0x1_0000_0000, 0xc000_0000)]);
+        let e = choose_extents(&mut free, DEFAULT_IPA_BASE, 2 << 30).unwrap();
+        assert_eq!(e, [Extent { ipa: Ipa::new(0x4000_0000), pa: PhysAddr::new(0x1_0000_0000), size: 2 << 30 }]);
+    }
+
+    #[test]
+    fn too_little_leaves_free_untouched() {
+        let mut free = set(&[(0x4000_0000, 0x100_0000)]);
+        let before = free.clone();
+        assert!(choose_extents(&mut free, DEFAULT_IPA_BASE, 0x200_0000).is_none());
+        assert_eq!(free, before);
+    }
+
+    proptest! {
+        /// Any layout: extents are disjoint, inside the free set, IPA-contiguous, exactly the size;
+        /// and congruent mod 2 MiB whenever the free set and size are 2 MiB-granular.
+        #[test]
+        fn extents_are_sound(
+            pieces in proptest::collection::vec((0u64..512, 1u64..64), 1..12),
+            size_pages in 1u64..4096,
+            two_meg in any::<bool>(),
+        ) {
+            let unit = if two_meg { SIZE_2M } else { PAGE_SIZE };
+            let free0 = set(&pieces.iter().map(|&(a, s)| (0x4000_0000 + a * unit * 4, s * unit)).collect::<Vec<_>>());
+            let size = size_pages * unit;
+            let mut free = free0.clone();
+            match choose_extents(&mut free, DEFAULT_IPA_BASE, size) {
+                None => prop_assert!(free0.total() < size || free == free0),
+                Some(ext) => {
+                    prop_assert_eq!(ext.iter().map(|e| e.size).sum::<u64>(), size);
+                    let mut cursor = DEFAULT_IPA_BASE.as_u64();
+                    let mut used = RangeSet::new();
+                    for e in &ext {
+                        prop_assert_eq!(e.ipa.as_u64(), cursor);
+                        cursor += e.size;
+                        prop_assert!(free0.contains_range(&e.pa_range()));
+                        prop_assert!(!used.overlaps(&e.pa_range()));
+                        used.insert(e.pa_range());
+                        if two_meg {
+                            prop_assert_eq!(e.pa.as_u64() % SIZE_2M, e.ipa.as_u64() % SIZE_2M);
+                        }
+                    }
+                    prop_assert_eq!(free.total() + size, free0.total());
+                }
+            }
+        }
+    }
+}

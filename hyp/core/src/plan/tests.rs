@@ -1,0 +1,309 @@
+//! Whole-plan tests on machines built in code: the figures DESIGN.md is about, and properties.
+
+use alloc::string::ToString;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use proptest::prelude::*;
+
+use super::layout::VmallocSource;
+use super::*;
+use crate::addr::{PhysAddr, SIZE_2M, SIZE_4G};
+use crate::dt::machine::{Guest, Module, RamBank, Reserved, ReservedKind};
+
+const MIB: u64 = 1 << 20;
+
+fn bank(base: u64, size: u64) -> RamBank {
+    RamBank { node: "/memory@0".into(), range: PhysRange::from_raw(base, size).unwrap() }
+}
+
+fn carve(name: &str, base: u64, size: u64, no_map: bool, reusable: bool) -> Reserved {
+    Reserved {
+        name: name.into(),
+        kind: ReservedKind::Static(vec![PhysRange::from_raw(base, size).unwrap()]),
+        no_map,
+        reusable,
+        compatible: None,
+        memreserve: false,
+    }
+}
+
+/// QEMU virt with `-m MB` and the two 128 MiB no-map carveouts of DESIGN.md.
+fn virt_two_carveouts(mb: u64) -> Machine {
+    Machine {
+        ram: vec![bank(0x4000_0000, mb * MIB)],
+        reserved: vec![
+            carve("ipu-pool@50000000", 0x5000_0000, 128 * MIB, true, false),
+            carve("fb@60000000", 0x6000_0000, 128 * MIB, true, false),
+        ],
+        cpus: vec![0, 1],
+        ..Machine::default()
+    }
+}
+
+fn what_if(sizes: &[u64]) -> PlanConfig {
+    PlanConfig { extra_guests: sizes.to_vec(), require_kernel: false, ..PlanConfig::default() }
+}
+
+#[test]
+fn dense_768m_guest_skips_both_carveouts() {
+    let p = plan(&virt_two_carveouts(1280), &what_if(&[768 * MIB])).unwrap();
+    verify(&p).unwrap();
+    let g = &p.guests[0];
+    assert_eq!(g.size, 768 * MIB);
+    assert_eq!(g.ipa_base, DEFAULT_IPA_BASE);
+    for e in &g.extents {
+        for c in &p.carveouts {
+            assert!(!e.pa_range().overlaps(&c.range), "{:?} overlaps {}", e, c.name);
+        }
+        assert_eq!(e.pa.as_u64() % SIZE_2M, e.ipa.as_u64() % SIZE_2M, "2 MiB blocks possible");
+    }
+    assert_eq!(g.extents.len(), 2, "{:?}", g.extents);
+}
+
+#[test]
+fn holes_become_vmalloc_and_lowmem_does_not_shrink() {
+    // With a budget that covers both holes, the linear map reaches as much RAM as without them.
+    let mut cfg = what_if(&[]);
+    cfg.layout.vmalloc_size = 320 * MIB;
+    let with = plan(&virt_two_carveouts(1280), &cfg).unwrap();
+    let mut flat = virt_two_carveouts(1024);
+    flat.reserved.clear();
+    let without = plan(&flat, &cfg).unwrap();
+    verify(&with).unwrap();
+    // The same RAM without holes gets the same lowmem, less only the wider
+    // PFN span's page records (the holes' records take vmemmap space).
+    let vmemmap_extra = with.monitor.vmemmap.size - without.monitor.vmemmap.size;
+    assert_eq!(with.monitor.lowmem_total() + vmemmap_extra, without.monitor.lowmem_total());
+    assert_eq!(with.monitor.lowmem_total(), with.monitor.lowmem_without_holes);
+    let holes: Vec<_> = with.monitor.vmalloc.iter().filter(|v| v.source == VmallocSource::Hole).collect();
+    assert_eq!(holes.len(), 2);
+    // The holes sit where the carveouts' linear addresses would be.
+    let po = with.monitor.page_offset.as_u64();
+    assert_eq!(holes[0].va.as_u64(), po + 0x1000_0000);
+    assert_eq!(holes[1].va.as_u64(), po + 0x2000_0000);
+    assert_eq!(holes.iter().map(|h| h.size).sum::<u64>(), 256 * MIB);
+    // vmalloc counts hole space: the whole budget is there, the dedicated area shrank by the holes.
+    assert!(with.monitor.vmalloc_total() >= 320 * MIB);
+    let dedicated = with.monitor.vmalloc.iter().find(|v| v.source == VmallocSource::Dedicated).unwrap();
+    assert!(dedicated.size >= 64 * MIB && dedicated.size < 64 * MIB + SIZE_2M, "{:#x}", dedicated.size);
+}
+
+#[test]
+fn many_holes_work() {
+    let mut m = Machine { ram: vec![bank(0x8000_0000, 2048 * MIB)], ..Machine::default() };
+    for i in 0..12u64 {
+        m.reserved.push(carve(&alloc::format!("hole@{i}"), 0x8400_0000 + i * 0x0400_0000, 16 * MIB, true, false));
+    }
+    let p = plan(&m, &what_if(&[256 * MIB])).unwrap();
+    verify(&p).unwrap();
+    assert_eq!(p.monitor.vmalloc.iter().filter(|v| v.source == VmallocSource::Hole).count(), 12);
+    assert_eq!(p.monitor.lowmem_total(), p.monitor.lowmem_without_holes);
+}
+
+#[test]
+fn guest_above_4g_uses_gibibyte_blocks() {
+    let m = Machine {
+        ram: vec![bank(0x4000_0000, 6144 * MIB)],
+        reserved: vec![carve("hole@50000000", 0x5000_0000, SIZE_4G - 0x5000_0000, true, false)],
+        ..Machine::default()
+    };
+    let p = plan(&m, &what_if(&[2048 * MIB])).unwrap();
+    verify(&p).unwrap();
+    let e = &p.guests[0].extents;
+    assert!(e.iter().all(|e| e.pa.as_u64() >= SIZE_4G));
+    assert_eq!(e.len(), 1);
+    assert_eq!(e[0].pa.as_u64() % SIZE_1G, 0);
+    // Highmem: everything above 4 GiB that the linear map does not reach.
+    assert!(p.monitor.highmem.iter().any(|h| h.start() >= SIZE_4G));
+}
+
+#[test]
+fn refusal_names_the_guest_and_the_numbers() {
+    let m = virt_two_carveouts(1280);
+    let e = plan(&m, &what_if(&[2048 * MIB])).unwrap_err();
+    let s = e.to_string();
+    assert!(s.starts_with("guest@0: wants 2048 MiB, "), "{s}");
+    assert!(s.contains("ipu-pool@50000000 128 MiB"), "{s}");
+    assert!(s.contains("fb@60000000 128 MiB"), "{s}");
+}
+
+#[test]
+fn dynamic_carveout_goes_high_inside_its_ranges() {
+    let mut m = virt_two_carveouts(1280);
+    m.reserved.push(Reserved {
+        name: "dyn@0".into(),
+        kind: ReservedKind::Dynamic {
+            size: 32 * MIB,
+            alignment: 4 * MIB,
+            alloc_ranges: vec![PhysRange::from_raw(0x4000_0000, 0x2000_0000).unwrap()],
+        },
+        no_map: true,
+        reusable: false,
+        compatible: None,
+        memreserve: false,
+    });
+    let p = plan(&m, &what_if(&[])).unwrap();
+    let d = p.carveouts.iter().find(|c| c.name == "dyn@0").unwrap();
+    // Highest 4 MiB-aligned 32 MiB below 0x60000000 not in the first carveout: 0x5e000000.
+    assert_eq!(d.range, PhysRange::from_raw(0x5e00_0000, 32 * MIB).unwrap());
+    assert!(d.dynamic);
+
+    // No room: the refusal says which node and how much there was.
+    if let ReservedKind::Dynamic { alloc_ranges, .. } = &mut m.reserved[2].kind {
+        alloc_ranges[0] = PhysRange::from_raw(0x5000_0000, 0x0800_0000).unwrap();
+    }
+    let e = plan(&m, &what_if(&[])).unwrap_err().to_string();
+    assert!(e.starts_with("dyn@0: size 32 MiB (alignment 4 MiB) has no room"), "{e}");
+}
+
+#[test]
+fn conflicting_overlap_is_refused_and_same_flags_merge() {
+    let mut m = virt_two_carveouts(1280);
+    m.reserved.push(carve("cma@52000000", 0x5200_0000, 16 * MIB, false, true));
+    let e = plan(&m, &what_if(&[])).unwrap_err().to_string();
+    assert!(e.starts_with("cma@52000000: "), "{e}");
+    assert!(e.contains("ipu-pool@50000000") && e.contains("conflict"), "{e}");
+
+    let mut m = virt_two_carveouts(1280);
+    m.reserved.push(carve("fw@52000000", 0x5200_0000, 16 * MIB, true, false));
+    let p = plan(&m, &what_if(&[])).unwrap();
+    assert!(p.warnings.iter().any(|w| w.contains("merged")), "{:?}", p.warnings);
+}
+
+#[test]
+fn untidy_but_legal_trees_plan_with_warnings() {
+    let mut m = virt_two_carveouts(1280);
+    m.reserved.push(carve("sram@10000000", 0x1000_0000, MIB, true, false));
+    m.reserved.push(carve("fb@8f000000", 0x8f00_0000, 32 * MIB, true, false));
+    let p = plan(&m, &what_if(&[512 * MIB])).unwrap();
+    verify(&p).unwrap();
+    assert!(p.warnings.iter().any(|w| w.contains("sram@10000000") && w.contains("outside RAM")));
+    assert!(p.warnings.iter().any(|w| w.contains("fb@8f000000") && w.contains("partly outside")));
+}
+
+#[test]
+fn no_ram_is_a_clear_refusal() {
+    let e = plan(&Machine::default(), &what_if(&[])).unwrap_err().to_string();
+    assert!(e.contains("no RAM"), "{e}");
+}
+
+#[test]
+fn modules_are_kept_out_and_checked() {
+    let mut m = virt_two_carveouts(1280);
+    let module = |node: &str, base, size| Module {
+        node: node.into(),
+        range: PhysRange::from_raw(base, size).unwrap(),
+        bootargs: None,
+    };
+    m.guests.push(Guest {
+        name: "guest@0".into(),
+        path: "/chosen/guest@0".into(),
+        memory: 768 * MIB,
+        cpus: 1,
+        ipa_base: None,
+        kernel: Some(module("/chosen/guest@0/module@48000000", 0x4800_0000, 8 * MIB)),
+        ramdisk: Some(module("/chosen/guest@0/module@4a000000", 0x4a00_0000, 2 * MIB)),
+        device_tree: None,
+        bootargs: Some("console=ttyAMA0".into()),
+    });
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    verify(&p).unwrap();
+
+    // A module inside a carveout is refused, naming both.
+    m.guests[0].ramdisk = Some(module("/chosen/guest@0/module@50100000", 0x5010_0000, 2 * MIB));
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert!(e.starts_with("/chosen/guest@0/module@50100000: ") && e.contains("ipu-pool@50000000"), "{e}");
+
+    // No kernel: nothing to boot.
+    m.guests[0].kernel = None;
+    m.guests[0].ramdisk = None;
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("no multiboot,kernel"), "{e}");
+}
+
+#[test]
+fn cpus_are_counted() {
+    let m = virt_two_carveouts(1280);
+    let mut cfg = what_if(&[128 * MIB, 128 * MIB, 128 * MIB]);
+    cfg.require_kernel = false;
+    let e = plan(&m, &cfg).unwrap_err().to_string();
+    assert!(e.starts_with("guest@2: asks for 1 CPU(s), but only 0 of the machine's 2 are left"), "{e}");
+}
+
+#[test]
+fn monitor_at_a_fixed_place_is_kept_out() {
+    let mut cfg = what_if(&[768 * MIB]);
+    cfg.monitor_image = MonitorImage::At(PhysRange::from_raw(0x4020_0000, 0x40_0000).unwrap());
+    cfg.monitor_extra = vec![PhysRange::from_raw(0x4000_0000, 0x10_0000).unwrap()];
+    let p = plan(&virt_two_carveouts(1280), &cfg).unwrap();
+    verify(&p).unwrap();
+    assert_eq!(p.monitor_image.start(), 0x4020_0000);
+    for e in &p.guests[0].extents {
+        assert!(!e.pa_range().overlaps(&PhysRange::from_raw(0x4000_0000, 0x60_0000).unwrap()));
+    }
+}
+
+prop_compose! {
+    fn machine_strategy()(
+        banks in proptest::collection::vec((0u64..64, 1u64..32), 1..4),
+        holes in proptest::collection::vec((0u64..2048, 1u64..64, any::<bool>()), 0..8),
+    ) -> Machine {
+        // Banks in 64 MiB units from 0x40000000 (some overlap, some above 4 GiB); holes in 1 MiB units.
+        let ram = banks.iter().map(|&(a, s)| bank(0x4000_0000 + a * 64 * MIB, s * 64 * MIB)).collect();
+        let reserved = holes.iter().enumerate().map(|(i, &(a, s, nm))| {
+            carve(&alloc::format!("r{i}@{a:x}"), 0x4000_0000 + a * MIB, s * MIB, nm, !nm && i % 3 == 0)
+        }).collect();
+        Machine { ram, reserved, cpus: vec![0, 1, 2, 3], ..Machine::default() }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any machine: a plan that verifies, or a refusal that names its subject. Never a panic.
+    #[test]
+    fn any_machine_plans_or_refuses(m in machine_strategy(), sizes in proptest::collection::vec(1u64..512, 0..3)) {
+        let cfg = what_if(&sizes.iter().map(|s| s * 2 * MIB).collect::<Vec<_>>());
+        match plan(&m, &cfg) {
+            Ok(p) => {
+                prop_assert_eq!(verify(&p), Ok(()));
+                prop_assert_eq!(p.guests.len(), sizes.len());
+                let total: u64 = m.ram.iter().map(|b| b.range.size).sum();
+                prop_assert!(p.monitor.lowmem_total() + p.monitor.highmem_total() <= total);
+            }
+            Err(e) => {
+                prop_assert!(!e.subject.is_empty());
+                prop_assert!(e.to_string().len() > e.subject.len() + 10);
+            }
+        }
+    }
+
+    /// Every guest extent is as block-friendly as the free memory allows: with
+    /// RAM and carveouts 2 MiB-granular, every extent is 2 MiB congruent.
+    #[test]
+    fn extents_keep_2m_congruence(m in machine_strategy(), size in 1u64..256) {
+        let mut m = m;
+        for r in &mut m.reserved {
+            if let ReservedKind::Static(rs) = &mut r.kind {
+                for x in rs.iter_mut() {
+                    *x = PhysRange::from_raw(x.start() & !(SIZE_2M - 1), x.size.next_multiple_of(SIZE_2M)).unwrap();
+                }
+            }
+        }
+        if let Ok(p) = plan(&m, &what_if(&[size * SIZE_2M])) {
+            for e in &p.guests[0].extents {
+                prop_assert_eq!(e.pa.as_u64() % SIZE_2M, e.ipa.as_u64() % SIZE_2M, "{:?}", e);
+            }
+        }
+    }
+}
+
+#[test]
+fn linear_helpers_agree() {
+    let p = plan(&virt_two_carveouts(1280), &what_if(&[])).unwrap();
+    let va = p.monitor.linear_va(PhysAddr::new(0x4800_0000)).unwrap();
+    assert_eq!(p.linear_pa(va), Some(PhysAddr::new(0x4800_0000)));
+    assert_eq!(p.monitor.linear_va(PhysAddr::new(0x5000_0000)), None, "no-map is not linear-mapped");
+    assert!(p.warnings.is_empty(), "{:?}", p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>());
+}

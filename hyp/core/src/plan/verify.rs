@@ -1,0 +1,91 @@
+//! Checks a plan against the promises it makes, independently of how it was made.
+//!
+//! Used by the property tests, by the run over every board DTB, and by the
+//! monitor before it acts on a plan: a broken invariant is a bug in carve, and
+//! this says which one in a sentence instead of letting a guest see it.
+
+use alloc::format;
+use alloc::string::String;
+
+use super::layout::VmallocSource;
+use super::{Plan, RangeSet};
+use crate::addr::{Address, PhysRange, SIZE_2M};
+
+/// `Ok` when every invariant holds; else the first one broken.
+pub fn verify(plan: &Plan) -> Result<(), String> {
+    let ram = RangeSet::from_ranges(plan.ram.iter().copied());
+    let mut taken = RangeSet::new();
+    for c in &plan.carveouts {
+        taken.insert(c.range);
+    }
+    if taken.overlaps(&plan.monitor_image) {
+        return Err(format!("the monitor image {} overlaps a carveout", plan.monitor_image));
+    }
+    taken.insert(plan.monitor_image);
+    for g in &plan.guests {
+        let mut cursor = g.ipa_base.as_u64();
+        let mut total = 0u64;
+        for e in &g.extents {
+            if e.ipa.as_u64() != cursor {
+                return Err(format!("{}: extent at IPA {:#x} does not follow {:#x}", g.name, e.ipa.as_u64(), cursor));
+            }
+            if e.size == 0 || e.size % 4096 != 0 || !e.pa.is_aligned(4096) {
+                return Err(format!("{}: extent at PA {} is not whole pages", g.name, e.pa));
+            }
+            let r: PhysRange = e.pa_range();
+            if !ram.contains_range(&r) {
+                return Err(format!("{}: extent {} is not inside one RAM bank", g.name, r));
+            }
+            if taken.overlaps(&r) {
+                return Err(format!("{}: extent {} overlaps a carveout, the monitor or another guest", g.name, r));
+            }
+            if plan.monitor_free.overlaps(&r) {
+                return Err(format!("{}: extent {} is also counted as the monitor's free RAM", g.name, r));
+            }
+            taken.insert(r);
+            cursor += e.size;
+            total += e.size;
+        }
+        if total != g.size {
+            return Err(format!("{}: extents cover {total:#x} bytes, the guest has {:#x}", g.name, g.size));
+        }
+        if let Some(d) = &g.desc {
+            for m in [&d.kernel, &d.ramdisk, &d.device_tree].into_iter().flatten() {
+                if g.extents.iter().any(|e| e.pa_range().overlaps(&m.range)) {
+                    return Err(format!("{}: RAM overlaps its module {}", g.name, m.node));
+                }
+            }
+        }
+    }
+    for r in plan.monitor_free.ranges() {
+        if !ram.contains_range(r) {
+            return Err(format!("monitor free RAM {r} is not RAM"));
+        }
+    }
+    // The linear map: only RAM that is not no-map, VA-contiguous from PAGE_OFFSET with holes as vmalloc.
+    let m = &plan.monitor;
+    let mut no_map = RangeSet::new();
+    for c in plan.carveouts.iter().filter(|c| c.no_map) {
+        no_map.insert(c.range);
+    }
+    for l in &m.lowmem {
+        let r = PhysRange { base: l.pa, size: l.size };
+        if !ram.contains_range(&r) || no_map.overlaps(&r) {
+            return Err(format!("lowmem maps {r}, which is not mappable RAM"));
+        }
+        let va_off = l.va.as_u64() - m.page_offset.as_u64();
+        if l.pa.as_u64() - m.phys_offset.as_u64() != va_off {
+            return Err(format!("lowmem at VA {} is not linear (PA {})", l.va, l.pa));
+        }
+    }
+    let hole_total: u64 = m.vmalloc.iter().filter(|v| v.source == VmallocSource::Hole).map(|v| v.size).sum();
+    let dedicated: u64 = m.vmalloc.iter().filter(|v| v.source == VmallocSource::Dedicated).map(|v| v.size).sum();
+    let wanted = m.config.vmalloc_size.saturating_sub(hole_total).max(m.config.vmalloc_min_dedicated);
+    if dedicated + SIZE_2M <= wanted && m.highmem_total() > 0 {
+        return Err(format!("dedicated vmalloc {dedicated:#x} is smaller than the {wanted:#x} the budget leaves"));
+    }
+    if m.lowmem_end.as_u64() > m.vmemmap.start() {
+        return Err(String::from("the linear map runs into the vmemmap"));
+    }
+    Ok(())
+}
