@@ -120,6 +120,8 @@ pub struct Machine {
     pub psci: Option<Psci>,
     /// MPIDR affinity values of the `/cpus` nodes.
     pub cpus: Vec<u64>,
+    /// Memory nodes whose every bank has size 0 (a bootloader is meant to fill them in).
+    pub empty_memory: Vec<String>,
     /// Untidy things carve accepted, one sentence each.
     pub warnings: Vec<String>,
 }
@@ -154,7 +156,11 @@ impl Machine {
             let Some(reg) = node.prop("reg") else {
                 return Err(DtError::node(&node.path, "memory node has no reg: carve cannot tell where RAM is"));
             };
-            for (base, size) in cells.pairs(&node.path, "reg", reg)? {
+            let pairs = cells.pairs(&node.path, "reg", reg)?;
+            if pairs.iter().all(|&(_, size)| size == 0) {
+                self.empty_memory.push(node.path.clone());
+            }
+            for (base, size) in pairs {
                 if size == 0 {
                     self.warnings.push(format!(
                         "{}: memory bank at {base:#x} has size 0 (left for a bootloader to fill in): ignored",
@@ -313,7 +319,15 @@ impl Machine {
             }
         }
         if let Some(cpus) = tree.root.child("cpus") {
-            let cells = cpus.cells()?;
+            // CPU ids are only counted: odd cell counts here (some old trees say 0)
+            // are worth a warning, not a refusal.
+            let cells = match cpus.cells() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.warnings.push(format!("{e}: CPUs not counted"));
+                    return Ok(());
+                }
+            };
             for c in cpus.children.iter().filter(|c| c.str_prop("device_type").ok().flatten() == Some("cpu")) {
                 if let Some(reg) = c.prop("reg") {
                     if reg.len() >= 4 * cells.address as usize {

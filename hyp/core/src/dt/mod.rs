@@ -8,5 +8,8 @@ pub mod header;
 pub mod machine;
 pub mod tree;
 
+#[cfg(test)]
+mod tests;
+
 pub use machine::{Machine, Reserved, ReservedKind};
 pub use tree::{DtError, Tree};

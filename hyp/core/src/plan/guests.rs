@@ -68,6 +68,7 @@ pub fn place(
     ram: &RangeSet,
     carveouts: &[Carveout],
     mut free: RangeSet,
+    warnings: &mut Vec<String>,
 ) -> Result<(Vec<GuestPlan>, RangeSet), PlanError> {
     let mut wanted: Vec<(String, u64, u32, Option<Ipa>, Option<Guest>)> = machine
         .guests
@@ -98,7 +99,10 @@ pub fn place(
                 ),
             ));
         }
-        let base = ipa_base.unwrap_or(DEFAULT_IPA_BASE);
+        let base = match ipa_base {
+            Some(b) => b,
+            None => default_base(machine, ram, &name, size, warnings),
+        };
         let ipa = IpaRange::new(base, size).ok_or_else(|| {
             PlanError::new(name.as_str(), format!("RAM at IPA {base} size {} runs past the 40-bit IPA space", Size(size)))
         })?;
@@ -175,6 +179,25 @@ fn check_modules(machine: &Machine, ram: &RangeSet, carveouts: &[Carveout], requ
         }
     }
     Ok(())
+}
+
+/// 0x40000000, unless the guest's RAM there would cover a device it sees: then
+/// the machine's own RAM base, where a native kernel finds RAM and no device can be.
+fn default_base(machine: &Machine, ram: &RangeSet, name: &str, size: u64, warnings: &mut Vec<String>) -> Ipa {
+    let fits = |b: Ipa| IpaRange::new(b, size).is_some_and(|r| check_devices(name, machine, &r).is_ok());
+    if fits(DEFAULT_IPA_BASE) {
+        return DEFAULT_IPA_BASE;
+    }
+    let native = ram.ranges().first().and_then(|r| Ipa::from_u64(r.start() & !(SIZE_2M - 1)));
+    match native {
+        Some(b) if fits(b) => {
+            warnings.push(format!(
+                "{name}: RAM at IPA {DEFAULT_IPA_BASE} would cover a device the guest sees; it starts at {b}, the machine's own RAM base"
+            ));
+            b
+        }
+        _ => DEFAULT_IPA_BASE,
+    }
 }
 
 /// A guest sees the devices passed to it at their physical addresses: its RAM must not cover them.

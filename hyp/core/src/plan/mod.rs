@@ -112,10 +112,16 @@ pub fn plan(machine: &Machine, config: &PlanConfig) -> Result<Plan, PlanError> {
     let mut warnings = machine.warnings.clone();
     let ram = RangeSet::from_ranges(machine.ram.iter().map(|b| b.range));
     if ram.is_empty() {
-        return Err(PlanError::new(
-            "/memory",
-            "no RAM: the tree has no memory node with a non-zero bank (a bootloader may be meant to fill it in)",
-        ));
+        return Err(match machine.empty_memory.first() {
+            Some(node) => PlanError::new(
+                node.as_str(),
+                "every memory bank has size 0 (left for a bootloader to fill in): no RAM to plan",
+            ),
+            None => PlanError::new(
+                "/",
+                "no memory node (a bootloader is meant to add one): no RAM to plan",
+            ),
+        });
     }
     if ram.total() != machine.ram.iter().map(|b| b.range.size).sum::<u64>() {
         warnings.push(alloc::format!("memory nodes overlap: {} of RAM counted once", crate::addr::Size(ram.total())));
@@ -175,7 +181,7 @@ pub fn plan(machine: &Machine, config: &PlanConfig) -> Result<Plan, PlanError> {
     free.remove_all(&reserved);
     free.remove_all(&held);
     let free = free.align_inward(crate::addr::PAGE_SIZE);
-    let (guests, monitor_free) = guests::place(machine, config, &ram, &carveouts, free)?;
+    let (guests, monitor_free) = guests::place(machine, config, &ram, &carveouts, free, &mut warnings)?;
 
     // 4. The monitor's virtual space.
     let monitor = layout::lay_out(&ram, &carveouts, &config.layout)?;

@@ -1,0 +1,244 @@
+//! Reader tests on blobs written in the test with vm-fdt.
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use vm_fdt::{FdtReserveEntry, FdtWriter};
+
+use super::machine::{PsciMethod, ReservedKind};
+use super::Machine;
+use crate::addr::PhysRange;
+
+/// A small QEMU-virt-like tree; `extra` adds to the root before it closes.
+fn blob(extra: impl FnOnce(&mut FdtWriter)) -> Vec<u8> {
+    blob_with(&[], extra)
+}
+
+fn blob_with(memreserve: &[(u64, u64)], extra: impl FnOnce(&mut FdtWriter)) -> Vec<u8> {
+    let rsv: Vec<FdtReserveEntry> = memreserve.iter().map(|&(a, s)| FdtReserveEntry::new(a, s).unwrap()).collect();
+    let mut w = FdtWriter::new_with_mem_reserv(&rsv).unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_string("model", "test-virt").unwrap();
+    let mem = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property_array_u64("reg", &[0x4000_0000, 0x4000_0000, 0x1_0000_0000, 0x8000_0000]).unwrap();
+    w.end_node(mem).unwrap();
+    let uart = w.begin_node("pl011@9000000").unwrap();
+    w.property_string_list("compatible", vec!["arm,pl011".into(), "arm,primecell".into()]).unwrap();
+    w.property_array_u64("reg", &[0x0900_0000, 0x1000]).unwrap();
+    w.end_node(uart).unwrap();
+    let gic = w.begin_node("intc@8000000").unwrap();
+    w.property_string("compatible", "arm,cortex-a15-gic").unwrap();
+    w.property_array_u64("reg", &[0x0800_0000, 0x1_0000, 0x0801_0000, 0x1_0000, 0x0803_0000, 0x1_0000, 0x0804_0000, 0x1_0000])
+        .unwrap();
+    w.end_node(gic).unwrap();
+    let psci = w.begin_node("psci").unwrap();
+    w.property_string_list("compatible", vec!["arm,psci-1.0".into(), "arm,psci-0.2".into(), "arm,psci".into()])
+        .unwrap();
+    w.property_string("method", "hvc").unwrap();
+    w.end_node(psci).unwrap();
+    let aliases = w.begin_node("aliases").unwrap();
+    w.property_string("serial0", "/pl011@9000000").unwrap();
+    w.end_node(aliases).unwrap();
+    extra(&mut w);
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+fn reserved_memory(w: &mut FdtWriter, children: impl FnOnce(&mut FdtWriter)) {
+    let rm = w.begin_node("reserved-memory").unwrap();
+    w.property_u32("#address-cells", 2).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_null("ranges").unwrap();
+    children(w);
+    w.end_node(rm).unwrap();
+}
+
+fn chosen_guest(w: &mut FdtWriter, stdout: &str, guest: impl FnOnce(&mut FdtWriter)) {
+    let ch = w.begin_node("chosen").unwrap();
+    w.property_string("stdout-path", stdout).unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    guest(w);
+    w.end_node(ch).unwrap();
+}
+
+fn err(b: &[u8]) -> String {
+    Machine::from_dtb(b).unwrap_err().to_string()
+}
+
+#[test]
+fn reads_ram_above_4g_devices_and_psci() {
+    let m = Machine::from_dtb(&blob(|_| {})).unwrap();
+    assert_eq!(m.model.as_deref(), Some("test-virt"));
+    assert_eq!(m.ram.len(), 2);
+    assert_eq!(m.ram[1].range, PhysRange::from_raw(0x1_0000_0000, 0x8000_0000).unwrap());
+    let gic = m.gic.unwrap();
+    assert_eq!(gic.distributor.start(), 0x0800_0000);
+    assert_eq!(gic.vcpu_interface.unwrap().start(), 0x0804_0000);
+    assert_eq!(m.psci.unwrap().method, PsciMethod::Hvc);
+}
+
+#[test]
+fn reads_carveouts_static_dynamic_and_memreserve() {
+    let b = blob_with(&[(0x4a00_0000, 0x20_0000)], |w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("ipu@50000000").unwrap();
+            w.property_array_u64("reg", &[0x5000_0000, 0x0800_0000, 0x5c00_0000, 0x10_0000]).unwrap();
+            w.property_null("no-map").unwrap();
+            w.end_node(n).unwrap();
+            let n = w.begin_node("linux,cma").unwrap();
+            w.property_string("compatible", "shared-dma-pool").unwrap();
+            w.property_null("reusable").unwrap();
+            w.property_u64("size", 0x400_0000).unwrap();
+            w.property_u64("alignment", 0x40_0000).unwrap();
+            w.property_array_u64("alloc-ranges", &[0x4000_0000, 0x2000_0000]).unwrap();
+            w.end_node(n).unwrap();
+            let n = w.begin_node("off@70000000").unwrap();
+            w.property_array_u64("reg", &[0x7000_0000, 0x1000]).unwrap();
+            w.property_string("status", "disabled").unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    let m = Machine::from_dtb(&b).unwrap();
+    assert_eq!(m.reserved.len(), 3, "{:?}", m.reserved);
+    let ipu = &m.reserved[0];
+    assert!(ipu.no_map && !ipu.reusable);
+    assert!(matches!(&ipu.kind, ReservedKind::Static(r) if r.len() == 2));
+    let cma = &m.reserved[1];
+    assert!(cma.reusable && cma.compatible.as_deref() == Some("shared-dma-pool"));
+    assert!(matches!(&cma.kind, ReservedKind::Dynamic { size: 0x400_0000, alignment: 0x40_0000, alloc_ranges } if alloc_ranges.len() == 1));
+    assert!(m.reserved[2].memreserve);
+}
+
+#[test]
+fn reads_a_guest_in_the_dom0less_binding() {
+    let b = blob(|w| {
+        chosen_guest(w, "serial0:115200n8", |w| {
+            let g = w.begin_node("guest@0").unwrap();
+            w.property_string("compatible", "carve,guest").unwrap();
+            w.property_u32("#address-cells", 1).unwrap();
+            w.property_u32("#size-cells", 1).unwrap();
+            w.property_array_u32("memory", &[0, 0xc0000]).unwrap();
+            w.property_u32("cpus", 2).unwrap();
+            let k = w.begin_node("module@48000000").unwrap();
+            w.property_string_list("compatible", vec!["multiboot,kernel".into(), "multiboot,module".into()]).unwrap();
+            w.property_array_u32("reg", &[0x4800_0000, 0x80_0000]).unwrap();
+            w.property_string("bootargs", "console=ttyAMA0").unwrap();
+            w.end_node(k).unwrap();
+            let r = w.begin_node("module@4a000000").unwrap();
+            w.property_string_list("compatible", vec!["multiboot,ramdisk".into(), "multiboot,module".into()]).unwrap();
+            w.property_array_u32("reg", &[0x4a00_0000, 0x20_0000]).unwrap();
+            w.end_node(r).unwrap();
+            w.end_node(g).unwrap();
+            let x = w.begin_node("domU1").unwrap();
+            w.property_string("compatible", "xen,domain").unwrap();
+            w.property_u32("memory", 0x40000).unwrap();
+            w.end_node(x).unwrap();
+        })
+    });
+    let m = Machine::from_dtb(&b).unwrap();
+    assert_eq!(m.guests.len(), 2);
+    let g = &m.guests[0];
+    assert_eq!(g.memory, 768 << 20);
+    assert_eq!(g.cpus, 2);
+    assert_eq!(g.kernel.as_ref().unwrap().range.start(), 0x4800_0000);
+    assert_eq!(g.ramdisk.as_ref().unwrap().range.size, 0x20_0000);
+    assert_eq!(g.bootargs.as_deref(), Some("console=ttyAMA0"));
+    assert_eq!(m.guests[1].memory, 256 << 20);
+    // stdout-path through an alias, with options.
+    assert_eq!(m.uart.unwrap().regs[0].start(), 0x0900_0000);
+}
+
+#[test]
+fn refusals_name_the_node_and_the_numbers() {
+    let b = blob(|w| {
+        let n = w.begin_node("bus").unwrap();
+        w.property_u32("#address-cells", 3).unwrap();
+        w.end_node(n).unwrap();
+        reserved_memory(w, |w| {
+            let n = w.begin_node("bad").unwrap();
+            w.property_u64("size", 0x1000).unwrap();
+            w.property_u64("alignment", 0x3000).unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    assert_eq!(err(&b), "/reserved-memory/bad: alignment: 0x3000 is not a power of two");
+
+    let b = blob(|w| {
+        let n = w.begin_node("memory@80000000").unwrap();
+        w.property_string("device_type", "memory").unwrap();
+        w.end_node(n).unwrap();
+    });
+    assert_eq!(err(&b), "/memory@80000000: memory node has no reg: carve cannot tell where RAM is");
+
+    let b = blob(|w| {
+        let n = w.begin_node("reserved-memory").unwrap();
+        w.property_u32("#address-cells", 3).unwrap();
+        w.end_node(n).unwrap();
+    });
+    assert!(err(&b).starts_with("/reserved-memory: #address-cells: 3; carve reads addresses of 1 or 2"));
+
+    let b = blob(|w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("odd").unwrap();
+            w.property_array_u32("reg", &[0, 0x5000_0000, 0]).unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    assert!(err(&b).starts_with("/reserved-memory/odd: reg: 12 bytes is not a whole number"), "{}", err(&b));
+}
+
+#[test]
+fn bad_strings_and_headers_are_errors_not_panics() {
+    let b = blob(|w| {
+        chosen_guest(w, "/pl011@9000000", |w| {
+            let g = w.begin_node("guest@0").unwrap();
+            w.property("compatible", b"carve,guest").unwrap(); // no NUL: not a string
+            w.end_node(g).unwrap();
+        })
+    });
+    // A compatible without its NUL matches nothing: the node is not a guest.
+    assert!(Machine::from_dtb(&b).unwrap().guests.is_empty());
+    let good = blob(|_| {});
+    for cut in [0, 10, 39, 40, 100, good.len() - 1] {
+        let _ = Machine::from_dtb(&good[..cut]);
+    }
+    let mut bad = good.clone();
+    bad[0] = 0xde;
+    assert!(err(&bad).starts_with("FDT header: bad magic 0xde0dfeed"));
+}
+
+/// Every single-byte corruption of a real blob: never a panic.
+#[test]
+fn single_byte_mutations_never_panic() {
+    let good = blob(|w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("ipu@50000000").unwrap();
+            w.property_array_u64("reg", &[0x5000_0000, 0x0800_0000]).unwrap();
+            w.property_null("no-map").unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    let mut outcomes = [0usize; 2];
+    for i in 0..good.len() {
+        for v in [0x00, 0xff, 0x01, 0x80, good[i] ^ 0x04] {
+            let mut b = good.clone();
+            b[i] = v;
+            match Machine::from_dtb(&b) {
+                Ok(m) => {
+                    outcomes[0] += 1;
+                    let _ = crate::plan::plan(&m, &crate::plan::PlanConfig::default());
+                }
+                Err(e) => {
+                    outcomes[1] += 1;
+                    assert!(!e.to_string().is_empty());
+                }
+            }
+        }
+    }
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+}
