@@ -4,6 +4,7 @@
 //! - [`dt`]: the machine's device tree into typed descriptions, and guest DTBs out.
 //! - [`plan`]: a pure function from that description to a memory plan.
 //! - [`mm`]: LPAE translation tables (Hyp stage-1 and stage-2) and the walker.
+//! - [`vm`]: guest boot layout and PSCI decisions.
 //!
 //! The crate is `no_std` + `alloc` and forbids `unsafe`: raw table memory is
 //! reached through the [`mm::table::TableMemory`] trait, which the monitor
@@ -17,3 +18,4 @@ pub mod addr;
 pub mod dt;
 pub mod mm;
 pub mod plan;
+pub mod vm;

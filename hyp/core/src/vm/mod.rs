@@ -1,0 +1,7 @@
+//! The pure half of the guest lifecycle: where boot images go, and PSCI decisions.
+//!
+//! The monitor's `vm` layer turns these decisions into register writes,
+//! copies and traps; keeping them here lets the host test them.
+
+pub mod boot;
+pub mod psci;
