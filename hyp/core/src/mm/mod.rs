@@ -4,3 +4,8 @@
 //! virtual allocators (vmalloc, kmap, fixmap, ioremap) also live here.
 
 pub mod table;
+
+pub use table::{
+    Access, Attrs, HypStage1, Leaf, MapError, MapStats, MemType, PageTable, Regime, RegimeKind, Stage2, TableMemory,
+    Translation, VecMemory, HMAIR0, HTCR_VALUE, VTCR_VALUE,
+};
