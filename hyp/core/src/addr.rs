@@ -178,11 +178,11 @@ pub struct Size(pub u64);
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b != 0 && b % SIZE_1G == 0 {
+        if b != 0 && b.is_multiple_of(SIZE_1G) {
             write!(f, "{} GiB", b / SIZE_1G)
-        } else if b != 0 && b % (1 << 20) == 0 {
+        } else if b != 0 && b.is_multiple_of(1 << 20) {
             write!(f, "{} MiB", b >> 20)
-        } else if b != 0 && b % (1 << 10) == 0 {
+        } else if b != 0 && b.is_multiple_of(1 << 10) {
             write!(f, "{} KiB", b >> 10)
         } else {
             write!(f, "{} bytes", b)
@@ -202,7 +202,7 @@ pub struct Mib(pub u64);
 impl fmt::Display for Mib {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let b = self.0;
-        if b % (1 << 20) == 0 {
+        if b.is_multiple_of(1 << 20) {
             write!(f, "{} MiB", b >> 20)
         } else {
             write!(f, "{} KiB", b.div_ceil(1 << 10))

@@ -12,7 +12,8 @@ use carve_core::addr::PhysRange;
 use carve_core::dt::Machine;
 use carve_core::plan::{self, MonitorImage, PlanConfig};
 
-const USAGE: &str = "usage: scripts/plan DTB [--guest SIZE]... [--json] [--monitor BASE,SIZE] [--vmalloc SIZE] [--dtb-at ADDR]
+const USAGE: &str =
+    "usage: scripts/plan DTB [--guest SIZE]... [--json] [--monitor BASE,SIZE] [--vmalloc SIZE] [--dtb-at ADDR]
   DTB             a flattened device tree (a board's, or one of dts/)
   --guest SIZE    add a guest of SIZE (768M, 1G, 262144K) to those the tree describes
   --json          print the plan as JSON

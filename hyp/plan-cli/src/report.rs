@@ -66,7 +66,12 @@ pub fn text(dtb: &str, machine: &Machine, plan: &Plan) -> String {
     for r in &plan.ram {
         let _ = writeln!(o, "  {r}  {:>9}", Mib(r.size).to_string());
     }
-    let _ = writeln!(o, "  total {}, {} CPU(s) in the tree", Mib(plan.ram.iter().map(|r| r.size).sum()), machine.cpus.len());
+    let _ = writeln!(
+        o,
+        "  total {}, {} CPU(s) in the tree",
+        Mib(plan.ram.iter().map(|r| r.size).sum()),
+        machine.cpus.len()
+    );
     let _ = writeln!(o);
     let _ = writeln!(o, "Physical map");
     for row in physical_rows(machine, plan) {
@@ -90,13 +95,8 @@ pub fn text(dtb: &str, machine: &Machine, plan: &Plan) -> String {
             g.extents.len()
         );
         for e in &g.extents {
-            let _ = writeln!(
-                o,
-                "    IPA {:#012x} -> PA {:#012x}  {:>9}",
-                e.ipa.as_u64(),
-                e.pa.as_u64(),
-                size_str(e.size)
-            );
+            let _ =
+                writeln!(o, "    IPA {:#012x} -> PA {:#012x}  {:>9}", e.ipa.as_u64(), e.pa.as_u64(), size_str(e.size));
         }
         if let Some(d) = &g.desc {
             if let Some(args) = &d.bootargs {
@@ -109,7 +109,11 @@ pub fn text(dtb: &str, machine: &Machine, plan: &Plan) -> String {
     let _ = writeln!(o, "Monitor virtual map (Hyp stage-1; PAGE_OFFSET {} = PA {})", m.page_offset, m.phys_offset);
     let mut vrows: Vec<(u64, u64, String)> = Vec::new();
     for l in &m.lowmem {
-        vrows.push((l.va.as_u64(), l.size, format!("lowmem  -> PA {:#x}-{:#x}", l.pa.as_u64(), l.pa.as_u64() + l.size)));
+        vrows.push((
+            l.va.as_u64(),
+            l.size,
+            format!("lowmem  -> PA {:#x}-{:#x}", l.pa.as_u64(), l.pa.as_u64() + l.size),
+        ));
     }
     for v in &m.vmalloc {
         let what = match v.source {

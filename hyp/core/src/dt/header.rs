@@ -36,20 +36,44 @@ pub struct Header {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HeaderError {
     /// Fewer bytes than a header.
-    Truncated { len: usize },
-    BadMagic { found: u32 },
+    Truncated {
+        len: usize,
+    },
+    BadMagic {
+        found: u32,
+    },
     /// `totalsize` claims more than the buffer holds, or less than a header.
-    BadTotalSize { totalsize: u32, len: usize },
+    BadTotalSize {
+        totalsize: u32,
+        len: usize,
+    },
     /// A version carve does not read.
-    Version { version: u32, last_comp: u32 },
+    Version {
+        version: u32,
+        last_comp: u32,
+    },
     /// A block that starts or ends past `totalsize`, or overlaps the header.
-    BlockOutOfBounds { block: &'static str, offset: u32, size: u32, totalsize: u32 },
+    BlockOutOfBounds {
+        block: &'static str,
+        offset: u32,
+        size: u32,
+        totalsize: u32,
+    },
     /// A block offset that breaks the alignment the specification requires.
-    Misaligned { block: &'static str, offset: u32, align: u32 },
+    Misaligned {
+        block: &'static str,
+        offset: u32,
+        align: u32,
+    },
     /// The `/memreserve/` list runs past the end of the blob without its terminating entry.
-    MemreserveUnterminated { offset: u32 },
+    MemreserveUnterminated {
+        offset: u32,
+    },
     /// A `/memreserve/` entry beyond the 40-bit physical address space.
-    MemreserveOutOfRange { address: u64, size: u64 },
+    MemreserveOutOfRange {
+        address: u64,
+        size: u64,
+    },
     TooManyMemreserve,
 }
 
@@ -94,17 +118,11 @@ impl fmt::Display for HeaderError {
 
 fn be32(blob: &[u8], at: usize) -> u32 {
     // Callers check bounds first; a short read yields 0 rather than a panic.
-    blob.get(at..at + 4)
-        .and_then(|b| b.try_into().ok())
-        .map(u32::from_be_bytes)
-        .unwrap_or(0)
+    blob.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0)
 }
 
 fn be64(blob: &[u8], at: usize) -> u64 {
-    blob.get(at..at + 8)
-        .and_then(|b| b.try_into().ok())
-        .map(u64::from_be_bytes)
-        .unwrap_or(0)
+    blob.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes).unwrap_or(0)
 }
 
 impl Header {
@@ -149,15 +167,11 @@ impl Header {
         check("strings", h.off_dt_strings, h.size_dt_strings)?;
         // The memory reservation block's length is only known by reading it.
         check("memory reservation", h.off_mem_rsvmap, 16)?;
-        if h.off_dt_struct % 4 != 0 || h.size_dt_struct % 4 != 0 {
+        if !h.off_dt_struct.is_multiple_of(4) || !h.size_dt_struct.is_multiple_of(4) {
             return Err(HeaderError::Misaligned { block: "structure", offset: h.off_dt_struct, align: 4 });
         }
-        if h.off_mem_rsvmap % 8 != 0 {
-            return Err(HeaderError::Misaligned {
-                block: "memory reservation",
-                offset: h.off_mem_rsvmap,
-                align: 8,
-            });
+        if !h.off_mem_rsvmap.is_multiple_of(8) {
+            return Err(HeaderError::Misaligned { block: "memory reservation", offset: h.off_mem_rsvmap, align: 8 });
         }
         Ok(h)
     }

@@ -135,10 +135,7 @@ impl Machine {
 
     pub fn from_tree(tree: &Tree<'_>) -> Result<Machine, DtError> {
         let root = &tree.root;
-        let mut m = Machine {
-            model: root.str_prop("model").ok().flatten().map(String::from),
-            ..Machine::default()
-        };
+        let mut m = Machine { model: root.str_prop("model").ok().flatten().map(String::from), ..Machine::default() };
         let root_cells = root.cells()?;
         m.read_memory(root, root_cells)?;
         m.read_reserved(tree)?;
@@ -169,7 +166,11 @@ impl Machine {
                     continue;
                 }
                 let range = PhysRange::from_raw(base, size).ok_or_else(|| {
-                    DtError::prop(&node.path, "reg", format!("bank {base:#x} size {size:#x} runs past the 40-bit physical address space"))
+                    DtError::prop(
+                        &node.path,
+                        "reg",
+                        format!("bank {base:#x} size {size:#x} runs past the 40-bit physical address space"),
+                    )
                 })?;
                 self.ram.push(RamBank { node: node.path.clone(), range });
             }
@@ -196,7 +197,11 @@ impl Machine {
                             continue;
                         }
                         ranges.push(PhysRange::from_raw(base, size).ok_or_else(|| {
-                            DtError::prop(&node.path, "reg", format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"))
+                            DtError::prop(
+                                &node.path,
+                                "reg",
+                                format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"),
+                            )
                         })?);
                     }
                     if ranges.is_empty() {
@@ -214,7 +219,11 @@ impl Machine {
                         Some(v) => {
                             let a = sized(node, "alignment", v, cells.size)?;
                             if !a.is_power_of_two() {
-                                return Err(DtError::prop(&node.path, "alignment", format!("{a:#x} is not a power of two")));
+                                return Err(DtError::prop(
+                                    &node.path,
+                                    "alignment",
+                                    format!("{a:#x} is not a power of two"),
+                                ));
                             }
                             a.max(crate::addr::PAGE_SIZE)
                         }
@@ -223,13 +232,18 @@ impl Machine {
                     if let Some(v) = node.prop("alloc-ranges") {
                         for (base, size) in cells.pairs(&node.path, "alloc-ranges", v)? {
                             alloc_ranges.push(PhysRange::from_raw(base, size).ok_or_else(|| {
-                                DtError::prop(&node.path, "alloc-ranges", format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"))
+                                DtError::prop(
+                                    &node.path,
+                                    "alloc-ranges",
+                                    format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"),
+                                )
                             })?);
                         }
                     }
                     ReservedKind::Dynamic { size, alignment, alloc_ranges }
                 } else {
-                    self.warnings.push(format!("{}: reserved-memory node with neither reg nor size: ignored", node.path));
+                    self.warnings
+                        .push(format!("{}: reserved-memory node with neither reg nor size: ignored", node.path));
                     continue;
                 };
                 self.reserved.push(Reserved {
@@ -269,10 +283,7 @@ impl Machine {
             let resolved = if path.starts_with('/') {
                 Some(path.to_string())
             } else {
-                tree.root
-                    .child("aliases")
-                    .and_then(|a| a.str_prop_lossy(path))
-                    .map(String::from)
+                tree.root.child("aliases").and_then(|a| a.str_prop_lossy(path)).map(String::from)
             };
             match resolved.as_deref().and_then(|p| tree.find(p)) {
                 Some(node) => self.uart = Some(device(tree, node)?),
@@ -293,7 +304,11 @@ impl Machine {
             if is_gic(n) && self.gic.is_none() {
                 let d = device(tree, n)?;
                 if d.regs.len() < 2 {
-                    return Err(DtError::prop(&n.path, "reg", "a GIC needs at least its distributor and CPU interface"));
+                    return Err(DtError::prop(
+                        &n.path,
+                        "reg",
+                        "a GIC needs at least its distributor and CPU interface",
+                    ));
                 }
                 self.gic = Some(Gic {
                     node: d.node,
@@ -310,7 +325,8 @@ impl Machine {
                     Some("smc") => PsciMethod::Smc,
                     Some("hvc") => PsciMethod::Hvc,
                     other => {
-                        self.warnings.push(format!("{}: method {other:?} is neither smc nor hvc: PSCI ignored", n.path));
+                        self.warnings
+                            .push(format!("{}: method {other:?} is neither smc nor hvc: PSCI ignored", n.path));
                         continue;
                     }
                 };
@@ -377,13 +393,12 @@ impl Node<'_> {
 }
 
 fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
-    let kib = node
-        .u64_prop("memory")?
-        .ok_or_else(|| DtError::prop(&node.path, "memory", "missing: a guest needs its RAM size (KiB, 64-bit in two cells)"))?;
-    let memory = kib
-        .checked_mul(1024)
-        .filter(|b| *b < crate::addr::PA_LIMIT)
-        .ok_or_else(|| DtError::prop(&node.path, "memory", format!("{kib} KiB is more than a 40-bit IPA space holds")))?;
+    let kib = node.u64_prop("memory")?.ok_or_else(|| {
+        DtError::prop(&node.path, "memory", "missing: a guest needs its RAM size (KiB, 64-bit in two cells)")
+    })?;
+    let memory = kib.checked_mul(1024).filter(|b| *b < crate::addr::PA_LIMIT).ok_or_else(|| {
+        DtError::prop(&node.path, "memory", format!("{kib} KiB is more than a 40-bit IPA space holds"))
+    })?;
     if memory == 0 {
         return Err(DtError::prop(&node.path, "memory", "0 KiB: a guest needs RAM"));
     }
@@ -431,7 +446,11 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
             return Err(DtError::prop(&m.path, "reg", format!("module at {base:#x} has size 0")));
         }
         let range = PhysRange::from_raw(base, size).ok_or_else(|| {
-            DtError::prop(&m.path, "reg", format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"))
+            DtError::prop(
+                &m.path,
+                "reg",
+                format!("{base:#x} size {size:#x} runs past the 40-bit physical address space"),
+            )
         })?;
         let bootargs = m.str_prop("bootargs")?.map(String::from);
         if m.is_compatible("multiboot,kernel") && bootargs.is_some() {
@@ -502,11 +521,7 @@ fn translate(chain: &[&Node<'_>], mut addr: u64) -> Option<u64> {
         for e in ranges.chunks_exact(entry) {
             let (c, rest) = e.split_at(4 * child.address as usize);
             let (p, s) = rest.split_at(4 * up.address as usize);
-            let (c, p, s) = (
-                super::tree::cells_to_u64(c),
-                super::tree::cells_to_u64(p),
-                super::tree::cells_to_u64(s),
-            );
+            let (c, p, s) = (super::tree::cells_to_u64(c), super::tree::cells_to_u64(p), super::tree::cells_to_u64(s));
             if addr >= c && addr - c < s {
                 hit = p.checked_add(addr - c);
                 break;

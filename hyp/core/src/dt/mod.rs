@@ -7,6 +7,7 @@
 pub mod header;
 pub mod machine;
 pub mod tree;
+pub mod write;
 
 #[cfg(test)]
 mod tests;

@@ -32,8 +32,11 @@ fn blob_with(memreserve: &[(u64, u64)], extra: impl FnOnce(&mut FdtWriter)) -> V
     w.end_node(uart).unwrap();
     let gic = w.begin_node("intc@8000000").unwrap();
     w.property_string("compatible", "arm,cortex-a15-gic").unwrap();
-    w.property_array_u64("reg", &[0x0800_0000, 0x1_0000, 0x0801_0000, 0x1_0000, 0x0803_0000, 0x1_0000, 0x0804_0000, 0x1_0000])
-        .unwrap();
+    w.property_array_u64(
+        "reg",
+        &[0x0800_0000, 0x1_0000, 0x0801_0000, 0x1_0000, 0x0803_0000, 0x1_0000, 0x0804_0000, 0x1_0000],
+    )
+    .unwrap();
     w.end_node(gic).unwrap();
     let psci = w.begin_node("psci").unwrap();
     w.property_string_list("compatible", vec!["arm,psci-1.0".into(), "arm,psci-0.2".into(), "arm,psci".into()])
@@ -110,7 +113,9 @@ fn reads_carveouts_static_dynamic_and_memreserve() {
     assert!(matches!(&ipu.kind, ReservedKind::Static(r) if r.len() == 2));
     let cma = &m.reserved[1];
     assert!(cma.reusable && cma.compatible.as_deref() == Some("shared-dma-pool"));
-    assert!(matches!(&cma.kind, ReservedKind::Dynamic { size: 0x400_0000, alignment: 0x40_0000, alloc_ranges } if alloc_ranges.len() == 1));
+    assert!(
+        matches!(&cma.kind, ReservedKind::Dynamic { size: 0x400_0000, alignment: 0x40_0000, alloc_ranges } if alloc_ranges.len() == 1)
+    );
     assert!(m.reserved[2].memreserve);
 }
 

@@ -55,13 +55,25 @@ pub struct Tree<'a> {
 pub enum DtError {
     Header(HeaderError),
     /// The structure block does not parse; `what` is the parser's reason.
-    Structure { near: String, what: String },
-    TooDeep { path: String },
+    Structure {
+        near: String,
+        what: String,
+    },
+    TooDeep {
+        path: String,
+    },
     TooManyNodes,
     /// A property whose value is malformed; names the node, the property and the problem.
-    Property { path: String, prop: &'static str, problem: String },
+    Property {
+        path: String,
+        prop: &'static str,
+        problem: String,
+    },
     /// A node the description needs that is missing or wrong; a sentence.
-    Node { path: String, problem: String },
+    Node {
+        path: String,
+        problem: String,
+    },
 }
 
 impl From<HeaderError> for DtError {
@@ -108,10 +120,8 @@ impl<'a> Tree<'a> {
                 what: String::from("the last string has no terminating NUL"),
             });
         }
-        let fdt = Fdt::<P>::new_unaligned_fallible(blob).map_err(|e| DtError::Structure {
-            near: String::from("header"),
-            what: format!("{e}"),
-        })?;
+        let fdt = Fdt::<P>::new_unaligned_fallible(blob)
+            .map_err(|e| DtError::Structure { near: String::from("header"), what: format!("{e}") })?;
         let root = fdt.root().map_err(|e| structure("/", e))?;
         let root_node = fdt::nodes::AsNode::as_node(&root);
         let mut count = 0;
@@ -190,16 +200,13 @@ impl<'a> Node<'a> {
     /// The child called `name`; `name` without `@unit` also matches `name@anything`
     /// when exactly that base name is asked for and no exact match exists.
     pub fn child(&self, name: &str) -> Option<&Node<'a>> {
-        self.children
-            .iter()
-            .find(|c| c.name == name)
-            .or_else(|| {
-                if name.contains('@') {
-                    None
-                } else {
-                    self.children.iter().find(|c| c.base_name() == name)
-                }
-            })
+        self.children.iter().find(|c| c.name == name).or_else(|| {
+            if name.contains('@') {
+                None
+            } else {
+                self.children.iter().find(|c| c.base_name() == name)
+            }
+        })
     }
 
     /// The name without its unit address.
@@ -228,9 +235,7 @@ impl<'a> Node<'a> {
 
     /// Whether `compatible` lists `what`. A malformed `compatible` matches nothing.
     pub fn is_compatible(&self, what: &str) -> bool {
-        self.prop("compatible")
-            .and_then(|v| strings(v).ok())
-            .is_some_and(|mut it| it.any(|s| s == what))
+        self.prop("compatible").and_then(|v| strings(v).ok()).is_some_and(|mut it| it.any(|s| s == what))
     }
 
     /// A one-cell property.
@@ -272,7 +277,11 @@ impl<'a> Node<'a> {
             ));
         }
         if size > 2 {
-            return Err(DtError::prop(&self.path, "#size-cells", format!("{size}; carve reads sizes of 0, 1 or 2 cells")));
+            return Err(DtError::prop(
+                &self.path,
+                "#size-cells",
+                format!("{size}; carve reads sizes of 0, 1 or 2 cells"),
+            ));
         }
         Ok(Cells { address, size })
     }
@@ -304,7 +313,7 @@ impl Cells {
         if self.size == 0 {
             return Err(DtError::prop(path, prop, "the parent's #size-cells is 0, so it holds no sizes"));
         }
-        if v.len() % entry != 0 {
+        if !v.len().is_multiple_of(entry) {
             return Err(DtError::prop(
                 path,
                 prop,

@@ -61,6 +61,15 @@ impl GuestPlan {
     }
 }
 
+/// A guest to place.
+struct Wanted {
+    name: String,
+    size: u64,
+    cpus: u32,
+    ipa_base: Option<Ipa>,
+    desc: Option<Guest>,
+}
+
 /// Places every guest; returns the plans and the RAM left to the monitor.
 pub fn place(
     machine: &Machine,
@@ -70,20 +79,28 @@ pub fn place(
     mut free: RangeSet,
     warnings: &mut Vec<String>,
 ) -> Result<(Vec<GuestPlan>, RangeSet), PlanError> {
-    let mut wanted: Vec<(String, u64, u32, Option<Ipa>, Option<Guest>)> = machine
+    // The tree's guests, then the what-if ones: (name, bytes, CPUs, IPA base, description).
+    let mut wanted: Vec<Wanted> = machine
         .guests
         .iter()
-        .map(|g| (g.name.clone(), g.memory, g.cpus, g.ipa_base, Some(g.clone())))
+        .map(|g| Wanted {
+            name: g.name.clone(),
+            size: g.memory,
+            cpus: g.cpus,
+            ipa_base: g.ipa_base,
+            desc: Some(g.clone()),
+        })
         .collect();
     for (i, size) in config.extra_guests.iter().enumerate() {
-        wanted.push((format!("guest@{}", machine.guests.len() + i), *size, 1, None, None));
+        let name = format!("guest@{}", machine.guests.len() + i);
+        wanted.push(Wanted { name, size: *size, cpus: 1, ipa_base: None, desc: None });
     }
     check_modules(machine, ram, carveouts, config.require_kernel)?;
 
     let machine_cpus = machine.cpus.len() as u32;
     let mut next_cpu = 0u32;
     let mut plans: Vec<GuestPlan> = Vec::new();
-    for (name, size, cpus, ipa_base, desc) in wanted {
+    for Wanted { name, size, cpus, ipa_base, desc } in wanted {
         if size % PAGE_SIZE != 0 {
             return Err(PlanError::new(
                 name,
@@ -104,7 +121,10 @@ pub fn place(
             None => default_base(machine, ram, &name, size, warnings),
         };
         let ipa = IpaRange::new(base, size).ok_or_else(|| {
-            PlanError::new(name.as_str(), format!("RAM at IPA {base} size {} runs past the 40-bit IPA space", Size(size)))
+            PlanError::new(
+                name.as_str(),
+                format!("RAM at IPA {base} size {} runs past the 40-bit IPA space", Size(size)),
+            )
         })?;
         if !base.is_aligned(PAGE_SIZE) {
             return Err(PlanError::new(name, format!("carve,ipa-base {base} is not 4 KiB aligned")));
@@ -156,7 +176,12 @@ fn too_big(
 }
 
 /// Modules must be in RAM, outside carveouts, apart from each other; a guest needs a kernel.
-fn check_modules(machine: &Machine, ram: &RangeSet, carveouts: &[Carveout], require_kernel: bool) -> Result<(), PlanError> {
+fn check_modules(
+    machine: &Machine,
+    ram: &RangeSet,
+    carveouts: &[Carveout],
+    require_kernel: bool,
+) -> Result<(), PlanError> {
     let mut seen: Vec<(&str, PhysRange)> = Vec::new();
     for g in &machine.guests {
         if require_kernel && g.kernel.is_none() {

@@ -120,9 +120,10 @@ impl MonitorLayout {
     }
     /// The linear-map VA of `pa`, if lowmem.
     pub fn linear_va(&self, pa: PhysAddr) -> Option<VirtAddr> {
-        self.lowmem.iter().find(|l| PhysRange { base: l.pa, size: l.size }.contains(pa.as_u64())).and_then(|l| {
-            VirtAddr::from_u64(l.va.as_u64() + (pa.as_u64() - l.pa.as_u64()))
-        })
+        self.lowmem
+            .iter()
+            .find(|l| PhysRange { base: l.pa, size: l.size }.contains(pa.as_u64()))
+            .and_then(|l| VirtAddr::from_u64(l.va.as_u64() + (pa.as_u64() - l.pa.as_u64())))
     }
 }
 
@@ -140,17 +141,18 @@ pub fn lay_out(ram: &RangeSet, carveouts: &[Carveout], cfg: &LayoutConfig) -> Re
     let phys_offset = first.start() & !(SIZE_2M - 1);
 
     // The vmemmap covers the PFN span of all RAM.
-    let span_pfns = (ram.ranges().last().map(|r| r.end()).unwrap_or(0) - (ram.ranges()[0].start() & !(SIZE_2M - 1)))
-        / PAGE_SIZE;
+    let span_pfns =
+        (ram.ranges().last().map(|r| r.end()).unwrap_or(0) - (ram.ranges()[0].start() & !(SIZE_2M - 1))) / PAGE_SIZE;
     let vmemmap_size = (span_pfns * PAGE_RECORD_SIZE).next_multiple_of(SIZE_2M);
-    let vmemmap_base = PKMAP_BASE
-        .as_u64()
-        .checked_sub(vmemmap_size)
-        .filter(|b| *b > cfg.page_offset.as_u64())
-        .ok_or_else(|| {
+    let vmemmap_base =
+        PKMAP_BASE.as_u64().checked_sub(vmemmap_size).filter(|b| *b > cfg.page_offset.as_u64()).ok_or_else(|| {
             PlanError::new(
                 "monitor",
-                format!("the page records for a {} PFN span need {} of virtual space", Size(span_pfns * PAGE_SIZE), Size(vmemmap_size)),
+                format!(
+                    "the page records for a {} PFN span need {} of virtual space",
+                    Size(span_pfns * PAGE_SIZE),
+                    Size(vmemmap_size)
+                ),
             )
         })?;
     let vmalloc_end = vmemmap_base;
@@ -184,8 +186,7 @@ pub fn lay_out(ram: &RangeSet, carveouts: &[Carveout], cfg: &LayoutConfig) -> Re
         let room = window.saturating_sub(span + dedicated(holes));
         let take = r.size.min(room);
         // End lowmem on a 2 MiB boundary so the linear map keeps its blocks.
-        let take = if take < r.size { (r.start() + take) & !(SIZE_2M - 1) } else { r.end() }
-            .saturating_sub(r.start());
+        let take = if take < r.size { (r.start() + take) & !(SIZE_2M - 1) } else { r.end() }.saturating_sub(r.start());
         if take > 0 {
             lowmem.push(LinearRun {
                 va: VirtAddr::from_u64(cfg.page_offset.as_u64() + span).expect("inside the window"),

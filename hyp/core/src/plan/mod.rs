@@ -117,10 +117,7 @@ pub fn plan(machine: &Machine, config: &PlanConfig) -> Result<Plan, PlanError> {
                 node.as_str(),
                 "every memory bank has size 0 (left for a bootloader to fill in): no RAM to plan",
             ),
-            None => PlanError::new(
-                "/",
-                "no memory node (a bootloader is meant to add one): no RAM to plan",
-            ),
+            None => PlanError::new("/", "no memory node (a bootloader is meant to add one): no RAM to plan"),
         });
     }
     if ram.total() != machine.ram.iter().map(|b| b.range.size).sum::<u64>() {
@@ -162,16 +159,14 @@ pub fn plan(machine: &Machine, config: &PlanConfig) -> Result<Plan, PlanError> {
             free.remove_all(&reserved);
             free.remove_all(&held);
             let free = free.align_inward(crate::addr::SIZE_2M);
-            free.ranges()
-                .iter()
-                .find(|r| r.size >= size)
-                .and_then(|r| PhysRange::new(r.base, size))
-                .ok_or_else(|| {
+            free.ranges().iter().find(|r| r.size >= size).and_then(|r| PhysRange::new(r.base, size)).ok_or_else(
+                || {
                     PlanError::new(
                         "monitor",
                         alloc::format!("no 2 MiB-aligned {} of free RAM for its image", crate::addr::Size(size)),
                     )
-                })?
+                },
+            )?
         }
     };
     held.insert(monitor_image);
@@ -202,8 +197,10 @@ impl Plan {
 
     /// The physical address the linear map puts at `va`, if any.
     pub fn linear_pa(&self, va: VirtAddr) -> Option<crate::addr::PhysAddr> {
-        self.monitor.lowmem.iter().find(|l| l.va_range().contains(va.as_u64())).and_then(|l| {
-            crate::addr::PhysAddr::from_u64(l.pa.as_u64() + (va.as_u64() - l.va.as_u64()))
-        })
+        self.monitor
+            .lowmem
+            .iter()
+            .find(|l| l.va_range().contains(va.as_u64()))
+            .and_then(|l| crate::addr::PhysAddr::from_u64(l.pa.as_u64() + (va.as_u64() - l.va.as_u64())))
     }
 }

@@ -30,9 +30,10 @@ pub struct BootLayout {
 /// at most [`DTB_MAX`] in guest RAM `ram`.
 pub fn layout(name: &str, ram: IpaRange, kernel: u64, initrd: Option<u64>) -> Result<BootLayout, PlanError> {
     let base = ram.start();
-    let kernel_r = IpaRange::from_raw(base + KERNEL_OFFSET, kernel)
-        .filter(|k| k.end() <= ram.end())
-        .ok_or_else(|| PlanError::new(name, format!("its kernel ({}) does not fit its RAM ({})", Mib(kernel), Mib(ram.size))))?;
+    let kernel_r =
+        IpaRange::from_raw(base + KERNEL_OFFSET, kernel).filter(|k| k.end() <= ram.end()).ok_or_else(|| {
+            PlanError::new(name, format!("its kernel ({}) does not fit its RAM ({})", Mib(kernel), Mib(ram.size)))
+        })?;
     // The decompressed kernel needs room too: about 4x the zImage from the start of RAM.
     let low_end = (base + kernel * 4).next_multiple_of(SIZE_2M);
     let above = base + INITRD_OFFSET;

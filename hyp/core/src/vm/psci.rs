@@ -46,9 +46,16 @@ pub enum Power {
 pub enum Call {
     Version,
     Features(u32),
-    CpuOn { target: u64, entry: u64, context: u64 },
+    CpuOn {
+        target: u64,
+        entry: u64,
+        context: u64,
+    },
     CpuOff,
-    AffinityInfo { target: u64, level: u32 },
+    AffinityInfo {
+        target: u64,
+        level: u32,
+    },
     MigrateInfoType,
     SystemOff,
     SystemReset,
@@ -80,7 +87,11 @@ pub enum Action {
     /// Write this to r0 and return to the guest.
     Return(u32),
     /// Start vCPU `vcpu` at `entry` with r0 = `context`; the caller answers SUCCESS.
-    StartVcpu { vcpu: usize, entry: Ipa, context: u32 },
+    StartVcpu {
+        vcpu: usize,
+        entry: Ipa,
+        context: u32,
+    },
     /// Stop the calling vCPU (it does not return).
     StopVcpu,
     SystemOff,
