@@ -1,0 +1,578 @@
+//! Guest DTBs: the machine's tree as a Linux guest sees it under carve.
+//!
+//! The guest sees the machine unchanged except where the monitor changes it:
+//! - one `memory` node, its dense IPA range;
+//! - `/reserved-memory` only with the carveouts the guest owns (mapped 1:1);
+//! - no `/memreserve/` entries (they are the machine's);
+//! - `/chosen` rewritten: `bootargs`, `linux,initrd-start`/`-end`, `stdout-path`;
+//! - PSCI 1.0/0.2 through `hvc`, the conduit the monitor traps;
+//! - the first `cpus` CPU nodes, each started through PSCI;
+//! - the devices passed through (the GIC's distributor and CPU interface, the
+//!   timer, the console UART) and whatever they reference by phandle that has
+//!   no `reg` of its own (fixed clocks, fixed regulators), with the buses that
+//!   hold them.
+//!
+//! Every other node with `reg` is dropped, so the guest never probes a device
+//! the monitor did not map, and so is every node without `reg` that nothing
+//! kept references (`gpio-keys` naming a dropped GPIO controller, say).
+//! `aliases` keeps the entries whose node survives; `__symbols__` is dropped.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use vm_fdt::FdtWriter;
+
+use super::tree::{strings, DtError, Node, Tree};
+use super::Machine;
+use crate::addr::IpaRange;
+use crate::plan::GuestPlan;
+
+#[cfg(test)]
+#[path = "write_tests.rs"]
+mod tests;
+
+/// What the monitor tells a guest beyond its RAM and CPUs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GuestDtbOptions<'s> {
+    /// Where the monitor put the initrd in guest IPA space: `/chosen` `linux,initrd-start`/`-end`.
+    pub initrd: Option<IpaRange>,
+    /// The kernel command line: `/chosen` `bootargs`.
+    pub bootargs: Option<&'s str>,
+    /// Names (`fb@60000000`) of the `/reserved-memory` children this guest owns.
+    /// They are kept with their `reg` unchanged: the monitor maps them 1:1.
+    pub owned_carveouts: &'s [&'s str],
+}
+
+/// What a guest's PSCI node says it is: the standard function IDs apply.
+pub const PSCI_COMPATIBLE: [&str; 2] = ["arm,psci-1.0", "arm,psci-0.2"];
+
+/// The architected timer's bindings.
+const TIMERS: [&str; 2] = ["arm,armv7-timer", "arm,armv8-timer"];
+
+/// Properties whose cells may name other nodes by phandle (besides `pinctrl-N` and `*-supply`).
+const PHANDLE_PROPS: [&str; 8] = [
+    "interrupt-parent",
+    "interrupts-extended",
+    "clocks",
+    "assigned-clock-parents",
+    "power-domains",
+    "resets",
+    "dmas",
+    "phys",
+];
+
+/// Writes the DTB the monitor hands `guest`: the machine's `tree` (read as
+/// `machine`) with the changes listed in this module's documentation.
+/// Never panics; a tree it cannot write for the guest is a [`DtError`] naming
+/// the node and the numbers.
+pub fn guest_dtb(
+    tree: &Tree<'_>,
+    machine: &Machine,
+    guest: &GuestPlan,
+    opts: &GuestDtbOptions<'_>,
+) -> Result<Vec<u8>, DtError> {
+    let sel = strip_for_guest(tree, machine, guest)?;
+    check_owned(tree, opts.owned_carveouts)?;
+    let mut w = FdtWriter::new().map_err(fdt_err("/"))?;
+    if let Some(id) = guest_mpidrs(machine, guest).first().and_then(|&id| u32::try_from(id).ok()) {
+        w.set_boot_cpuid_phys(id);
+    }
+    let mut out = Out { w, sel: &sel, tree, machine, guest, opts };
+    out.root()?;
+    out.w.finish().map_err(fdt_err("/"))
+}
+
+/// The MPIDR affinity values the guest's CPU nodes give its vCPUs, in order:
+/// the `reg` of the machine's first `guest.cpus` CPU nodes. vCPU `i` must read
+/// `mpidrs[i]` (through VMPIDR) and PSCI `CPU_ON` names vCPUs by these values.
+pub fn guest_mpidrs<'m>(machine: &'m Machine, guest: &GuestPlan) -> &'m [u64] {
+    let n = (guest.cpus as usize).min(machine.cpus.len());
+    machine.cpus.get(..n).unwrap_or(&[])
+}
+
+/// The machine nodes a guest's tree keeps (before the monitor's edits), by
+/// depth-first index into the tree.
+#[derive(Clone, Debug)]
+pub struct Selection<'t, 'a> {
+    nodes: Vec<&'t Node<'a>>,
+    parent: Vec<Option<usize>>,
+    children: Vec<Vec<usize>>,
+    /// Written (as it is, or with the GIC or CPU edits).
+    keep: Vec<bool>,
+    /// Root children the writer replaces or filters, and their subtrees.
+    special: Vec<Option<Special>>,
+    gic: Option<usize>,
+    cpus: Vec<usize>,
+}
+
+/// Root children the writer handles itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Special {
+    Memory,
+    ReservedMemory,
+    Chosen,
+    Psci,
+    /// `aliases`: properties filtered to paths that survive.
+    Aliases,
+    /// `__symbols__` (overlay labels): dropped, and vm-fdt refuses the name anyway.
+    Symbols,
+}
+
+impl Selection<'_, '_> {
+    /// The paths of the machine nodes kept, in tree order (the root, buses,
+    /// passed-through devices, what they reference, `/cpus` and the guest's CPUs).
+    pub fn paths(&self) -> impl Iterator<Item = &str> + '_ {
+        (0..self.nodes.len()).filter(|&i| self.keep[i]).map(|i| self.nodes[i].path.as_str())
+    }
+
+    /// Whether the node at `path` is kept.
+    pub fn keeps(&self, path: &str) -> bool {
+        self.index_of(path).is_some_and(|i| self.keep[i])
+    }
+
+    fn index_of(&self, path: &str) -> Option<usize> {
+        self.nodes.iter().position(|n| n.path == path)
+    }
+}
+
+/// Chooses the machine nodes `guest` sees: the devices passed through (GIC,
+/// timer, console UART), the first `guest.cpus` CPUs, what they reference by
+/// phandle that has no `reg`, and the nodes that contain them.
+pub fn strip_for_guest<'t, 'a>(
+    tree: &'t Tree<'a>,
+    machine: &Machine,
+    guest: &GuestPlan,
+) -> Result<Selection<'t, 'a>, DtError> {
+    let mut sel = Selection {
+        nodes: Vec::new(),
+        parent: Vec::new(),
+        children: Vec::new(),
+        keep: Vec::new(),
+        special: Vec::new(),
+        gic: None,
+        cpus: Vec::new(),
+    };
+    index(&mut sel, &tree.root, None, None);
+    sel.gic = machine.gic.as_ref().and_then(|g| sel.index_of(&g.node));
+    sel.cpus = guest_cpus(&sel, tree, guest)?;
+    let mut seeds: Vec<usize> = sel.gic.into_iter().chain(sel.cpus.iter().copied()).collect();
+    seeds.extend(machine.uart.as_ref().and_then(|u| sel.index_of(&u.node)));
+    seeds.extend((0..sel.nodes.len()).filter(|&i| TIMERS.iter().any(|t| sel.nodes[i].is_compatible(t))));
+    mark(&mut sel, &seeds);
+    Ok(sel)
+}
+
+/// Flattens the tree depth first; root children get their [`Special`] role.
+fn index<'t, 'a>(sel: &mut Selection<'t, 'a>, node: &'t Node<'a>, parent: Option<usize>, special: Option<Special>) {
+    let i = sel.nodes.len();
+    sel.nodes.push(node);
+    sel.parent.push(parent);
+    sel.children.push(Vec::new());
+    sel.keep.push(false);
+    let special = match parent {
+        Some(0) => special_role(node),
+        _ => special,
+    };
+    sel.special.push(special);
+    if let Some(p) = parent {
+        if let Some(c) = sel.children.get_mut(p) {
+            c.push(i);
+        }
+    }
+    for c in &node.children {
+        index(sel, c, Some(i), special);
+    }
+}
+
+fn special_role(n: &Node<'_>) -> Option<Special> {
+    if is_memory(n) {
+        Some(Special::Memory)
+    } else if n.name == "reserved-memory" {
+        Some(Special::ReservedMemory)
+    } else if n.name == "chosen" {
+        Some(Special::Chosen)
+    } else if n.base_name() == "psci"
+        || n.is_compatible("arm,psci")
+        || PSCI_COMPATIBLE.iter().any(|c| n.is_compatible(c))
+    {
+        Some(Special::Psci)
+    } else if n.name == "aliases" {
+        Some(Special::Aliases)
+    } else if n.name == "__symbols__" {
+        Some(Special::Symbols)
+    } else {
+        None
+    }
+}
+
+/// The same test the reader uses for RAM nodes.
+fn is_memory(n: &Node<'_>) -> bool {
+    n.str_prop("device_type").ok().flatten() == Some("memory")
+        || (n.base_name() == "memory" && !n.has_prop("device_type") && n.has_prop("reg"))
+}
+
+/// The first `guest.cpus` CPU nodes of `/cpus`, in order.
+fn guest_cpus(sel: &Selection<'_, '_>, tree: &Tree<'_>, guest: &GuestPlan) -> Result<Vec<usize>, DtError> {
+    let want = guest.cpus as usize;
+    let all: Vec<usize> = match tree.root.child("cpus").and_then(|c| sel.index_of(&c.path)) {
+        None => Vec::new(),
+        Some(cpus) => sel.children[cpus]
+            .iter()
+            .copied()
+            .filter(|&c| sel.nodes[c].str_prop("device_type").ok().flatten() == Some("cpu"))
+            .collect(),
+    };
+    if all.len() < want && !(all.is_empty() && want == 1) {
+        return Err(DtError::node(
+            "/cpus",
+            format!("{} wants {want} CPU(s), the tree describes {}", guest.name, all.len()),
+        ));
+    }
+    Ok(all.into_iter().take(want).collect())
+}
+
+/// Keeps the root, the seeds, everything they reference (transitively) that
+/// may be kept, and every ancestor of a kept node.
+fn mark(sel: &mut Selection<'_, '_>, seeds: &[usize]) {
+    let phandles = phandles(sel);
+    let mut queue = Vec::new();
+    keep(sel, 0, &mut queue);
+    for &s in seeds {
+        keep(sel, s, &mut queue);
+    }
+    while let Some(i) = queue.pop() {
+        for t in references(sel.nodes[i], &phandles) {
+            if referable(sel, t) {
+                keep_subtree(sel, t, &mut queue);
+            }
+        }
+    }
+}
+
+/// Marks `i` and its ancestors kept; queues each newly kept node for its references.
+fn keep(sel: &mut Selection<'_, '_>, i: usize, queue: &mut Vec<usize>) {
+    if sel.special.get(i).is_some_and(|s| s.is_some()) {
+        return;
+    }
+    let mut at = Some(i);
+    while let Some(k) = at {
+        if sel.keep[k] {
+            break;
+        }
+        sel.keep[k] = true;
+        queue.push(k);
+        at = sel.parent[k];
+    }
+}
+
+/// A referenced node comes with its children, except those with `reg`.
+fn keep_subtree(sel: &mut Selection<'_, '_>, i: usize, queue: &mut Vec<usize>) {
+    keep(sel, i, queue);
+    for c in sel.children[i].clone() {
+        if !sel.nodes[c].has_prop("reg") {
+            keep_subtree(sel, c, queue);
+        }
+    }
+}
+
+/// A referenced node is kept only if it has no `reg` (it is no device the
+/// monitor would have to map), is not one the writer replaces, and sits under
+/// nothing but buses, kept nodes and nodes without `reg`.
+fn referable(sel: &Selection<'_, '_>, i: usize) -> bool {
+    if sel.keep[i] || sel.special[i].is_some() || sel.nodes[i].has_prop("reg") {
+        return false;
+    }
+    let mut at = sel.parent[i];
+    while let Some(a) = at {
+        let n = sel.nodes[a];
+        if !(sel.keep[a] || !n.has_prop("reg") || n.has_prop("ranges")) {
+            return false;
+        }
+        at = sel.parent[a];
+    }
+    true
+}
+
+/// Every node's `phandle` (or `linux,phandle`) value.
+fn phandles(sel: &Selection<'_, '_>) -> BTreeMap<u32, usize> {
+    let mut map = BTreeMap::new();
+    for (i, n) in sel.nodes.iter().enumerate() {
+        for name in ["phandle", "linux,phandle"] {
+            if let Ok(Some(p)) = n.u32_prop(name) {
+                if p != 0 && p != u32::MAX {
+                    map.entry(p).or_insert(i);
+                }
+            }
+        }
+    }
+    map
+}
+
+/// The nodes `node` may reference: every cell of a phandle-bearing property
+/// that equals a known phandle (a cell that is really an argument and happens
+/// to match only keeps an extra node without `reg`).
+fn references(node: &Node<'_>, phandles: &BTreeMap<u32, usize>) -> Vec<usize> {
+    node.props
+        .iter()
+        .filter(|p| follows(p.name))
+        .flat_map(|p| p.value.chunks_exact(4))
+        .filter_map(|c| phandles.get(&u32::from_be_bytes([c[0], c[1], c[2], c[3]])).copied())
+        .collect()
+}
+
+fn follows(prop: &str) -> bool {
+    PHANDLE_PROPS.contains(&prop)
+        || prop.ends_with("-supply")
+        || prop.strip_prefix("pinctrl-").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Every owned carveout must be a `/reserved-memory` child.
+fn check_owned(tree: &Tree<'_>, owned: &[&str]) -> Result<(), DtError> {
+    let rm = tree.root.child("reserved-memory");
+    for name in owned {
+        if !rm.is_some_and(|rm| rm.children.iter().any(|c| c.name == *name)) {
+            return Err(DtError::node(
+                &format!("/reserved-memory/{name}"),
+                "the guest is to own this carveout, but the tree has no such node",
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn fdt_err(path: &str) -> impl Fn(vm_fdt::Error) -> DtError + '_ {
+    move |e| DtError::node(path, format!("cannot be written to the guest DTB: {e}"))
+}
+
+/// `value` as `n` big-endian cells, or an error naming the numbers.
+fn encode(value: u64, n: u32, what: &str) -> Result<Vec<u8>, DtError> {
+    match n {
+        2 => Ok(value.to_be_bytes().to_vec()),
+        1 => u32::try_from(value).map(|v| v.to_be_bytes().to_vec()).map_err(|_| {
+            DtError::node("/", format!("{what} {value:#x} does not fit the root's one-cell #address-cells/#size-cells"))
+        }),
+        _ => Err(DtError::node("/", format!("{what} {value:#x} cannot be written in {n} cells"))),
+    }
+}
+
+/// The writer's state: one guest DTB being written.
+struct Out<'x, 't, 'a> {
+    w: FdtWriter,
+    sel: &'x Selection<'t, 'a>,
+    tree: &'x Tree<'a>,
+    machine: &'x Machine,
+    guest: &'x GuestPlan,
+    opts: &'x GuestDtbOptions<'x>,
+}
+
+impl Out<'_, '_, '_> {
+    fn root(&mut self) -> Result<(), DtError> {
+        let (sel, root) = (self.sel, &self.tree.root);
+        let node = self.w.begin_node("").map_err(fdt_err("/"))?;
+        self.props_as_they_are(root)?;
+        let kids = &sel.children[0];
+        let roles: Vec<Option<Special>> = kids.iter().map(|&c| sel.special[c]).collect();
+        if !roles.contains(&Some(Special::Memory)) {
+            self.memory()?;
+        }
+        let (mut memory, mut psci, mut chosen) = (false, false, false);
+        for (&c, role) in kids.iter().zip(roles) {
+            match role {
+                Some(Special::Memory) if !memory => {
+                    self.memory()?;
+                    memory = true;
+                }
+                Some(Special::Psci) if !psci => {
+                    self.psci(&sel.nodes[c].name)?;
+                    psci = true;
+                }
+                Some(Special::Chosen) if !chosen => {
+                    self.chosen(Some(sel.nodes[c]))?;
+                    chosen = true;
+                }
+                Some(Special::ReservedMemory) => self.reserved_memory(sel.nodes[c])?,
+                Some(Special::Aliases) => self.aliases(sel.nodes[c])?,
+                Some(_) => {}
+                None if sel.keep[c] => self.node(c)?,
+                None => {}
+            }
+        }
+        if !psci {
+            self.psci("psci")?;
+        }
+        if !chosen {
+            self.chosen(None)?;
+        }
+        self.w.end_node(node).map_err(fdt_err("/"))
+    }
+
+    /// `memory@<base>`: the guest's one dense bank, in the root's cell counts.
+    fn memory(&mut self) -> Result<(), DtError> {
+        let cells = self.tree.root.cells()?;
+        let ram = self.guest.ipa_range();
+        if cells.address == 1 && ram.end() > 1 << 32 {
+            return Err(DtError::node(
+                "/",
+                format!(
+                    "{}'s RAM {ram} ends above 4 GiB, which the root's #address-cells = 1 cannot describe",
+                    self.guest.name
+                ),
+            ));
+        }
+        let mut reg = encode(ram.start(), cells.address, "guest RAM base")?;
+        reg.extend(encode(ram.size, cells.size, "guest RAM size")?);
+        let name = format!("memory@{:x}", ram.start());
+        let node = self.w.begin_node(&name).map_err(fdt_err("/"))?;
+        let path = format!("/{name}");
+        self.w.property_string("device_type", "memory").map_err(fdt_err(&path))?;
+        self.w.property("reg", &reg).map_err(fdt_err(&path))?;
+        self.w.end_node(node).map_err(fdt_err(&path))
+    }
+
+    /// PSCI 1.0 (and 0.2) through HVC: the monitor traps it whatever the machine uses.
+    fn psci(&mut self, name: &str) -> Result<(), DtError> {
+        let path = format!("/{name}");
+        let node = self.w.begin_node(name).map_err(fdt_err(&path))?;
+        let compatible = PSCI_COMPATIBLE.iter().map(|s| String::from(*s)).collect();
+        self.w.property_string_list("compatible", compatible).map_err(fdt_err(&path))?;
+        self.w.property_string("method", "hvc").map_err(fdt_err(&path))?;
+        self.w.end_node(node).map_err(fdt_err(&path))
+    }
+
+    /// `/chosen` from scratch: command line, initrd, and the console if it is passed through.
+    fn chosen(&mut self, machine_chosen: Option<&Node<'_>>) -> Result<(), DtError> {
+        let path = "/chosen";
+        let node = self.w.begin_node("chosen").map_err(fdt_err(path))?;
+        if let Some(args) = self.opts.bootargs {
+            self.w.property_string("bootargs", args).map_err(fdt_err(path))?;
+        }
+        if let Some(initrd) = self.opts.initrd {
+            let cells = if self.tree.root.cells()?.address == 2 { 2 } else { 1 };
+            let start = encode(initrd.start(), cells, "initrd start")?;
+            let end = encode(initrd.end(), cells, "initrd end")?;
+            self.w.property("linux,initrd-start", &start).map_err(fdt_err(path))?;
+            self.w.property("linux,initrd-end", &end).map_err(fdt_err(path))?;
+        }
+        if self.machine.uart.is_some() {
+            if let Some(sp) = machine_chosen.and_then(|c| c.prop("stdout-path")) {
+                self.w.property("stdout-path", sp).map_err(fdt_err(path))?;
+            }
+        }
+        self.w.end_node(node).map_err(fdt_err(path))
+    }
+
+    /// `/reserved-memory` with only the owned children, or nothing.
+    fn reserved_memory(&mut self, rm: &Node<'_>) -> Result<(), DtError> {
+        let owned: Vec<&Node<'_>> =
+            rm.children.iter().filter(|c| self.opts.owned_carveouts.contains(&c.name.as_str())).collect();
+        if owned.is_empty() {
+            return Ok(());
+        }
+        let node = self.w.begin_node(&rm.name).map_err(fdt_err(&rm.path))?;
+        self.props_as_they_are(rm)?;
+        for c in owned {
+            self.subtree_as_it_is(c)?;
+        }
+        self.w.end_node(node).map_err(fdt_err(&rm.path))
+    }
+
+    /// `aliases` / `__symbols__` with only the entries whose path survives.
+    fn aliases(&mut self, n: &Node<'_>) -> Result<(), DtError> {
+        let kept: Vec<_> = n.props.iter().filter(|p| self.survives(p.value)).collect();
+        if kept.is_empty() {
+            return Ok(());
+        }
+        let node = self.w.begin_node(&n.name).map_err(fdt_err(&n.path))?;
+        for p in kept {
+            self.w.property(p.name, p.value).map_err(fdt_err(&n.path))?;
+        }
+        self.w.end_node(node).map_err(fdt_err(&n.path))
+    }
+
+    /// Whether a path-valued property names a node the guest's tree has.
+    fn survives(&self, value: &[u8]) -> bool {
+        let Some(path) = strings(value).ok().and_then(|mut s| s.next()) else { return false };
+        let Some(found) = self.tree.find(path).filter(|_| path.starts_with('/')) else { return false };
+        let Some(i) = self.sel.nodes.iter().position(|n| core::ptr::eq(*n, found)) else { return false };
+        match self.sel.special[i] {
+            None => self.sel.keep[i],
+            Some(Special::ReservedMemory) => self.owned(found),
+            Some(Special::Chosen | Special::Psci) => self.sel.parent[i] == Some(0),
+            Some(_) => false,
+        }
+    }
+
+    /// An owned carveout, or `/reserved-memory` itself when it is written.
+    fn owned(&self, n: &Node<'_>) -> bool {
+        let owns = |name: &str| self.opts.owned_carveouts.contains(&name);
+        if n.name == "reserved-memory" {
+            n.children.iter().any(|c| owns(&c.name))
+        } else {
+            owns(&n.name) && n.path.matches('/').count() == 2
+        }
+    }
+
+    /// A kept machine node, with the GIC's and the CPUs' edits, and its kept children.
+    fn node(&mut self, i: usize) -> Result<(), DtError> {
+        let sel = self.sel;
+        let n = sel.nodes[i];
+        let node = self.w.begin_node(&n.name).map_err(fdt_err(&n.path))?;
+        if sel.gic == Some(i) {
+            self.gic_props(i)?;
+        } else if sel.cpus.contains(&i) {
+            self.cpu_props(n)?;
+        } else {
+            self.props_as_they_are(n)?;
+        }
+        for &c in &sel.children[i] {
+            if sel.keep[c] {
+                self.node(c)?;
+            }
+        }
+        self.w.end_node(node).map_err(fdt_err(&n.path))
+    }
+
+    /// The GIC as a guest's: distributor and CPU interface only (not GICH or
+    /// GICV), and no maintenance interrupt.
+    fn gic_props(&mut self, i: usize) -> Result<(), DtError> {
+        let (sel, tree) = (self.sel, self.tree);
+        let n = sel.nodes[i];
+        let parent = sel.parent[i].map_or(&tree.root, |p| sel.nodes[p]);
+        let two = 2 * parent.cells()?.entry_bytes();
+        for p in &n.props {
+            let value = match p.name {
+                "interrupts" => continue,
+                "reg" => p.value.get(..two).unwrap_or(p.value),
+                _ => p.value,
+            };
+            self.w.property(p.name, value).map_err(fdt_err(&n.path))?;
+        }
+        Ok(())
+    }
+
+    /// A guest CPU: started through PSCI, whatever the machine uses.
+    fn cpu_props(&mut self, n: &Node<'_>) -> Result<(), DtError> {
+        for p in n.props.iter().filter(|p| !matches!(p.name, "enable-method" | "cpu-release-addr")) {
+            self.w.property(p.name, p.value).map_err(fdt_err(&n.path))?;
+        }
+        self.w.property_string("enable-method", "psci").map_err(fdt_err(&n.path))
+    }
+
+    fn props_as_they_are(&mut self, n: &Node<'_>) -> Result<(), DtError> {
+        for p in &n.props {
+            self.w.property(p.name, p.value).map_err(fdt_err(&n.path))?;
+        }
+        Ok(())
+    }
+
+    fn subtree_as_it_is(&mut self, n: &Node<'_>) -> Result<(), DtError> {
+        let node = self.w.begin_node(&n.name).map_err(fdt_err(&n.path))?;
+        self.props_as_they_are(n)?;
+        for c in &n.children {
+            self.subtree_as_it_is(c)?;
+        }
+        self.w.end_node(node).map_err(fdt_err(&n.path))
+    }
+}

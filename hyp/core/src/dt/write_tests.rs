@@ -1,0 +1,640 @@
+//! Guest DTB tests: machine trees written here with vm-fdt (and QEMU virt's own), planned, written for a guest and read back.
+
+extern crate std;
+
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
+use vm_fdt::{FdtReserveEntry, FdtWriter};
+
+use super::*;
+use crate::addr::{Ipa, IpaRange};
+use crate::dt::machine::{PsciMethod, ReservedKind};
+use crate::plan::{plan, PlanConfig};
+
+const MIB: u64 = 1 << 20;
+const GIC: u32 = 0x8003;
+const V2M: u32 = 0x8004;
+const GPIO: u32 = 0x8005;
+const PCLK: u32 = 0x8000;
+
+/// The QEMU virt DTB of `-M virt,virtualization=on -cpu cortex-a15 -m 1280 -smp 2`
+/// (dumped with `dumpdtb=`, packed with `dtc -I dtb -O dtb`).
+const QEMU_VIRT: &[u8] = include_bytes!("testdata/qemu-virt-1280-smp2.dtb");
+
+/// The shape of a machine tree to build.
+struct Spec {
+    /// The root's `#address-cells` and `#size-cells` (1 or 2).
+    cells: u32,
+    cpus: u32,
+    spin_table: bool,
+    /// `/reserved-memory` children: name, base, size.
+    carveouts: Vec<(String, u64, u64)>,
+    memreserve: Vec<(u64, u64)>,
+    /// A `carve,guest` under `/chosen` with this many CPUs.
+    guest_cpus: Option<u32>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            cells: 2,
+            cpus: 2,
+            spin_table: false,
+            carveouts: vec![
+                ("ipu-pool@50000000".into(), 0x5000_0000, 128 * MIB),
+                ("fb@60000000".into(), 0x6000_0000, 128 * MIB),
+            ],
+            memreserve: vec![(0x4f00_0000, 0x10_0000)],
+            guest_cpus: Some(1),
+        }
+    }
+}
+
+/// `reg`-shaped bytes in `cells`-cell addresses and sizes.
+fn reg(cells: u32, pairs: &[(u64, u64)]) -> Vec<u8> {
+    let mut v = Vec::new();
+    for &(a, s) in pairs {
+        for x in [a, s] {
+            if cells == 2 {
+                v.extend(x.to_be_bytes());
+            } else {
+                v.extend((x as u32).to_be_bytes());
+            }
+        }
+    }
+    v
+}
+
+fn strs(s: &[&str]) -> Vec<String> {
+    s.iter().map(|s| s.to_string()).collect()
+}
+
+/// A QEMU-virt-like machine: every kind of node the guest writer keeps, edits or drops.
+fn machine_blob(spec: &Spec) -> Vec<u8> {
+    let c = spec.cells;
+    let rsv: Vec<FdtReserveEntry> = spec.memreserve.iter().map(|&(a, s)| FdtReserveEntry::new(a, s).unwrap()).collect();
+    let mut w = FdtWriter::new_with_mem_reserv(&rsv).unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("interrupt-parent", GIC).unwrap();
+    w.property_string("model", "test-virt").unwrap();
+    w.property_u32("#size-cells", c).unwrap();
+    w.property_u32("#address-cells", c).unwrap();
+    w.property_string("compatible", "linux,dummy-virt").unwrap();
+
+    let n = w.begin_node("psci").unwrap();
+    w.property_u32("cpu_on", 0x8400_0003).unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.property_string_list("compatible", strs(&["arm,psci-1.0", "arm,psci-0.2", "arm,psci"])).unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("memory@40000000").unwrap();
+    w.property("reg", &reg(c, &[(0x4000_0000, 1280 * MIB)])).unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("platform-bus@c000000").unwrap();
+    w.property_u32("interrupt-parent", GIC).unwrap();
+    w.property_array_u32("ranges", &[0, 0, 0xc00_0000, 0x200_0000][2 - c as usize..]).unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    w.property_string_list("compatible", strs(&["qemu,platform", "simple-bus"])).unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("fw-cfg@9020000").unwrap();
+    w.property("reg", &reg(c, &[(0x902_0000, 0x18)])).unwrap();
+    w.property_string("compatible", "qemu,fw-cfg-mmio").unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("virtio_mmio@a000000").unwrap();
+    w.property_null("dma-coherent").unwrap();
+    w.property_array_u32("interrupts", &[0, 0x10, 1]).unwrap();
+    w.property("reg", &reg(c, &[(0xa00_0000, 0x200)])).unwrap();
+    w.property_string("compatible", "virtio,mmio").unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("gpio-keys").unwrap();
+    w.property_string("compatible", "gpio-keys").unwrap();
+    let k = w.begin_node("poweroff").unwrap();
+    w.property_array_u32("gpios", &[GPIO, 3, 0]).unwrap();
+    w.property_u32("linux,code", 0x74).unwrap();
+    w.end_node(k).unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("pl061@9030000").unwrap();
+    w.property_u32("phandle", GPIO).unwrap();
+    w.property_u32("clocks", PCLK).unwrap();
+    w.property_null("gpio-controller").unwrap();
+    w.property("reg", &reg(c, &[(0x903_0000, 0x1000)])).unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("pcie@10000000").unwrap();
+    w.property_array_u32("msi-map", &[0, V2M, 0, 0x1_0000]).unwrap();
+    w.property("reg", &reg(c, &[(0x3f00_0000, 0x100_0000)])).unwrap();
+    w.property_u32("#address-cells", 3).unwrap();
+    w.property_u32("#size-cells", 2).unwrap();
+    w.property_string("device_type", "pci").unwrap();
+    w.property_string("compatible", "pci-host-ecam-generic").unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("pl011@9000000").unwrap();
+    w.property_string_list("clock-names", strs(&["uartclk", "apb_pclk"])).unwrap();
+    w.property_array_u32("clocks", &[PCLK, PCLK]).unwrap();
+    w.property_array_u32("interrupts", &[0, 1, 4]).unwrap();
+    w.property("reg", &reg(c, &[(0x900_0000, 0x1000)])).unwrap();
+    w.property_string_list("compatible", strs(&["arm,pl011", "arm,primecell"])).unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("pmu").unwrap();
+    w.property_string("compatible", "arm,cortex-a15-pmu").unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("intc@8000000").unwrap();
+    w.property_u32("phandle", GIC).unwrap();
+    w.property_array_u32("interrupts", &[1, 9, 4]).unwrap();
+    let gic = [(0x800_0000, 0x1_0000), (0x801_0000, 0x1_0000), (0x803_0000, 0x1_0000), (0x804_0000, 0x1_0000)];
+    w.property("reg", &reg(c, &gic)).unwrap();
+    w.property_string("compatible", "arm,cortex-a15-gic").unwrap();
+    w.property_null("ranges").unwrap();
+    w.property_u32("#size-cells", c).unwrap();
+    w.property_u32("#address-cells", c).unwrap();
+    w.property_null("interrupt-controller").unwrap();
+    w.property_u32("#interrupt-cells", 3).unwrap();
+    let v = w.begin_node("v2m@8020000").unwrap();
+    w.property_u32("phandle", V2M).unwrap();
+    w.property("reg", &reg(c, &[(0x802_0000, 0x1000)])).unwrap();
+    w.property_null("msi-controller").unwrap();
+    w.end_node(v).unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("flash@0").unwrap();
+    w.property("reg", &reg(c, &[(0, 0x400_0000), (0x400_0000, 0x400_0000)])).unwrap();
+    w.property_string("compatible", "cfi-flash").unwrap();
+    w.end_node(n).unwrap();
+
+    cpus(&mut w, spec);
+
+    let n = w.begin_node("timer").unwrap();
+    w.property_array_u32("interrupts", &[1, 13, 0x304, 1, 14, 0x304, 1, 11, 0x304, 1, 10, 0x304]).unwrap();
+    w.property_string("compatible", "arm,armv7-timer").unwrap();
+    w.end_node(n).unwrap();
+
+    let n = w.begin_node("apb-pclk").unwrap();
+    w.property_u32("phandle", PCLK).unwrap();
+    w.property_u32("clock-frequency", 24_000_000).unwrap();
+    w.property_u32("#clock-cells", 0).unwrap();
+    w.property_string("compatible", "fixed-clock").unwrap();
+    w.end_node(n).unwrap();
+
+    if !spec.carveouts.is_empty() {
+        let rm = w.begin_node("reserved-memory").unwrap();
+        w.property_u32("#address-cells", c).unwrap();
+        w.property_u32("#size-cells", c).unwrap();
+        w.property_null("ranges").unwrap();
+        for (name, base, size) in &spec.carveouts {
+            let n = w.begin_node(name).unwrap();
+            w.property("reg", &reg(c, &[(*base, *size)])).unwrap();
+            w.property_null("no-map").unwrap();
+            w.end_node(n).unwrap();
+        }
+        w.end_node(rm).unwrap();
+    }
+
+    let n = w.begin_node("aliases").unwrap();
+    w.property_string("serial0", "/pl011@9000000").unwrap();
+    w.property_string("gpio0", "/pl061@9030000").unwrap();
+    w.end_node(n).unwrap();
+
+    chosen(&mut w, spec);
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+fn cpus(w: &mut FdtWriter, spec: &Spec) {
+    let n = w.begin_node("cpus").unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    let map = w.begin_node("cpu-map").unwrap();
+    let cl = w.begin_node("cluster0").unwrap();
+    for i in 0..spec.cpus {
+        let core = w.begin_node(&alloc::format!("core{i}")).unwrap();
+        w.property_u32("cpu", 0x9000 + i).unwrap();
+        w.end_node(core).unwrap();
+    }
+    w.end_node(cl).unwrap();
+    w.end_node(map).unwrap();
+    for i in 0..spec.cpus {
+        let cpu = w.begin_node(&alloc::format!("cpu@{i}")).unwrap();
+        w.property_u32("phandle", 0x9000 + i).unwrap();
+        w.property_u32("reg", i).unwrap();
+        if spec.spin_table {
+            w.property_string("enable-method", "spin-table").unwrap();
+            w.property_u64("cpu-release-addr", 0x4000_fff8).unwrap();
+        } else {
+            w.property_string("enable-method", "psci").unwrap();
+        }
+        w.property_string("compatible", "arm,cortex-a15").unwrap();
+        w.property_string("device_type", "cpu").unwrap();
+        w.end_node(cpu).unwrap();
+    }
+    w.end_node(n).unwrap();
+}
+
+fn chosen(w: &mut FdtWriter, spec: &Spec) {
+    let ch = w.begin_node("chosen").unwrap();
+    w.property_string("stdout-path", "serial0:115200n8").unwrap();
+    w.property_array_u32("kaslr-seed", &[1, 2]).unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    if let Some(cpus) = spec.guest_cpus {
+        let g = w.begin_node("guest@0").unwrap();
+        w.property_string("compatible", "carve,guest").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 1).unwrap();
+        w.property_array_u32("memory", &[0, 0xc0000]).unwrap();
+        w.property_u32("cpus", cpus).unwrap();
+        let k = w.begin_node("module@48000000").unwrap();
+        w.property_string_list("compatible", strs(&["multiboot,kernel", "multiboot,module"])).unwrap();
+        w.property_array_u32("reg", &[0x4800_0000, 0x80_0000]).unwrap();
+        w.property_string("bootargs", "console=ttyAMA0").unwrap();
+        w.end_node(k).unwrap();
+        w.end_node(g).unwrap();
+    }
+    w.end_node(ch).unwrap();
+}
+
+/// The machine, its plan's first guest, and that guest's DTB.
+fn guest_of(blob: &[u8], opts: &GuestDtbOptions<'_>) -> (Machine, GuestPlan, Result<Vec<u8>, DtError>) {
+    let tree = Tree::parse(blob).unwrap();
+    let m = Machine::from_tree(&tree).unwrap();
+    let cfg = if m.guests.is_empty() {
+        PlanConfig { extra_guests: vec![768 * MIB], require_kernel: false, ..PlanConfig::default() }
+    } else {
+        PlanConfig::default()
+    };
+    let p = plan(&m, &cfg).unwrap();
+    let g = p.guests[0].clone();
+    let out = guest_dtb(&tree, &m, &g, opts);
+    (m, g, out)
+}
+
+fn paths(t: &Tree<'_>) -> Vec<String> {
+    let mut v = Vec::new();
+    t.root.walk(&mut |n| v.push(n.path.clone()));
+    v
+}
+
+fn u64_at(t: &Tree<'_>, path: &str, prop: &'static str) -> u64 {
+    t.find(path).unwrap().u64_prop(prop).unwrap().unwrap()
+}
+
+/// What every guest tree of a QEMU-virt-like machine must show.
+fn check_guest_tree(out: &[u8], g: &GuestPlan) {
+    let gm = Machine::from_dtb(out).unwrap();
+    assert_eq!(gm.ram.len(), 1, "{:?}", gm.ram);
+    assert_eq!((gm.ram[0].range.start(), gm.ram[0].range.end()), (g.ipa_base.raw(), g.ipa_base.raw() + g.size));
+    assert!(gm.guests.is_empty());
+    let psci = gm.psci.as_ref().unwrap();
+    assert_eq!(psci.method, PsciMethod::Hvc);
+    assert!(psci.v02);
+    assert_eq!(gm.cpus.len(), g.cpus as usize);
+    let gic = gm.gic.as_ref().unwrap();
+    assert!(gic.hyp_interface.is_none() && gic.vcpu_interface.is_none());
+    assert_eq!(gic.distributor.start(), 0x800_0000);
+    assert_eq!(gic.cpu_interface.start(), 0x801_0000);
+    assert_eq!(gm.uart.as_ref().unwrap().regs[0].start(), 0x900_0000);
+    assert!(gm.timer.is_some());
+
+    let t = Tree::parse(out).unwrap();
+    assert!(t.memreserve.is_empty());
+    let all = paths(&t);
+    let memory: Vec<_> = all.iter().filter(|p| p.starts_with("/memory")).collect();
+    assert_eq!(memory, [&alloc::format!("/memory@{:x}", g.ipa_base.raw())]);
+    for gone in [
+        "/virtio_mmio@a000000",
+        "/pcie@10000000",
+        "/pl061@9030000",
+        "/gpio-keys",
+        "/fw-cfg@9020000",
+        "/flash@0",
+        "/platform-bus@c000000",
+        "/pmu",
+        "/intc@8000000/v2m@8020000",
+        "/cpus/cpu-map",
+    ] {
+        assert!(t.find(gone).is_none(), "{gone} should be gone: {all:?}");
+    }
+    assert!(t.find("/apb-pclk").is_some(), "the UART's clock: {all:?}");
+    let intc = t.find("/intc@8000000").unwrap();
+    assert!(!intc.has_prop("interrupts") && intc.has_prop("interrupt-controller"));
+    let psci = t.find("/psci").unwrap();
+    assert_eq!(psci.strings_prop("compatible").unwrap(), ["arm,psci-1.0", "arm,psci-0.2"]);
+    assert!(!psci.has_prop("cpu_on"));
+    for (i, c) in t.find("/cpus").unwrap().children.iter().enumerate() {
+        assert_eq!(c.name, alloc::format!("cpu@{i}"));
+        assert_eq!(c.str_prop("enable-method").unwrap(), Some("psci"));
+        assert!(!c.has_prop("cpu-release-addr"));
+    }
+    let chosen = t.find("/chosen").unwrap();
+    assert!(chosen.children.is_empty());
+    assert!(!chosen.has_prop("kaslr-seed"));
+    assert!(t.root.has_prop("interrupt-parent") && t.root.has_prop("compatible"));
+}
+
+#[test]
+fn qemu_like_machine_becomes_one_dense_bank_and_passed_through_devices() {
+    let blob = machine_blob(&Spec::default());
+    let initrd = IpaRange::from_raw(0x4800_0000, 0x20_0000).unwrap();
+    let opts =
+        GuestDtbOptions { initrd: Some(initrd), bootargs: Some("console=ttyAMA0 root=/dev/ram"), ..Default::default() };
+    let (m, g, out) = guest_of(&blob, &opts);
+    assert_eq!(m.reserved.len(), 3, "two carveouts and a /memreserve/ in the machine");
+    let out = out.unwrap();
+    check_guest_tree(&out, &g);
+    let gm = Machine::from_dtb(&out).unwrap();
+    assert!(gm.reserved.is_empty(), "{:?}", gm.reserved);
+    let t = Tree::parse(&out).unwrap();
+    assert!(t.find("/reserved-memory").is_none());
+    let chosen = t.find("/chosen").unwrap();
+    assert_eq!(chosen.str_prop("bootargs").unwrap(), Some("console=ttyAMA0 root=/dev/ram"));
+    assert_eq!(chosen.str_prop("stdout-path").unwrap(), Some("serial0:115200n8"));
+    assert_eq!(chosen.prop("linux,initrd-start").unwrap().len(), 8, "two cells: the root's #address-cells");
+    assert_eq!(u64_at(&t, "/chosen", "linux,initrd-start"), 0x4800_0000);
+    assert_eq!(u64_at(&t, "/chosen", "linux,initrd-end"), 0x4820_0000);
+    let aliases = t.find("/aliases").unwrap();
+    assert!(aliases.has_prop("serial0") && !aliases.has_prop("gpio0"));
+    assert_eq!(t.find("/intc@8000000").unwrap().prop("reg").unwrap().len(), 2 * 16);
+    assert_eq!(t.root.str_prop("model").unwrap(), Some("test-virt"));
+}
+
+#[test]
+fn one_cell_roots_get_one_cell_numbers() {
+    let blob = machine_blob(&Spec { cells: 1, ..Spec::default() });
+    let initrd = IpaRange::from_raw(0x4800_0000, 0x20_0000).unwrap();
+    let opts = GuestDtbOptions { initrd: Some(initrd), ..Default::default() };
+    let (_, g, out) = guest_of(&blob, &opts);
+    let out = out.unwrap();
+    check_guest_tree(&out, &g);
+    let t = Tree::parse(&out).unwrap();
+    let mem = t.find(&alloc::format!("/memory@{:x}", g.ipa_base.raw())).unwrap();
+    assert_eq!(mem.prop("reg").unwrap().len(), 8);
+    assert_eq!(t.find("/chosen").unwrap().prop("linux,initrd-end").unwrap(), 0x4820_0000u32.to_be_bytes());
+    assert!(t.find("/chosen").unwrap().prop("bootargs").is_none());
+    assert_eq!(t.find("/intc@8000000").unwrap().prop("reg").unwrap().len(), 2 * 8);
+}
+
+#[test]
+fn ram_a_one_cell_root_cannot_describe_is_refused_with_the_numbers() {
+    let blob = machine_blob(&Spec { cells: 1, ..Spec::default() });
+    let tree = Tree::parse(&blob).unwrap();
+    let m = Machine::from_tree(&tree).unwrap();
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    let mut g = p.guests[0].clone();
+    g.ipa_base = Ipa::new(0xc000_0000);
+    g.size = 2 << 30;
+    let e = guest_dtb(&tree, &m, &g, &GuestDtbOptions::default()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "/: guest@0's RAM 0xc0000000-0x140000000 ends above 4 GiB, which the root's #address-cells = 1 cannot describe"
+    );
+    g.ipa_base = Ipa::new(0x4000_0000);
+    g.size = 768 * MIB;
+    let initrd = IpaRange::from_raw(0xffff_0000, 0x2_0000).unwrap();
+    let e = guest_dtb(&tree, &m, &g, &GuestDtbOptions { initrd: Some(initrd), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("initrd end 0x100010000 does not fit"), "{e}");
+}
+
+#[test]
+fn owned_carveouts_are_kept_and_only_those_even_64_of_them() {
+    let mut spec = Spec::default();
+    for i in 0..65u64 {
+        let base = 0x8000_0000 + i * 2 * MIB;
+        spec.carveouts.push((alloc::format!("pool{i}@{base:x}"), base, MIB));
+    }
+    let blob = machine_blob(&spec);
+    let owned_names: Vec<String> = spec.carveouts[2..66].iter().map(|c| c.0.clone()).collect();
+    let owned: Vec<&str> = owned_names.iter().map(String::as_str).collect();
+    let (_, g, out) = guest_of(&blob, &GuestDtbOptions { owned_carveouts: &owned, ..Default::default() });
+    let out = out.unwrap();
+    check_guest_tree(&out, &g);
+    let gm = Machine::from_dtb(&out).unwrap();
+    assert_eq!(gm.reserved.len(), 64);
+    let names: Vec<&str> = gm.reserved.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, owned);
+    assert_eq!(
+        gm.reserved[0].kind,
+        ReservedKind::Static(vec![crate::addr::PhysRange::from_raw(0x8000_0000, MIB).unwrap()])
+    );
+    assert!(gm.reserved.iter().all(|r| r.no_map));
+    let t = Tree::parse(&out).unwrap();
+    let rm = t.find("/reserved-memory").unwrap();
+    assert!(rm.has_prop("ranges") && rm.has_prop("#address-cells"));
+    assert!(rm.child("ipu-pool@50000000").is_none() && rm.child("pool64@88000000").is_none());
+}
+
+#[test]
+fn an_owned_carveout_the_tree_lacks_is_an_error() {
+    let blob = machine_blob(&Spec::default());
+    let (_, _, out) = guest_of(&blob, &GuestDtbOptions { owned_carveouts: &["nope@1"], ..Default::default() });
+    assert_eq!(
+        out.unwrap_err().to_string(),
+        "/reserved-memory/nope@1: the guest is to own this carveout, but the tree has no such node"
+    );
+}
+
+#[test]
+fn guests_get_their_first_cpus_started_through_psci() {
+    let blob = machine_blob(&Spec { cpus: 4, spin_table: true, guest_cpus: Some(2), ..Spec::default() });
+    let (m, g, out) = guest_of(&blob, &GuestDtbOptions::default());
+    let out = out.unwrap();
+    assert_eq!(g.cpus, 2);
+    check_guest_tree(&out, &g);
+    assert_eq!(Machine::from_dtb(&out).unwrap().cpus, [0, 1]);
+    assert_eq!(guest_mpidrs(&m, &g), [0, 1]);
+    let t = Tree::parse(&out).unwrap();
+    let cpus = t.find("/cpus").unwrap();
+    assert_eq!(cpus.u32_prop("#address-cells").unwrap(), Some(1));
+    assert_eq!(cpus.u32_prop("#size-cells").unwrap(), Some(0));
+    assert_eq!(t.header.boot_cpuid_phys, 0);
+
+    let tree = Tree::parse(&blob).unwrap();
+    let mut too_many = g.clone();
+    too_many.cpus = 5;
+    let e = guest_dtb(&tree, &m, &too_many, &GuestDtbOptions::default()).unwrap_err();
+    assert_eq!(e.to_string(), "/cpus: guest@0 wants 5 CPU(s), the tree describes 4");
+}
+
+/// A board-like tree: the UART on a bus, with a pin group, a regulator and a clock controller.
+fn board_blob() -> Vec<u8> {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    w.property_u32("interrupt-parent", 1).unwrap();
+    let n = w.begin_node("memory@80000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property_array_u32("reg", &[0x8000_0000, 0x4000_0000]).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("cpus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    let c = w.begin_node("cpu@0").unwrap();
+    w.property_string("device_type", "cpu").unwrap();
+    w.property_u32("reg", 0).unwrap();
+    w.property_u32("clocks", 3).unwrap(); // the clock controller: has reg, not kept
+    w.end_node(c).unwrap();
+    w.end_node(n).unwrap();
+    let regs = w.begin_node("regulators").unwrap();
+    for (name, ph) in [("regulator-3v3", 5), ("regulator-5v", 6)] {
+        let r = w.begin_node(name).unwrap();
+        w.property_string("compatible", "regulator-fixed").unwrap();
+        w.property_u32("phandle", ph).unwrap();
+        w.end_node(r).unwrap();
+    }
+    w.end_node(regs).unwrap();
+    let soc = w.begin_node("soc").unwrap();
+    w.property_string("compatible", "simple-bus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    w.property_array_u32("ranges", &[0, 0x1000_0000, 0x1000_0000]).unwrap();
+    let n = w.begin_node("interrupt-controller@1000").unwrap();
+    w.property_string("compatible", "arm,cortex-a7-gic").unwrap();
+    w.property_u32("phandle", 1).unwrap();
+    w.property_array_u32("reg", &[0x1000, 0x1000, 0x2000, 0x2000, 0x4000, 0x2000, 0x6000, 0x2000]).unwrap();
+    w.property_array_u32("interrupts", &[1, 9, 0xf04]).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("clock-controller@3000").unwrap();
+    w.property_u32("phandle", 3).unwrap();
+    w.property_array_u32("reg", &[0x3000, 0x100]).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("pinctrl@4000").unwrap();
+    w.property_array_u32("reg", &[0x4000, 0x100]).unwrap();
+    let p = w.begin_node("uart0-pins").unwrap();
+    w.property_u32("phandle", 4).unwrap();
+    w.end_node(p).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("serial@8000").unwrap();
+    w.property_string("compatible", "snps,dw-apb-uart").unwrap();
+    w.property_array_u32("reg", &[0x8000, 0x400]).unwrap();
+    w.property_array_u32("clocks", &[3, 7]).unwrap();
+    w.property_u32("pinctrl-0", 4).unwrap();
+    w.property_u32("vcc-supply", 5).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("i2c@9000").unwrap();
+    w.property_array_u32("reg", &[0x9000, 0x400]).unwrap();
+    w.end_node(n).unwrap();
+    w.end_node(soc).unwrap();
+    let soc2 = w.begin_node("soc2").unwrap();
+    w.property_string("compatible", "simple-bus").unwrap();
+    w.property_null("ranges").unwrap();
+    let n = w.begin_node("virtio_mmio@a000000").unwrap();
+    w.property_array_u32("reg", &[0xa00_0000, 0x200]).unwrap();
+    w.end_node(n).unwrap();
+    w.end_node(soc2).unwrap();
+    let n = w.begin_node("timer").unwrap();
+    w.property_string("compatible", "arm,armv8-timer").unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("chosen").unwrap();
+    w.property_string("stdout-path", "/soc/serial@8000:115200n8").unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("aliases").unwrap();
+    w.property_string("serial0", "/soc/serial@8000").unwrap();
+    w.property_string("i2c0", "/soc/i2c@9000").unwrap();
+    w.property_string("rtc0", "/soc/rtc").unwrap();
+    w.end_node(n).unwrap();
+    w.end_node(root).unwrap();
+    w.finish().unwrap()
+}
+
+#[test]
+fn buses_stay_for_what_they_hold_and_nothing_with_reg_is_kept_by_reference() {
+    let blob = board_blob();
+    let (_, g, out) = guest_of(&blob, &GuestDtbOptions::default());
+    let t = Tree::parse(out.as_ref().unwrap()).unwrap();
+    let expect = [
+        "/",
+        "/memory@40000000",
+        "/cpus",
+        "/cpus/cpu@0",
+        "/regulators",
+        "/regulators/regulator-3v3",
+        "/soc",
+        "/soc/interrupt-controller@1000",
+        "/soc/serial@8000",
+        "/timer",
+        "/chosen",
+        "/aliases",
+        "/psci",
+    ];
+    assert_eq!(paths(&t), expect, "guest RAM {:?}", g.ipa_range());
+    assert_eq!(t.find("/soc").unwrap().prop("ranges").unwrap().len(), 12, "bus ranges unchanged");
+    assert_eq!(t.find("/soc/interrupt-controller@1000").unwrap().prop("reg").unwrap().len(), 16);
+    let aliases = t.find("/aliases").unwrap();
+    assert!(aliases.has_prop("serial0") && !aliases.has_prop("i2c0") && !aliases.has_prop("rtc0"));
+    let gm = Machine::from_dtb(out.as_ref().unwrap()).unwrap();
+    assert_eq!(gm.uart.unwrap().regs[0].start(), 0x1000_8000);
+    assert_eq!(gm.ram[0].range.start(), g.ipa_base.raw());
+
+    let tree = Tree::parse(&blob).unwrap();
+    let m = Machine::from_tree(&tree).unwrap();
+    let sel = strip_for_guest(&tree, &m, &g).unwrap();
+    assert!(sel.keeps("/soc/serial@8000") && !sel.keeps("/soc/pinctrl@4000/uart0-pins"));
+    assert!(!sel.keeps("/soc/clock-controller@3000") && !sel.keeps("/soc2"));
+}
+
+#[test]
+fn qemu_virt_dtb_goes_through() {
+    let initrd = IpaRange::from_raw(0x4800_0000, 0x100_0000).unwrap();
+    let opts = GuestDtbOptions { initrd: Some(initrd), bootargs: Some("console=ttyAMA0"), ..Default::default() };
+    let (m, g, out) = guest_of(QEMU_VIRT, &opts);
+    assert_eq!(m.cpus.len(), 2);
+    let out = out.unwrap();
+    check_guest_tree(&out, &g);
+    let t = Tree::parse(&out).unwrap();
+    assert_eq!(
+        paths(&t),
+        [
+            "/",
+            "/psci",
+            "/memory@40000000",
+            "/pl011@9000000",
+            "/intc@8000000",
+            "/cpus",
+            "/cpus/cpu@0",
+            "/timer",
+            "/apb-pclk",
+            "/chosen",
+        ]
+    );
+    assert!(out.len() < 4096, "{} bytes", out.len());
+    if let Some(path) = std::env::var_os("CARVE_DUMP_GUEST_DTB") {
+        std::fs::write(path, &out).unwrap();
+    }
+}
+
+/// Whatever a corrupted machine blob holds, writing a guest tree for it is an answer, not a panic.
+#[test]
+fn single_byte_mutations_never_panic() {
+    let good = machine_blob(&Spec::default());
+    let mut wrote = 0;
+    for i in 0..good.len() {
+        for v in [0x00, 0xff, 0x01, good[i] ^ 0x04] {
+            let mut b = good.clone();
+            b[i] = v;
+            let Ok(tree) = Tree::parse(&b) else { continue };
+            let Ok(m) = Machine::from_tree(&tree) else { continue };
+            let cfg = PlanConfig { extra_guests: vec![64 * MIB], require_kernel: false, ..PlanConfig::default() };
+            let Ok(p) = plan(&m, &cfg) else { continue };
+            for g in &p.guests {
+                if let Ok(out) = guest_dtb(&tree, &m, g, &GuestDtbOptions::default()) {
+                    Tree::parse(&out).unwrap();
+                    wrote += 1;
+                }
+            }
+        }
+    }
+    assert!(wrote > 0);
+}
