@@ -1,3 +1,149 @@
-#![no_std]
-#![no_main]
-#[panic_handler] fn panic(_: &core::panic::PanicInfo) -> ! { loop {} }
+//! carve's monitor: the Hyp-mode (PL2) image for ARMv7-A with the Virtualization Extensions.
+//!
+//! `_start` (arch/entry.rs) checks Hyp mode, picks a stack, clears `.bss`,
+//! sets HVBAR and calls [`hyp_main`], which for now reports what it was handed
+//! (CPU, image, DTB), turns the Hyp stage-1 MMU on and exits through
+//! semihosting. Reading the DT and building the memory plan (carve-core) come next.
+//!
+//! Only `arch` touches the hardware and holds `unsafe`; the rest of the crate
+//! denies it. On a host target this crate is a stub: build it with `cargo hyp`.
+#![cfg_attr(target_arch = "arm", no_std, no_main)]
+#![deny(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[cfg(target_arch = "arm")]
+extern crate alloc;
+
+#[cfg(target_arch = "arm")]
+#[allow(unsafe_code)]
+mod arch;
+#[cfg(target_arch = "arm")]
+mod boot;
+#[cfg(target_arch = "arm")]
+mod log;
+
+#[cfg(target_arch = "arm")]
+use arch::semihost::{self, ExitCode};
+
+/// CPSR.M for Hyp mode (Arm ARM B1.3.1).
+#[cfg(target_arch = "arm")]
+const MODE_HYP: u32 = 0x1a;
+
+/// The name of a CPSR.M value.
+#[cfg(target_arch = "arm")]
+fn mode_name(mode: u32) -> &'static str {
+    match mode {
+        0x10 => "User",
+        0x11 => "FIQ",
+        0x12 => "IRQ",
+        0x13 => "Supervisor",
+        0x16 => "Monitor",
+        0x17 => "Abort",
+        MODE_HYP => "Hyp",
+        0x1b => "Undefined",
+        0x1f => "System",
+        _ => "unknown",
+    }
+}
+
+/// The boot CPU's Rust entry, called by `_start` with the loader's r0-r2.
+///
+/// r2 is the DTB's physical address (0 under QEMU's ELF loader: the DTB is
+/// then at the start of RAM).
+#[cfg(target_arch = "arm")]
+extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
+    arch::heap::init();
+
+    let mode = arch::cpsr_mode();
+    defmt::info!("carve {=str}: Hyp monitor starting", env!("CARGO_PKG_VERSION"));
+    defmt::info!(
+        "hyp: CPU mode {=str} ({=u32:#04x}), MIDR {=u32:#010x}, MPIDR {=u32:#010x}",
+        mode_name(mode),
+        mode,
+        arch::midr(),
+        arch::mpidr()
+    );
+    defmt::info!("hyp: loader registers r0={=u32:#x} r1={=u32:#x} r2={=u32:#010x}", r0, r1, r2);
+
+    let layout = arch::image_layout();
+    let kib = |(start, end): (usize, usize)| (end - start) / 1024;
+    defmt::info!(
+        "hyp: image {=usize:#010x}-{=usize:#010x} ({=usize} KiB: text {=usize}, rodata {=usize}, data {=usize}, bss {=usize}, stacks {=usize})",
+        layout.image.0,
+        layout.image.1,
+        kib(layout.image),
+        kib(layout.text),
+        kib(layout.rodata),
+        kib(layout.data),
+        kib(layout.bss),
+        kib(layout.stacks)
+    );
+
+    let dtb_addr = boot::dtb_address(r2);
+    let dtb = match boot::check_dtb(dtb_addr, layout.image) {
+        Ok(dtb) => dtb,
+        Err(e) => {
+            defmt::error!("hyp: {}", e);
+            semihost::exit(ExitCode::BadDtb)
+        }
+    };
+    defmt::info!(
+        "hyp: DTB at {=u32:#010x}{=str}: magic {=u32:#010x} ok, totalsize {=u32} bytes, version {=u32} (compatible with {=u32})",
+        dtb.addr,
+        if r2 == 0 { " (r2 = 0: start of RAM)" } else { "" },
+        boot::FDT_MAGIC,
+        dtb.size,
+        dtb.version,
+        dtb.last_comp_version
+    );
+
+    match arch::mmu::enable_boot_map(&layout, (dtb.addr, dtb.size)) {
+        Ok(report) => defmt::info!("hyp: MMU on ({})", report),
+        Err(e) => {
+            defmt::error!("hyp: cannot turn the MMU on: {}", e);
+            semihost::exit(ExitCode::MmuSetup)
+        }
+    }
+    // The DTB, read again through the new map.
+    match boot::check_dtb(dtb.addr, layout.image) {
+        Ok(again) if again == dtb => {}
+        _ => {
+            defmt::error!("hyp: the DTB reads differently with the MMU on");
+            semihost::exit(ExitCode::MmuSetup)
+        }
+    }
+
+    if !arch::trap_selftest() {
+        defmt::error!("hyp: trap self-test: registers came back wrong from HVC");
+        semihost::exit(ExitCode::UnhandledTrap)
+    }
+    defmt::info!("hyp: trap path ok (HVC from Hyp mode: frame saved, handled, restored, eret)");
+
+    let probe: alloc::vec::Vec<u32> = (0..1024).collect();
+    defmt::info!(
+        "hyp: heap ok ({=usize} bytes in use, {=usize} KiB free)",
+        arch::heap::used(),
+        arch::heap::free() / 1024
+    );
+    drop(probe);
+
+    defmt::info!("hyp: boot checks done; guests are not started yet, exiting");
+    semihost::exit(ExitCode::Success)
+}
+
+/// A secondary CPU's Rust entry (`_secondary_start`, reached through PSCI CPU_ON).
+///
+/// Bringing secondaries up (their own MMU enable with the boot CPU's HTTBR,
+/// VTCR/VTTBR, HCR, timers) is later work: for now this reports and ends the run.
+#[cfg(target_arch = "arm")]
+extern "C" fn hyp_secondary(cpu: u32) -> ! {
+    defmt::error!("hyp: CPU {=u32} entered _secondary_start; secondary CPUs are not supported yet", cpu);
+    semihost::exit(ExitCode::Unimplemented)
+}
+
+/// On the host there is no monitor: say how to build one.
+#[cfg(not(target_arch = "arm"))]
+fn main() {
+    eprintln!("hyp is the monitor image for armv7a-none-eabi: build it with `cargo hyp` or scripts/build");
+    std::process::exit(2);
+}

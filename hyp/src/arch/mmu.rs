@@ -1,0 +1,324 @@
+//! Translation-table memory for carve-core's table code, and the boot Hyp stage-1 map.
+//!
+//! [`TablePool`] implements [`TableMemory`] over a static, page-aligned pool of
+//! table pages in `.bss`: the one place where descriptors are written to
+//! memory a table walker reads. Each descriptor is one 64-bit `STRD` (single-copy
+//! atomic with LPAE, Arm ARM A3.5.3), then its cache line is cleaned to the point
+//! of coherency and a DSB completes it, because a walker need not snoop the data
+//! cache (ID_MMFR3.CohWalk; HTCR asks for cacheable walks, which QEMU ignores).
+//!
+//! [`enable_boot_map`] identity-maps the image with per-section permissions
+//! (text RX, rodata RO XN, data/bss/stacks RW XN, stack guard pages unmapped),
+//! the UART page (Device) and the DTB (RO XN), then turns the MMU and caches on
+//! in the order the Arm ARM asks for (B3.10 TLB maintenance, B2.2 cache
+//! enabling): tables visible to the walker, HMAIR0/HTCR/HTTBR, ISB, TLBIALLH,
+//! DSB, ISB, stale cache lines invalidated, HSCTLR.{M,C,I}, ISB. Identity, so the code runs on at the
+//! same addresses and a table's physical address is also where to write it.
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use aarch32_cpu::register::{Hmair0, Hmair1, Hsctlr};
+use carve_core::addr::{Address, PhysAddr, VirtAddr, PAGE_SIZE};
+use carve_core::mm::{Attrs, HypStage1, MapError, MapStats, PageTable, RegimeKind, TableMemory, HMAIR0, HTCR_VALUE};
+use spin::Mutex;
+
+use super::cache;
+use super::entry::stack_ranges;
+use super::regs::{Htcr, Httbr};
+use super::ImageLayout;
+
+/// Pages in the table pool. The boot map needs a root, one level-2 table and a
+/// level-3 table per 2 MiB touched: seven or so. The rest is for what follows.
+pub const POOL_PAGES: usize = 64;
+const PAGE: usize = PAGE_SIZE as usize;
+const POOL_BYTES: usize = POOL_PAGES * PAGE;
+/// Descriptors per 4 KiB table.
+const ENTRIES_PER_PAGE: usize = PAGE / 8;
+
+/// The PL011 UART of QEMU `virt` (its `stdout-path`). Placeholder until the DT
+/// reader names the console: the boot map only needs it to exist.
+pub const QEMU_VIRT_UART0: u32 = 0x0900_0000;
+
+/// The pool's memory: 8 KiB aligned so two-page roots (stage-2) can be aligned to their size.
+#[repr(C, align(8192))]
+struct PoolArea([[u64; ENTRIES_PER_PAGE]; POOL_PAGES]);
+
+static mut POOL_AREA: PoolArea = PoolArea([[0; ENTRIES_PER_PAGE]; POOL_PAGES]);
+/// Set when the one [`TablePool`] exists: it owns `POOL_AREA`.
+static POOL_TAKEN: AtomicBool = AtomicBool::new(false);
+
+/// The table pages, handed out by a bitmap. There is at most one: it owns the pool's memory.
+pub struct TablePool {
+    /// Bit `i` set: page `i` is in use.
+    used: u64,
+}
+const _: () = assert!(POOL_PAGES <= u64::BITS as usize);
+
+impl TablePool {
+    /// The pool, the first time; `None` after that.
+    pub fn take() -> Option<Self> {
+        if POOL_TAKEN.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        Some(Self { used: 0 })
+    }
+
+    fn base() -> usize {
+        (&raw const POOL_AREA) as usize
+    }
+
+    /// Pages in use.
+    pub fn pages_in_use(&self) -> u32 {
+        self.used.count_ones()
+    }
+
+    /// The address of descriptor `index` of `table`, which must lie in the pool.
+    /// Anything else is a bug in the table code: it stops the run.
+    fn slot(&self, table: PhysAddr, index: usize) -> *mut u64 {
+        let base = Self::base() as u64;
+        let addr = table.as_u64().checked_add(8 * index as u64);
+        match addr {
+            Some(a) if a >= base && a < base + POOL_BYTES as u64 && table.as_u64() & (PAGE_SIZE - 1) == 0 => {
+                let page = ((table.as_u64() - base) / PAGE_SIZE) as usize;
+                assert!(self.used & (1 << page) != 0, "table {:#x} is not allocated", table.as_u64());
+                a as usize as *mut u64
+            }
+            _ => panic!("descriptor {:#x}[{}] is outside the table pool", table.as_u64(), index),
+        }
+    }
+}
+
+impl TableMemory for TablePool {
+    fn alloc_table(&mut self, pages: usize) -> Option<PhysAddr> {
+        if pages == 0 || pages > 2 {
+            return None; // roots are at most two pages (stage-2); the pool is 8 KiB aligned
+        }
+        let run: u64 = (1 << pages) - 1;
+        let first = (0..=POOL_PAGES - pages).step_by(pages).find(|&i| self.used & (run << i) == 0)?;
+        self.used |= run << first;
+        let start = Self::base() + first * PAGE;
+        for i in 0..pages * ENTRIES_PER_PAGE {
+            // SAFETY: the pages were just marked in use by the pool's only owner,
+            // lie inside POOL_AREA, and no reference to them exists.
+            unsafe { (start as *mut u64).add(i).write_volatile(0) };
+        }
+        // The walker must see the zeroes (invalid descriptors) before the table is linked.
+        cache::clean_dcache_range_poc(start, pages * PAGE);
+        PhysAddr::from_u64(start as u64)
+    }
+
+    fn free_table(&mut self, table: PhysAddr, pages: usize) {
+        let base = Self::base() as u64;
+        let offset = table.as_u64().wrapping_sub(base);
+        let first = (offset / PAGE_SIZE) as usize;
+        let run: u64 = (1u64 << pages) - 1;
+        assert!(
+            offset & (PAGE_SIZE - 1) == 0 && (1..=2).contains(&pages) && first + pages <= POOL_PAGES,
+            "freeing {:#x} ({} pages), which is not a pool table",
+            table.as_u64(),
+            pages
+        );
+        assert!(self.used & (run << first) == run << first, "freeing {:#x}, which is not allocated", table.as_u64());
+        self.used &= !(run << first);
+    }
+
+    fn read(&self, table: PhysAddr, index: usize) -> u64 {
+        let ptr = self.slot(table, index);
+        let (lo, hi): (u32, u32);
+        // SAFETY: `slot` checked the address lies in an allocated pool page and
+        // is 8-byte aligned; LDRD of an 8-byte aligned doubleword is single-copy
+        // atomic with LPAE (Arm ARM A3.5.3). LDRD needs an even/odd pair: r2, r3.
+        unsafe {
+            asm!(
+                "ldrd r2, r3, [{ptr}]",
+                ptr = in(reg) ptr,
+                out("r2") lo,
+                out("r3") hi,
+                options(nostack, preserves_flags, readonly)
+            )
+        };
+        u64::from(lo) | (u64::from(hi) << 32)
+    }
+
+    fn write(&mut self, table: PhysAddr, index: usize, value: u64) {
+        let ptr = self.slot(table, index);
+        // SAFETY: as in `read`; the pool's only owner writes it (`&mut self`), and
+        // one STRD makes the descriptor change single-copy atomic for the walker.
+        unsafe {
+            asm!(
+                "strd r2, r3, [{ptr}]",
+                ptr = in(reg) ptr,
+                in("r2") value as u32,
+                in("r3") (value >> 32) as u32,
+                options(nostack, preserves_flags)
+            )
+        };
+        // Clean to the point of coherency, with the DSBs that order it (cache.rs).
+        cache::clean_dcache_range_poc(ptr as usize, 8);
+    }
+
+    /// Inner Shareable forms: every CPU walks the same Hyp tables. Stage-2 has no
+    /// by-IPA operation in ARMv7, so it drops every guest entry (all VMIDs).
+    fn invalidate_tlb(&mut self, regime: RegimeKind, _root: PhysAddr, input: u64, size: u64) {
+        match regime {
+            RegimeKind::HypStage1 if size <= 64 * PAGE_SIZE => {
+                let mut va = input & !(PAGE_SIZE - 1);
+                while va < input.saturating_add(size) && va < 1 << 32 {
+                    cache::tlb_invalidate_hyp_va_is(va as u32);
+                    va += PAGE_SIZE;
+                }
+            }
+            RegimeKind::HypStage1 => cache::tlb_invalidate_hyp_all_is(),
+            RegimeKind::Stage2 => cache::tlb_invalidate_guests_all_is(),
+        }
+    }
+}
+
+/// The monitor's Hyp stage-1 translation after [`enable_boot_map`]: its table and the pool it lives in.
+#[allow(dead_code)] // kept for what maps more later; nothing does yet
+pub struct HypMap {
+    /// The tables HTTBR points at.
+    pub table: PageTable<HypStage1>,
+    /// Where those tables (and any later ones) come from.
+    pub pool: TablePool,
+}
+
+/// The live Hyp map, for whatever maps more later (ioremap, vmalloc, secondary CPUs' HTTBR).
+pub static HYP_MAP: Mutex<Option<HypMap>> = Mutex::new(None);
+
+/// Why the boot map could not be built or switched on.
+#[derive(Clone, Copy, Debug)]
+pub enum MmuError {
+    /// The table pool was already taken: the boot map is built once.
+    PoolTaken,
+    /// The table code refused a mapping; `what` names the region.
+    Map { what: &'static str, error: MapError },
+    /// A region's bounds are not in the 32-bit Hyp address space.
+    BadRegion { what: &'static str, start: u64, end: u64 },
+}
+
+impl defmt::Format for MmuError {
+    fn format(&self, f: defmt::Formatter) {
+        match self {
+            Self::PoolTaken => defmt::write!(f, "the table pool is taken (boot map built twice)"),
+            Self::Map { what, error } => {
+                defmt::write!(f, "mapping {=str}: {}", what, defmt::Display2Format(error))
+            }
+            Self::BadRegion { what, start, end } => {
+                defmt::write!(f, "{=str}: {=u64:#x}-{=u64:#x} is not a valid Hyp range", what, start, end)
+            }
+        }
+    }
+}
+
+/// What the boot map holds.
+#[derive(Clone, Copy, Debug)]
+pub struct MapReport {
+    /// HTTBR: the root table's physical address.
+    pub root: u64,
+    /// Table pages used.
+    pub table_pages: u32,
+    /// Leaves written.
+    pub stats: MapStats,
+}
+
+impl defmt::Format for MapReport {
+    fn format(&self, f: defmt::Formatter) {
+        defmt::write!(
+            f,
+            "HTTBR {=u64:#010x}, {=u32} table pages, {=u32} 4 KiB pages + {=u32} 2 MiB blocks mapped",
+            self.root,
+            self.table_pages,
+            self.stats.pages_4k,
+            self.stats.blocks_2m
+        )
+    }
+}
+
+/// Identity-maps `[start, end)` (rounded out to pages) with `attrs`.
+fn map_identity(
+    table: &mut PageTable<HypStage1>,
+    pool: &mut TablePool,
+    what: &'static str,
+    (start, end): (u64, u64),
+    attrs: Attrs,
+) -> Result<MapStats, MmuError> {
+    let bad = MmuError::BadRegion { what, start, end };
+    let first = start & !(PAGE_SIZE - 1);
+    let last = end.checked_add(PAGE_SIZE - 1).ok_or(bad)? & !(PAGE_SIZE - 1);
+    if last <= first {
+        return Ok(MapStats::default()); // an empty section (no .data, say)
+    }
+    let va = VirtAddr::from_u64(first).ok_or(bad)?;
+    let pa = PhysAddr::from_u64(first).ok_or(bad)?;
+    table.map(pool, va, pa, last - first, attrs).map_err(|error| MmuError::Map { what, error })
+}
+
+/// Builds the boot Hyp stage-1 map and turns the MMU and caches on.
+///
+/// `dtb` is the blob's `(address, size)`, checked by the caller not to overlap the image.
+pub fn enable_boot_map(layout: &ImageLayout, dtb: (u32, u32)) -> Result<MapReport, MmuError> {
+    let mut pool = TablePool::take().ok_or(MmuError::PoolTaken)?;
+    let mut table = PageTable::<HypStage1>::new(&mut pool).map_err(|error| MmuError::Map { what: "root", error })?;
+    let r = |(start, end): (usize, usize)| (start as u64, end as u64);
+
+    let mut stats = MapStats::default();
+    stats += map_identity(&mut table, &mut pool, ".text", r(layout.text), Attrs::text())?;
+    stats += map_identity(&mut table, &mut pool, ".rodata", r(layout.rodata), Attrs::rodata())?;
+    // .data and .bss (heap and table pool included) are contiguous.
+    stats += map_identity(&mut table, &mut pool, ".data/.bss", (r(layout.data).0, r(layout.bss).1), Attrs::ram_nx())?;
+    for (start, end) in stack_ranges() {
+        stats += map_identity(&mut table, &mut pool, "stack", r((start, end)), Attrs::ram_nx())?;
+    }
+    let uart = u64::from(QEMU_VIRT_UART0);
+    stats += map_identity(&mut table, &mut pool, "UART", (uart, uart + PAGE_SIZE), Attrs::device())?;
+    let (dtb_addr, dtb_size) = (u64::from(dtb.0), u64::from(dtb.1));
+    stats += map_identity(&mut table, &mut pool, "DTB", (dtb_addr, dtb_addr + dtb_size), Attrs::rodata())?;
+
+    let root = table.root().as_u64();
+    // SAFETY: the tables map everything this CPU touches from here on (code,
+    // data, its stack, the fault stack, the DTB) at the addresses it uses now,
+    // and every descriptor was cleaned to the point of coherency; the register
+    // values are carve-core's documented HMAIR0/HTCR for these tables.
+    unsafe { switch_on(root) };
+
+    let report = MapReport { root, table_pages: pool.pages_in_use(), stats };
+    *HYP_MAP.lock() = Some(HypMap { table, pool });
+    Ok(report)
+}
+
+/// Programs the Hyp translation registers for the tables at `root` and sets
+/// HSCTLR.{M, C, I}, in the order the Arm ARM requires.
+///
+/// # Safety
+/// `root` must be a complete Hyp stage-1 table that identity-maps all code and
+/// data in use, visible to the walker; caches must be off and clean (boot protocol).
+unsafe fn switch_on(root: u64) {
+    // SAFETY: memory attributes for AttrIndx 0 (Normal WB) and 1 (Device), as the tables use them.
+    unsafe {
+        Hmair0::write(Hmair0(HMAIR0));
+        Hmair1::write(Hmair1(0));
+    }
+    // SAFETY: T0SZ = 0 (4 GiB, walk from level 1), cacheable inner-shareable walks.
+    unsafe { Htcr::write(HTCR_VALUE) };
+    // SAFETY: the root table's physical address; bits [4:0] are zero (32-byte aligned root).
+    unsafe { Httbr::write(root) };
+    cache::isb(); // the new HMAIR0/HTCR/HTTBR are in effect for what follows
+    cache::tlb_invalidate_hyp_all(); // TLBIALLH, DSB, ISB: no stale Hyp entries
+
+    // Caches: no stale lines may be hit once HSCTLR.C/I are set (Arm ARM B2.2).
+    // SAFETY: the data cache has been off since entry, and the boot protocol
+    // has the loader leave it clean, so nothing in it is needed.
+    unsafe { cache::invalidate_dcache_l1() };
+    cache::invalidate_icache_all(); // ICIALLU, BPIALL, DSB, ISB
+
+    cache::dsb();
+    Hsctlr::modify(|h| {
+        h.set_m(true); // stage-1 translation for Hyp
+        h.set_c(true); // data and unified caches
+        h.set_i(true); // instruction cache
+        h.set_wxn(false); // permissions as the tables say (text is read-only anyway)
+    });
+    cache::isb(); // fetch and execute from here on under the new translation
+}

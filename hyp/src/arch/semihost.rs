@@ -1,0 +1,49 @@
+//! Ending the run: the monitor's exit statuses and the semihosting exit call.
+//!
+//! Under QEMU `-semihosting`, SYS_EXIT_EXTENDED ends QEMU with the given
+//! status, which `scripts/run-hyp` and the tests check. Every fatal path logs
+//! its reason first, then exits with one of these codes: the run never hangs
+//! silently.
+
+/// Why the monitor stopped: QEMU's exit status.
+///
+/// The entry assembly uses `NotHyp`, `BadCpu` and `DoubleFault` before any
+/// logging is possible (they are passed to it as constants).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, defmt::Format)]
+#[repr(u8)]
+pub enum ExitCode {
+    /// Everything asked for was done.
+    Success = 0,
+    /// A Rust panic (a broken invariant); the panic message is in the log.
+    Panic = 1,
+    /// The device tree handed over is missing or malformed.
+    BadDtb = 2,
+    /// The image was entered in a mode other than Hyp (no log: exits from `_start`).
+    NotHyp = 3,
+    /// The boot CPU's MPIDR, or a secondary's CPU number, is out of range (no log).
+    BadCpu = 4,
+    /// An exception taken from Hyp mode itself (undefined instruction, abort, ...).
+    HypException = 5,
+    /// A guest trap or interrupt that the monitor does not handle yet.
+    UnhandledTrap = 6,
+    /// A second exception while the first was being reported (no log).
+    DoubleFault = 7,
+    /// The Hyp stage-1 tables could not be built.
+    MmuSetup = 8,
+    /// A path that exists but is not written yet (secondary CPUs).
+    Unimplemented = 9,
+}
+
+impl ExitCode {
+    /// The status as QEMU reports it.
+    pub const fn status(self) -> i32 {
+        self as i32
+    }
+}
+
+/// Ends the run with `code` (semihosting SYS_EXIT_EXTENDED, falling back to SYS_EXIT).
+///
+/// Call it after logging why: this writes nothing.
+pub fn exit(code: ExitCode) -> ! {
+    semihosting::process::exit(code.status())
+}
