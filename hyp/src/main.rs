@@ -21,6 +21,10 @@ mod arch;
 mod boot;
 #[cfg(target_arch = "arm")]
 mod log;
+#[cfg(target_arch = "arm")]
+mod report;
+#[cfg(target_arch = "arm")]
+mod vm;
 
 #[cfg(target_arch = "arm")]
 use arch::semihost::{self, ExitCode};
@@ -119,26 +123,91 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     }
     defmt::info!("hyp: trap path ok (HVC from Hyp mode: frame saved, handled, restored, eret)");
 
-    let probe: alloc::vec::Vec<u32> = (0..1024).collect();
-    defmt::info!(
-        "hyp: heap ok ({=usize} bytes in use, {=usize} KiB free)",
-        arch::heap::used(),
-        arch::heap::free() / 1024
-    );
-    drop(probe);
+    let blob = match arch::phys::dtb_bytes(dtb.addr, dtb.size, layout.image) {
+        Ok(b) => b,
+        Err(e) => {
+            defmt::error!("hyp: DTB at {=u32:#010x}: {}", dtb.addr, e);
+            semihost::exit(ExitCode::BadDtb)
+        }
+    };
+    let tree = match carve_core::dt::Tree::parse(blob) {
+        Ok(t) => t,
+        Err(e) => {
+            defmt::error!("dt: {}", defmt::Display2Format(&e));
+            semihost::exit(ExitCode::BadDtb)
+        }
+    };
+    let machine = match carve_core::dt::Machine::from_tree(&tree) {
+        Ok(m) => m,
+        Err(e) => {
+            defmt::error!("dt: {}", defmt::Display2Format(&e));
+            semihost::exit(ExitCode::BadDtb)
+        }
+    };
+    let page = |a: usize| a as u64 & !0xfff;
+    let config = carve_core::plan::PlanConfig {
+        monitor_image: carve_core::plan::MonitorImage::At(range(page(layout.image.0), page(layout.image.1 + 0xfff))),
+        monitor_extra: alloc::vec![range(page(dtb.addr as usize), page(dtb.addr as usize + dtb.size as usize + 0xfff))],
+        ..Default::default()
+    };
+    let plan = match carve_core::plan::plan(&machine, &config) {
+        Ok(p) => p,
+        Err(e) => {
+            defmt::error!("plan: {}", defmt::Display2Format(&e));
+            semihost::exit(ExitCode::BadPlan)
+        }
+    };
+    if let Err(e) = carve_core::plan::verify(&plan) {
+        defmt::error!("plan: broken invariant (a bug in carve): {=str}", e.as_str());
+        semihost::exit(ExitCode::Panic)
+    }
+    report::log_plan(&machine, &plan);
+    defmt::info!("hyp: heap {=usize} KiB in use, {=usize} KiB free", arch::heap::used() / 1024, arch::heap::free() / 1024);
+    match arch::mmu::map_linear(&plan.monitor.lowmem) {
+        Ok(s) => defmt::info!(
+            "hyp: lowmem linear map on: {=u32} 1 GiB + {=u32} 2 MiB blocks + {=u32} pages",
+            s.blocks_1g,
+            s.blocks_2m,
+            s.pages_4k
+        ),
+        Err(e) => {
+            defmt::error!("hyp: cannot map lowmem: {}", e);
+            semihost::exit(ExitCode::MmuSetup)
+        }
+    }
 
-    defmt::info!("hyp: boot checks done; guests are not started yet, exiting");
-    semihost::exit(ExitCode::Success)
+    let Some(first) = plan.guests.first() else {
+        defmt::info!("hyp: no guest under /chosen: nothing to run");
+        semihost::exit(ExitCode::Success)
+    };
+    if plan.guests.len() > 1 {
+        defmt::warn!("hyp: {=usize} guests planned; this monitor runs the first only", plan.guests.len());
+    }
+    match vm::build(&tree, &machine, first, 0) {
+        Ok(guest) => vm::run(guest),
+        Err(e) => {
+            defmt::error!("vm: {=str}", e.as_str());
+            semihost::exit(ExitCode::BadPlan)
+        }
+    }
+}
+
+/// A physical range from bounds the monitor computed itself (its image, its DTB).
+#[cfg(target_arch = "arm")]
+fn range(start: u64, end: u64) -> carve_core::addr::PhysRange {
+    carve_core::addr::PhysRange::from_bounds(start, end).unwrap_or(carve_core::addr::PhysRange {
+        base: carve_core::addr::PhysAddr::new(0),
+        size: 0,
+    })
 }
 
 /// A secondary CPU's Rust entry (`_secondary_start`, reached through PSCI CPU_ON).
 ///
-/// Bringing secondaries up (their own MMU enable with the boot CPU's HTTBR,
-/// VTCR/VTTBR, HCR, timers) is later work: for now this reports and ends the run.
+/// It turns its MMU on with the boot CPU's tables and runs the vCPU that the
+/// guest's CPU_ON asked for.
 #[cfg(target_arch = "arm")]
 extern "C" fn hyp_secondary(cpu: u32) -> ! {
-    defmt::error!("hyp: CPU {=u32} entered _secondary_start; secondary CPUs are not supported yet", cpu);
-    semihost::exit(ExitCode::Unimplemented)
+    vm::run_secondary(cpu)
 }
 
 /// On the host there is no monitor: say how to build one.

@@ -322,3 +322,106 @@ unsafe fn switch_on(root: u64) {
     });
     cache::isb(); // fetch and execute from here on under the new translation
 }
+
+/// Maps the plan's lowmem linear map (`va = pa - phys_offset + PAGE_OFFSET`),
+/// normal memory, read/write, execute-never, with the largest blocks alignment allows.
+pub fn map_linear(runs: &[carve_core::plan::LinearRun]) -> Result<MapStats, MmuError> {
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
+    let mut stats = MapStats::default();
+    for r in runs {
+        stats += map
+            .table
+            .map(&mut map.pool, r.va, r.pa, r.size, Attrs::ram_nx())
+            .map_err(|error| MmuError::Map { what: "lowmem", error })?;
+    }
+    Ok(stats)
+}
+
+/// Two window slots of 1 MiB each at the pkmap base: physical memory anywhere
+/// (highmem, above 4 GiB) is reached by mapping it here for the time of one
+/// access. Slot 0 and slot 1 can be in use at once (a copy's source and destination).
+pub const WINDOW_SLOT_SIZE: usize = 1 << 20;
+const WINDOW_SLOTS: usize = 2;
+static WINDOW_BUSY: [AtomicBool; WINDOW_SLOTS] = [AtomicBool::new(false), AtomicBool::new(false)];
+
+/// Runs `f` on the bytes at physical `[pa, pa + len)` through window `slot`.
+/// `len` may be at most a slot less the page offset of `pa`. The bytes are
+/// cleaned to the point of coherency afterwards, so a guest running with its
+/// caches off, or a device, sees what `f` wrote.
+pub fn with_phys<R>(slot: usize, pa: u64, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, MmuError> {
+    let offset = (pa & (PAGE_SIZE - 1)) as usize;
+    let bad = MmuError::BadRegion { what: "window", start: pa, end: pa.saturating_add(len as u64) };
+    if slot >= WINDOW_SLOTS || len == 0 || offset + len > WINDOW_SLOT_SIZE {
+        return Err(bad);
+    }
+    if WINDOW_BUSY[slot].swap(true, Ordering::Acquire) {
+        return Err(MmuError::BadRegion { what: "window slot in use", start: pa, end: pa + len as u64 });
+    }
+    let va_base = carve_core::plan::layout::PKMAP_BASE.raw() + (slot * WINDOW_SLOT_SIZE) as u32;
+    let first = pa & !(PAGE_SIZE - 1);
+    let size = ((offset + len) as u64).next_multiple_of(PAGE_SIZE);
+    let result = (|| {
+        let pa_first = PhysAddr::from_u64(first).ok_or(bad)?;
+        {
+            let mut guard = HYP_MAP.lock();
+            let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
+            map.table
+                .map(&mut map.pool, VirtAddr::new(va_base), pa_first, size, Attrs::ram_nx())
+                .map_err(|error| MmuError::Map { what: "window", error })?;
+        }
+        let start = va_base as usize + offset;
+        // SAFETY: [start, start + len) was just mapped read/write to normal memory
+        // at physical [pa, pa + len); the slot is ours alone (WINDOW_BUSY) until it
+        // is unmapped below, so no other reference to these bytes exists.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(start as *mut u8, len) };
+        let r = f(bytes);
+        cache::clean_dcache_range_poc(start, len);
+        let mut guard = HYP_MAP.lock();
+        let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
+        // The table code invalidates the window's TLB entries (TLBIMVAHIS per page).
+        map.table.unmap(&mut map.pool, VirtAddr::new(va_base), size).map_err(|error| MmuError::Map { what: "window", error })?;
+        Ok(r)
+    })();
+    WINDOW_BUSY[slot].store(false, Ordering::Release);
+    result
+}
+
+/// Copies `len` bytes from physical `src` to physical `dst` through the window.
+pub fn copy_phys(dst: u64, src: u64, len: u64) -> Result<(), MmuError> {
+    let mut done = 0u64;
+    while done < len {
+        let (s, d) = (src + done, dst + done);
+        let room = |a: u64| WINDOW_SLOT_SIZE as u64 - (a & (PAGE_SIZE - 1));
+        let n = (len - done).min(room(s)).min(room(d)).min(WINDOW_SLOT_SIZE as u64 / 2) as usize;
+        with_phys(0, s, n, |from| with_phys(1, d, n, |to| to.copy_from_slice(from)))??;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at physical `dst` through the window.
+pub fn write_phys(dst: u64, bytes: &[u8]) -> Result<(), MmuError> {
+    let mut done = 0usize;
+    while done < bytes.len() {
+        let d = dst + done as u64;
+        let n = (bytes.len() - done).min(WINDOW_SLOT_SIZE - (d & (PAGE_SIZE - 1)) as usize);
+        with_phys(1, d, n, |to| to.copy_from_slice(&bytes[done..done + n]))?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Turns the MMU on for a secondary CPU with the boot CPU's Hyp tables.
+pub fn enable_secondary() -> Result<(), MmuError> {
+    let root = HYP_MAP.lock().as_ref().map(|m| m.table.root().as_u64()).ok_or(MmuError::PoolTaken)?;
+    // SAFETY: the same complete tables the boot CPU runs on (identity map of
+    // the image and stacks included), cleaned to the point of coherency.
+    unsafe { switch_on(root) };
+    Ok(())
+}
+
+/// Runs `f` with the table pool (for stage-2 tables, which share it).
+pub fn with_pool<R>(f: impl FnOnce(&mut TablePool) -> R) -> Option<R> {
+    HYP_MAP.lock().as_mut().map(|m| f(&mut m.pool))
+}

@@ -4,7 +4,8 @@
 //! - [`vectors`]: the HVBAR table, the guest trap frame, the fatal-exception report.
 //! - [`regs`]: the Hyp registers and TLB operations aarch32-cpu lacks.
 //! - [`cache`]: barriers, cache and TLB maintenance.
-//! - [`mmu`]: translation-table memory and the boot Hyp stage-1 map.
+//! - [`mmu`]: translation-table memory, the boot Hyp stage-1 map, the linear map and the physical window.
+//! - [`guest`]: the virtualization registers, entering a guest, firmware PSCI calls.
 //! - [`phys`]: reading loader-provided memory (the DTB) by physical address.
 //! - [`heap`]: the global allocator.
 //! - [`semihost`]: exit statuses and the semihosting exit.
@@ -13,6 +14,7 @@
 
 pub mod cache;
 pub mod entry;
+pub mod guest;
 pub mod heap;
 pub mod mmu;
 pub mod phys;
@@ -138,4 +140,12 @@ pub fn trap_selftest() -> bool {
         )
     };
     [r0, r1, r2, r3, r12] == [!PROBE[0], PROBE[1], PROBE[2], PROBE[3], PROBE[4]]
+}
+
+/// The physical address of `_secondary_start`, for PSCI CPU_ON (the image is identity-mapped).
+pub fn secondary_entry() -> u32 {
+    extern "C" {
+        fn _secondary_start();
+    }
+    _secondary_start as *const () as usize as u32
 }

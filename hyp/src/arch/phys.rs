@@ -39,3 +39,18 @@ pub fn read_be32(pa: u32, out: &mut [u32], image: (usize, usize)) -> Result<(), 
     }
     Ok(())
 }
+
+/// The DTB as bytes, once the boot map has identity-mapped it read-only.
+///
+/// `boot::check_dtb` has checked that `[pa, pa + len)` lies outside the image
+/// and `mmu::enable_boot_map` mapped exactly that range; nothing ever writes it.
+pub fn dtb_bytes(pa: u32, len: u32, image: (usize, usize)) -> Result<&'static [u8], PhysReadError> {
+    let end = pa.checked_add(len).ok_or(PhysReadError::Wraps)?;
+    if (pa as usize) < image.1 && image.0 < end as usize {
+        return Err(PhysReadError::OverlapsImage);
+    }
+    // SAFETY: the range is mapped (identity, read-only) by the boot map for the
+    // rest of the run, lies outside every Rust object, and is never written:
+    // a shared 'static slice of it cannot alias a mutable reference.
+    Ok(unsafe { core::slice::from_raw_parts(pa as usize as *const u8, len as usize) })
+}

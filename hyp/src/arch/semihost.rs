@@ -30,8 +30,12 @@ pub enum ExitCode {
     DoubleFault = 7,
     /// The Hyp stage-1 tables could not be built.
     MmuSetup = 8,
-    /// A path that exists but is not written yet (secondary CPUs).
+    /// A path that exists but is not written yet.
     Unimplemented = 9,
+    /// A guest made an access the monitor does not allow (a stage-2 fault): it was stopped.
+    GuestFault = 10,
+    /// The device tree describes nothing the monitor can plan or run (the log says why).
+    BadPlan = 11,
 }
 
 impl ExitCode {

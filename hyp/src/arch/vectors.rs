@@ -250,6 +250,10 @@ extern "C" fn hyp_trap(frame: &mut TrapFrame, kind: u32) {
         frame.r[0] = !frame.r[0];
         return;
     }
+    if kind == TrapKind::Trap && !from_hyp {
+        crate::vm::handle_trap(frame, hsr);
+        return;
+    }
     defmt::error!(
         "hyp: unhandled {=str} from mode {=u32:#04x}{=str}: HSR={=u32:#010x} (EC={=u32:#04x} ISS={=u32:#09x})",
         kind.name(),
