@@ -154,7 +154,69 @@ fn boots_in_hyp_mode_and_turns_the_mmu_on() {
     run.assert_logged("DTB at 0x40000000 (r2 = 0: start of RAM): magic 0xd00dfeed ok");
     run.assert_logged("hyp: MMU on");
     run.assert_logged("hyp: trap path ok");
-    run.assert_logged("hyp: heap ok");
+    // QEMU's own tree: RAM planned and mapped, no guest to run.
+    run.assert_logged("map: RAM        0x040000000-0x090000000 1280 MiB");
+    run.assert_logged("hyp: lowmem linear map on");
+    run.assert_logged("hyp: no guest under /chosen: nothing to run");
+}
+
+/// A guest whose "kernel" is three instructions: `mov r0, #0x0a000000`,
+/// `ldr r1, [r0]` (QEMU virt's first virtio-mmio window, which no guest is
+/// given), `b .`. The load is a stage-2 data abort: the monitor must log the
+/// IPA, the PC and the syndrome, stop the guest and end the run with status 10.
+#[test]
+fn stage2_fault_is_logged_and_the_guest_stopped() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor").join("fault-files");
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    let program: Vec<u8> = [0xe3a0_040au32, 0xe590_1000, 0xeaff_fffe].iter().flat_map(|w| w.to_le_bytes()).collect();
+    let kernel = dir.join("touch-virtio.bin");
+    std::fs::write(&kernel, &program).expect("write the program");
+    let dts = dir.join("fault.dts");
+    std::fs::write(
+        &dts,
+        r#"/dts-v1/;
+/include/ "qemu-virt.dtsi"
+/ {
+    chosen {
+        #address-cells = <1>;
+        #size-cells = <1>;
+        stdout-path = "/pl011@9000000";
+        guest@0 {
+            compatible = "carve,guest";
+            #address-cells = <1>;
+            #size-cells = <1>;
+            memory = <0x0 0x10000>;
+            cpus = <1>;
+            module@48000000 {
+                compatible = "multiboot,kernel", "multiboot,module";
+                reg = <0x48000000 0xc>;
+            };
+        };
+    };
+};
+"#,
+    )
+    .expect("write the tree");
+    let dtb = dir.join("fault.dtb");
+    let dtc = tool("dtc");
+    let ok = Command::new(dtc)
+        .args(["-q", "-I", "dts", "-O", "dtb", "-i"])
+        .arg(repo_root().join("dts"))
+        .arg("-o")
+        .arg(&dtb)
+        .arg(&dts)
+        .status()
+        .expect("run dtc");
+    assert!(ok.success(), "dtc failed on {}", dts.display());
+    let loader = format!("loader,file={},addr=0x48000000,force-raw=on", kernel.display());
+    let dtb_arg = dtb.display().to_string();
+
+    let run = run_monitor("stage2-fault", MACHINE_HYP, &["-dtb", &dtb_arg, "-device", &loader]);
+    run.assert_status(10);
+    run.assert_logged("vm: guest@0: entering at IPA 0x40010000");
+    // ldr at the second word of the kernel (IPA 0x40010004); HSR.EC 0x24 (data abort from a guest).
+    run.assert_logged("stage-2 data abort at IPA 0x000a000000 (not mapped for it), PC 0x40010004, HSR 0x93");
+    run.assert_logged("vm: guest@0 stopped after 1 traps");
 }
 
 /// QEMU refuses `-dtb` of a file that is not an FDT, and a `-device loader`
