@@ -51,6 +51,18 @@ pub struct Module {
     pub bootargs: Option<String>,
 }
 
+/// What the monitor does when a guest touches an IPA it was not given.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FaultPolicy {
+    /// Log it and stop the guest (the default: a fault outside the map is a bug worth seeing).
+    #[default]
+    Stop,
+    /// Log it and boot the guest again from its images (same plan, fresh memory).
+    Reset,
+    /// Log it and inject an abort into the guest, at its own vector with DFSR/DFAR (or IFSR/IFAR) set.
+    Inject,
+}
+
 /// A guest under `/chosen`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guest {
@@ -67,6 +79,8 @@ pub struct Guest {
     pub device_tree: Option<Module>,
     /// The kernel module's `bootargs`, else the guest node's.
     pub bootargs: Option<String>,
+    /// `carve,on-fault = "stop" | "reset" | "inject"`.
+    pub on_fault: FaultPolicy,
 }
 
 /// An MMIO device window, translated to a physical address.
@@ -412,6 +426,18 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
             DtError::prop(&node.path, "carve,ipa-base", format!("{v:#x} is past the 40-bit IPA space"))
         })?),
     };
+    let on_fault = match node.str_prop("carve,on-fault")? {
+        None | Some("stop") => FaultPolicy::Stop,
+        Some("reset") => FaultPolicy::Reset,
+        Some("inject") => FaultPolicy::Inject,
+        Some(other) => {
+            return Err(DtError::prop(
+                &node.path,
+                "carve,on-fault",
+                format!("\"{other}\": expected \"stop\", \"reset\" or \"inject\""),
+            ))
+        }
+    };
     let cells = node.cells()?;
     let mut g = Guest {
         name: node.name.clone(),
@@ -423,6 +449,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         ramdisk: None,
         device_tree: None,
         bootargs: node.str_prop("bootargs")?.map(String::from),
+        on_fault,
     };
     for m in &node.children {
         let slot = if m.is_compatible("multiboot,kernel") {

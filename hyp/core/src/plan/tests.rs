@@ -206,6 +206,7 @@ fn modules_are_kept_out_and_checked() {
         ramdisk: Some(module("/chosen/guest@0/module@4a000000", 0x4a00_0000, 2 * MIB)),
         device_tree: None,
         bootargs: Some("console=ttyAMA0".into()),
+        on_fault: Default::default(),
     });
     let p = plan(&m, &PlanConfig::default()).unwrap();
     verify(&p).unwrap();

@@ -4,4 +4,5 @@
 //! copies and traps; keeping them here lets the host test them.
 
 pub mod boot;
+pub mod hypercall;
 pub mod psci;
