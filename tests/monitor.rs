@@ -213,7 +213,7 @@ fn stage2_fault_is_logged_and_the_guest_stopped() {
 
     let run = run_monitor("stage2-fault", MACHINE_HYP, &["-dtb", &dtb_arg, "-device", &loader]);
     run.assert_status(10);
-    run.assert_logged("vm: guest@0: entering at IPA 0x40010000");
+    run.assert_logged("vm: guest@0: vCPU 0 on CPU 0 entering at IPA 0x40010000");
     // ldr at the second word of the kernel (IPA 0x40010004); HSR.EC 0x24 (data abort from a guest).
     run.assert_logged("stage-2 data abort at IPA 0x000a000000 (not mapped for it), PC 0x40010004, HSR 0x93");
     run.assert_logged("vm: guest@0 stopped after 1 traps");

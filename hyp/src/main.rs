@@ -176,20 +176,12 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         }
     }
 
-    let Some(first) = plan.guests.first() else {
+    if plan.guests.is_empty() {
         defmt::info!("hyp: no guest under /chosen: nothing to run");
         semihost::exit(ExitCode::Success)
-    };
-    if plan.guests.len() > 1 {
-        defmt::warn!("hyp: {=usize} guests planned; this monitor runs the first only", plan.guests.len());
     }
-    match vm::build(&tree, &machine, first, 0) {
-        Ok(guest) => vm::run(guest),
-        Err(e) => {
-            defmt::error!("vm: {=str}", e.as_str());
-            semihost::exit(ExitCode::BadPlan)
-        }
-    }
+    *vm::PLAN.lock() = Some((machine.clone(), plan.clone()));
+    vm::start(&tree, &machine, &plan)
 }
 
 /// A physical range from bounds the monitor computed itself (its image, its DTB).

@@ -112,3 +112,80 @@ pub fn firmware_psci(function: u32, a: u32, b: u32, c: u32) -> i32 {
     };
     r0 as i32
 }
+
+/// The guest's PL1 state the monitor reads or sets: for injecting an abort, and for a restart.
+/// From Hyp mode these CP15 accesses reach the Non-secure PL1 copies (Arm ARM B1.14).
+pub mod pl1 {
+    use core::arch::asm;
+
+    macro_rules! cp15_rw {
+        ($read:ident, $write:ident, $crn:literal, $op1:literal, $crm:literal, $op2:literal, $doc:literal) => {
+            #[doc = $doc]
+            #[allow(dead_code)] // each register comes as a pair; not every reader is used
+            pub fn $read() -> u32 {
+                let v: u32;
+                // SAFETY: reading a guest PL1 register from Hyp mode has no side effect.
+                unsafe {
+                    asm!(concat!("mrc p15, ", $op1, ", {}, c", $crn, ", c", $crm, ", ", $op2), out(reg) v,
+                        options(nomem, nostack, preserves_flags))
+                };
+                v
+            }
+            #[doc = $doc]
+            pub fn $write(v: u32) {
+                // SAFETY: the register belongs to the guest's PL1 state, not to the
+                // monitor: writing it changes only what the guest sees when it runs.
+                unsafe {
+                    asm!(concat!("mcr p15, ", $op1, ", {}, c", $crn, ", c", $crm, ", ", $op2), in(reg) v,
+                        options(nostack, preserves_flags))
+                };
+            }
+        };
+    }
+
+    cp15_rw!(sctlr, set_sctlr, "1", "0", "0", "0", "SCTLR: the guest's system control (M, C, I, V, TE, EE).");
+    cp15_rw!(ttbcr, set_ttbcr, "2", "0", "0", "2", "TTBCR: EAE tells the guest's fault-status format.");
+    cp15_rw!(vbar, set_vbar, "12", "0", "0", "0", "VBAR: the guest's vector base (when SCTLR.V = 0).");
+    cp15_rw!(dfsr, set_dfsr, "5", "0", "0", "0", "DFSR: the guest's data fault status.");
+    cp15_rw!(ifsr, set_ifsr, "5", "0", "0", "1", "IFSR: the guest's instruction fault status.");
+    cp15_rw!(dfar, set_dfar, "6", "0", "0", "0", "DFAR: the guest's data fault address.");
+    cp15_rw!(ifar, set_ifar, "6", "0", "0", "2", "IFAR: the guest's instruction fault address.");
+    cp15_rw!(contextidr, set_contextidr, "13", "0", "0", "1", "CONTEXTIDR: the guest's ASID and process ID.");
+
+    /// Sets the guest's Abort-mode SPSR and LR (banked-register MSR, Virtualization Extensions).
+    pub fn set_abort_banked(spsr: u32, lr: u32) {
+        // SAFETY: SPSR_abt and LR_abt are the guest's Abort-mode registers;
+        // Hyp mode may write them with the banked MSR forms (Arm ARM B9.3.10).
+        unsafe {
+            asm!(
+                ".arch_extension virt",
+                "msr SPSR_abt, {s}",
+                "msr LR_abt, {l}",
+                s = in(reg) spsr,
+                l = in(reg) lr,
+                options(nomem, nostack, preserves_flags)
+            )
+        };
+    }
+}
+
+/// SCTLR as Cortex-A15 resets it (MMU, caches and alignment checks off): a restarted guest starts here.
+pub const SCTLR_RESET: u32 = 0x00c5_0078;
+
+/// Makes a restarted guest find its PL1 state as at reset: MMU off, no stale translations.
+pub fn reset_pl1() {
+    pl1::set_sctlr(SCTLR_RESET);
+    pl1::set_ttbcr(0);
+    pl1::set_vbar(0);
+    pl1::set_contextidr(0);
+    cache::isb();
+    cache::tlb_invalidate_guests_all_is();
+}
+
+/// Idles this CPU for good (a CPU whose guest is gone, or that runs none).
+pub fn park() -> ! {
+    loop {
+        // SAFETY: WFI only waits; interrupts are masked in Hyp, so this sleeps until an event.
+        unsafe { asm!("wfi", options(nomem, nostack, preserves_flags)) };
+    }
+}

@@ -1,10 +1,17 @@
 //! Guests: stage-2 from the plan, boot images loaded, vCPUs entered, traps served.
 //!
 //! A guest's RAM is the plan's extents mapped at its dense IPA range with the
-//! largest blocks; the devices it is given (the console UART, the GIC
-//! distributor and CPU interface) are mapped at their physical addresses and
-//! nothing else is, so any other access is a stage-2 fault the monitor sees.
+//! largest blocks. When one guest runs, it is given the console UART and the
+//! GIC distributor and CPU interface at their physical addresses (it owns the
+//! interrupt controller: HCR.IMO/FMO stay clear). When several run, none is
+//! given a device: they share nothing. Every other access is a stage-2 fault.
+//!
+//! Each vCPU runs on its own physical CPU: vCPU `v` of a guest on CPU
+//! `first_cpu + v`. The boot CPU (CPU 0) builds every guest, starts the first
+//! vCPU of each guest that lives on another CPU through the firmware's PSCI
+//! CPU_ON, and then runs its own.
 
+mod inject;
 mod trap;
 
 use alloc::format;
@@ -12,12 +19,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use carve_core::addr::{Address, Ipa, IpaRange, PhysAddr, PhysRange, Size, PAGE_SIZE};
-use carve_core::dt::machine::Machine;
+use carve_core::dt::machine::{FaultPolicy, Machine};
 use carve_core::dt::tree::Tree;
 use carve_core::dt::write::{guest_dtb, guest_mpidrs, GuestDtbOptions};
 use carve_core::mm::{Attrs, MapStats, PageTable, Stage2, VTCR_VALUE};
-use carve_core::plan::GuestPlan;
+use carve_core::plan::{GuestPlan, Plan};
 use carve_core::vm::boot::{self, BootLayout};
+use carve_core::vm::hypercall::{TESTDEV_IPA, TESTDEV_SIZE};
 use carve_core::vm::psci::Power;
 use spin::Mutex;
 
@@ -33,6 +41,11 @@ pub struct Vm {
     pub plan: GuestPlan,
     pub vmid: u8,
     pub stage2: PageTable<Stage2>,
+    /// The guest's DTB, kept for restarts.
+    pub dtb: Vec<u8>,
+    /// Where each boot module is before it is copied in (the loader's copy stays for restarts).
+    pub kernel: PhysRange,
+    pub ramdisk: Option<PhysRange>,
     /// MPIDR of each vCPU as the guest's device tree lists them.
     pub vcpu_mpidr: Vec<u64>,
     /// MPIDR of the physical CPU each vCPU runs on.
@@ -40,15 +53,31 @@ pub struct Vm {
     /// The physical CPU number of vCPU 0.
     pub first_cpu: u32,
     pub power: Vec<Power>,
-    /// Entry point and context of a vCPU that CPU_ON is starting.
-    pub pending: Vec<Option<(Ipa, u32)>>,
+    /// The first registers of a vCPU being started (by the boot or by CPU_ON).
+    pub pending: Vec<Option<TrapFrame>>,
     pub boot: BootLayout,
-    /// Traps taken, all vCPUs.
+    pub on_fault: FaultPolicy,
+    /// Traps taken, all vCPUs, since the last (re)start.
     pub traps: u64,
+    pub restarts: u32,
+    /// Reads of the emulated test device.
+    pub testdev_reads: u32,
+    /// Stopped for good (powered off, or stopped after a fault).
+    pub done: Option<Ending>,
 }
 
-/// The running guest (one for now).
-pub static VM: Mutex<Option<Vm>> = Mutex::new(None);
+/// How a guest ended.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, defmt::Format)]
+pub enum Ending {
+    PoweredOff,
+    Faulted,
+}
+
+/// Every guest the monitor runs.
+pub static VMS: Mutex<Vec<Vm>> = Mutex::new(Vec::new());
+
+/// The plan and machine, for `DUMP_MAP`.
+pub static PLAN: Mutex<Option<(Machine, Plan)>> = Mutex::new(None);
 
 /// Why a guest could not be built; a sentence for the log.
 pub type VmError = String;
@@ -56,6 +85,16 @@ pub type VmError = String;
 impl Vm {
     pub fn ram(&self) -> IpaRange {
         self.plan.ipa_range()
+    }
+
+    pub fn name(&self) -> &str {
+        &self.plan.name
+    }
+
+    /// The vCPU of this guest running on physical CPU `cpu`.
+    pub fn vcpu_on(&self, cpu: u32) -> Option<usize> {
+        let v = cpu.checked_sub(self.first_cpu)? as usize;
+        (v < self.power.len()).then_some(v)
     }
 
     /// The value VTTBR holds for this guest: root and VMID (B4.1.160).
@@ -71,10 +110,26 @@ impl Vm {
             vmpidr: 0x8000_0000 | (self.vcpu_mpidr.get(vcpu).copied().unwrap_or(0) as u32 & 0x00ff_ffff),
         }
     }
+
+    /// The registers vCPU 0 starts a fresh boot with (Linux's ARM boot protocol:
+    /// r0 = 0, r1 = ~0 for a DT boot, r2 = the DTB; SVC mode, interrupts masked).
+    pub fn boot_frame(&self) -> TrapFrame {
+        let mut f = TrapFrame { r: [0; 13], lr_usr: 0, elr: self.boot.kernel.start() as u32, spsr: SPSR_SVC_MASKED };
+        f.r[1] = !0;
+        f.r[2] = self.boot.dtb.start() as u32;
+        f
+    }
+
+    /// The physical address of guest RAM at `ipa`, for `len` bytes within one extent.
+    pub fn ram_pa(&self, ipa: u64, len: u64) -> Option<u64> {
+        let e = self.plan.extents.iter().find(|e| e.ipa_range().contains(ipa))?;
+        let off = ipa - e.ipa.as_u64();
+        (off.checked_add(len)? <= e.size).then(|| e.pa.as_u64() + off)
+    }
 }
 
 /// Calls `f(pa, offset, len)` for each physically contiguous piece of guest IPAs `[ipa, ipa + len)`.
-fn for_each_piece(
+pub fn for_each_piece(
     g: &GuestPlan,
     ipa: u64,
     len: u64,
@@ -100,24 +155,73 @@ fn mmu_err(what: &str, e: mmu::MmuError) -> VmError {
 }
 
 /// Builds guest `index` of the plan: stage-2, images and DTB in its RAM.
-pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize) -> Result<Vm, VmError> {
+/// `devices` says whether it is given the UART and the GIC.
+pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, devices: bool) -> Result<Vm, VmError> {
     let desc = g.desc.as_ref().ok_or_else(|| format!("{}: not described by the device tree", g.name))?;
     let kernel = desc.kernel.as_ref().ok_or_else(|| format!("{}: no kernel module", g.name))?;
+    let ramdisk = desc.ramdisk.as_ref();
 
     // Stage-2: RAM, then the devices the guest is given.
+    let stage2 = build_stage2(machine, g, devices)?;
+    let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
+        .map_err(|e| format!("{e}"))?;
+    let opts = GuestDtbOptions { initrd: layout.initrd, bootargs: desc.bootargs.as_deref(), owned_carveouts: &[] };
+    let dtb = guest_dtb(tree, machine, g, &opts).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
+    if dtb.len() as u64 > boot::DTB_MAX {
+        return Err(format!("{}: guest DTB is {} bytes, more than the {} reserved", g.name, dtb.len(), Size(boot::DTB_MAX)));
+    }
+
+    let cpus = g.cpus as usize;
+    let pcpu_mpidr: Vec<u64> =
+        (0..cpus).map(|v| machine.cpus.get(g.first_cpu as usize + v).copied().unwrap_or(v as u64)).collect();
+    let mut vm = Vm {
+        plan: g.clone(),
+        vmid: (index + 1) as u8,
+        stage2,
+        dtb,
+        kernel: kernel.range,
+        ramdisk: ramdisk.map(|r| r.range),
+        vcpu_mpidr: guest_mpidrs(machine, g).to_vec(),
+        pcpu_mpidr,
+        first_cpu: g.first_cpu,
+        power: alloc::vec![Power::Off; cpus],
+        pending: alloc::vec![None; cpus],
+        boot: layout,
+        on_fault: desc.on_fault,
+        traps: 0,
+        restarts: 0,
+        testdev_reads: 0,
+        done: None,
+    };
+    load_images(&vm)?;
+    vm.power[0] = Power::OnPending;
+    vm.pending[0] = Some(vm.boot_frame());
+    Ok(vm)
+}
+
+fn build_stage2(machine: &Machine, g: &GuestPlan, devices: bool) -> Result<PageTable<Stage2>, VmError> {
     let mut stats = MapStats::default();
     let stage2 = mmu::with_pool(|pool| -> Result<PageTable<Stage2>, VmError> {
         let mut s2 = PageTable::<Stage2>::new(pool).map_err(|e| format!("{}: stage-2 root: {e}", g.name))?;
         for e in &g.extents {
             stats += s2.map(pool, e.ipa, e.pa, e.size, Attrs::ram()).map_err(|err| format!("{}: {err}", g.name))?;
         }
-        for (what, r) in passthrough(machine) {
-            let base = r.start() & !(PAGE_SIZE - 1);
-            let size = (r.end() - base).next_multiple_of(PAGE_SIZE);
-            let ipa = Ipa::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the IPA space"))?;
-            let pa = PhysAddr::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the PA space"))?;
-            stats += s2.map(pool, ipa, pa, size, Attrs::device()).map_err(|err| format!("{}: {what}: {err}", g.name))?;
-            defmt::info!("vm: {=str}: {=str} passed through at {=u64:#010x} ({=u64} KiB)", g.name.as_str(), what, base, size / 1024);
+        if devices {
+            for (what, r) in passthrough(machine) {
+                let base = r.start() & !(PAGE_SIZE - 1);
+                let size = (r.end() - base).next_multiple_of(PAGE_SIZE);
+                let ipa = Ipa::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the IPA space"))?;
+                let pa = PhysAddr::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the PA space"))?;
+                stats +=
+                    s2.map(pool, ipa, pa, size, Attrs::device()).map_err(|err| format!("{}: {what}: {err}", g.name))?;
+                defmt::info!(
+                    "vm: {=str}: {=str} passed through at {=u64:#010x} ({=u64} KiB)",
+                    g.name.as_str(),
+                    what,
+                    base,
+                    size / 1024
+                );
+            }
         }
         Ok(s2)
     })
@@ -131,52 +235,24 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize) ->
         stats.pages_4k,
         stats.tables_allocated
     );
-
-    // Where the images go, then copy them in.
-    let ramdisk = desc.ramdisk.as_ref();
-    let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
-        .map_err(|e| format!("{e}"))?;
-    load(g, "kernel", kernel.range, layout.kernel)?;
-    if let (Some(r), Some(at)) = (ramdisk, layout.initrd) {
-        load(g, "initrd", r.range, at)?;
-    }
-    let opts = GuestDtbOptions { initrd: layout.initrd, bootargs: desc.bootargs.as_deref(), owned_carveouts: &[] };
-    let dtb = guest_dtb(tree, machine, g, &opts).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
-    if dtb.len() as u64 > boot::DTB_MAX {
-        return Err(format!("{}: guest DTB is {} bytes, more than the {} reserved", g.name, dtb.len(), Size(boot::DTB_MAX)));
-    }
-    for_each_piece(g, layout.dtb.start(), dtb.len() as u64, |pa, off, n| {
-        mmu::write_phys(pa, &dtb[off as usize..(off + n) as usize]).map_err(|e| mmu_err("writing the guest DTB", e))
-    })?;
-    defmt::info!(
-        "vm: {=str}: DTB {=usize} bytes at IPA {=u64:#010x}, bootargs \"{=str}\"",
-        g.name.as_str(),
-        dtb.len(),
-        layout.dtb.start(),
-        desc.bootargs.as_deref().unwrap_or("")
-    );
-
-    let vcpu_mpidr = guest_mpidrs(machine, g).to_vec();
-    let cpus = g.cpus as usize;
-    let pcpu_mpidr: Vec<u64> =
-        (0..cpus).map(|v| machine.cpus.get(g.first_cpu as usize + v).copied().unwrap_or(v as u64)).collect();
-    let mut power = alloc::vec![Power::Off; cpus];
-    power[0] = Power::On;
-    Ok(Vm {
-        plan: g.clone(),
-        vmid: (index + 1) as u8,
-        stage2,
-        vcpu_mpidr,
-        pcpu_mpidr,
-        first_cpu: g.first_cpu,
-        power,
-        pending: alloc::vec![None; cpus],
-        boot: layout,
-        traps: 0,
-    })
+    Ok(stage2)
 }
 
-/// The device windows a guest is given: the console UART and the GIC distributor and CPU interface.
+/// Copies kernel, initrd and DTB into the guest's RAM.
+fn load_images(vm: &Vm) -> Result<(), VmError> {
+    let g = &vm.plan;
+    load(g, "kernel", vm.kernel, vm.boot.kernel)?;
+    if let (Some(r), Some(at)) = (vm.ramdisk, vm.boot.initrd) {
+        load(g, "initrd", r, at)?;
+    }
+    for_each_piece(g, vm.boot.dtb.start(), vm.dtb.len() as u64, |pa, off, n| {
+        mmu::write_phys(pa, &vm.dtb[off as usize..(off + n) as usize]).map_err(|e| mmu_err("writing the guest DTB", e))
+    })?;
+    defmt::info!("vm: {=str}: DTB {=usize} bytes at IPA {=u64:#010x}", g.name.as_str(), vm.dtb.len(), vm.boot.dtb.start());
+    Ok(())
+}
+
+/// The device windows a lone guest is given: the console UART and the GIC distributor and CPU interface.
 fn passthrough(machine: &Machine) -> Vec<(&'static str, PhysRange)> {
     let mut v = Vec::new();
     if let Some(u) = &machine.uart {
@@ -193,9 +269,7 @@ fn passthrough(machine: &Machine) -> Vec<(&'static str, PhysRange)> {
 
 /// Copies a boot module from where the loader put it into guest RAM.
 fn load(g: &GuestPlan, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmError> {
-    for_each_piece(g, to.start(), from.size, |pa, off, n| {
-        mmu::copy_phys(pa, from.start() + off, n).map_err(|e| mmu_err(what, e))
-    })?;
+    for_each_piece(g, to.start(), from.size, |pa, off, n| mmu::copy_phys(pa, from.start() + off, n).map_err(|e| mmu_err(what, e)))?;
     defmt::info!(
         "vm: {=str}: {=str} {=u64} bytes from PA {=u64:#010x} to IPA {=u64:#010x}",
         g.name.as_str(),
@@ -207,54 +281,138 @@ fn load(g: &GuestPlan, what: &str, from: PhysRange, to: IpaRange) -> Result<(), 
     Ok(())
 }
 
-/// Runs vCPU 0 of the guest on this (the boot) CPU. Does not return.
-pub fn run(vm: Vm) -> ! {
-    let regs = vm.vcpu_regs(0);
-    let mut frame = TrapFrame { r: [0; 13], lr_usr: 0, elr: vm.boot.kernel.start() as u32, spsr: SPSR_SVC_MASKED };
-    // Linux's ARM boot protocol: r0 = 0, r1 = ~0 (no machine type: DT boot), r2 = the DTB.
-    frame.r[1] = !0;
-    frame.r[2] = vm.boot.dtb.start() as u32;
-    defmt::info!(
-        "vm: {=str}: entering at IPA {=u32:#010x} in SVC mode, r2 = DTB {=u32:#010x}, VMID {=u8}",
-        vm.plan.name.as_str(),
-        frame.elr,
-        frame.r[2],
-        vm.vmid
-    );
-    *VM.lock() = Some(vm);
-    guest::configure(&regs);
-    guest::enter(&frame)
+/// Boots a guest again from its images: fresh (zeroed) RAM, fresh stage-2
+/// tables, the same plan. Returns vCPU 0's first registers.
+pub fn restart(vm: &mut Vm, machine: &Machine) -> Result<TrapFrame, VmError> {
+    if vm.power.len() > 1 {
+        return Err(format!("{}: restarting a guest of {} vCPUs is not supported", vm.name(), vm.power.len()));
+    }
+    let devices = VMS_COUNT.load(core::sync::atomic::Ordering::Relaxed) == 1;
+    // Tear the old stage-2 down first, so the new one gets the same pages back.
+    let old = core::mem::replace(&mut vm.stage2, build_stage2(machine, &vm.plan, devices)?);
+    mmu::with_pool(|pool| old.destroy(pool));
+    for e in &vm.plan.extents {
+        zero_phys(e.pa.as_u64(), e.size).map_err(|err| mmu_err("zeroing guest RAM", err))?;
+    }
+    load_images(vm)?;
+    vm.restarts += 1;
+    vm.traps = 0;
+    vm.testdev_reads = 0;
+    guest::reset_pl1();
+    guest::configure(&vm.vcpu_regs(0));
+    defmt::info!("vm: {=str}: restarted ({=u32} so far), RAM zeroed, images reloaded", vm.name(), vm.restarts);
+    Ok(vm.boot_frame())
 }
 
-/// A secondary CPU started by a guest's CPU_ON: run the pending vCPU.
-pub fn run_secondary(cpu: u32) -> ! {
-    if let Err(e) = mmu::enable_secondary() {
-        defmt::error!("vm: CPU {=u32}: cannot turn the MMU on: {}", cpu, e);
-        semihost::exit(ExitCode::MmuSetup)
+/// How many guests run (the device pass-through decision depends on it).
+pub static VMS_COUNT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
+
+fn zero_phys(pa: u64, len: u64) -> Result<(), mmu::MmuError> {
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(mmu::WINDOW_SLOT_SIZE as u64) as usize;
+        mmu::with_phys(1, pa + done, n, |b| b.fill(0))?;
+        done += n as u64;
     }
+    Ok(())
+}
+
+/// Builds every guest of the plan, starts those on other CPUs, runs the one on this CPU.
+pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
+    let devices = plan.guests.len() == 1;
+    if !devices {
+        defmt::info!("vm: {=usize} guests: none is given the UART or the GIC (they share nothing)", plan.guests.len());
+    }
+    let mut vms = Vec::new();
+    for (i, g) in plan.guests.iter().enumerate() {
+        match build(tree, machine, g, i, devices) {
+            Ok(vm) => vms.push(vm),
+            Err(e) => {
+                defmt::error!("vm: {=str}", e.as_str());
+                semihost::exit(ExitCode::BadPlan)
+            }
+        }
+    }
+    VMS_COUNT.store(vms.len(), core::sync::atomic::Ordering::Relaxed);
+    let others: Vec<(u32, u32, String)> = vms
+        .iter()
+        .filter(|v| v.first_cpu != 0)
+        .map(|v| (v.first_cpu, v.pcpu_mpidr[0] as u32, v.plan.name.clone()))
+        .collect();
+    *VMS.lock() = vms;
+    for (cpu, mpidr, name) in others {
+        let r = guest::firmware_psci(carve_core::vm::psci::CPU_ON, mpidr, crate::arch::secondary_entry(), cpu);
+        if r != 0 {
+            defmt::error!("vm: {=str}: firmware CPU_ON of CPU {=u32} failed ({=i32})", name.as_str(), cpu, r);
+            semihost::exit(ExitCode::BadPlan)
+        }
+    }
+    run_cpu(0)
+}
+
+/// Runs whatever vCPU waits for physical CPU `cpu`; parks the CPU if none does.
+fn run_cpu(cpu: u32) -> ! {
     let (regs, frame) = {
-        let mut guard = VM.lock();
-        let Some(vm) = guard.as_mut() else {
-            defmt::error!("vm: CPU {=u32} started with no guest to run", cpu);
-            semihost::exit(ExitCode::Unimplemented)
+        let mut vms = VMS.lock();
+        let Some((vm, vcpu)) = vms.iter_mut().find_map(|vm| vm.vcpu_on(cpu).map(|v| (vm, v))) else {
+            drop(vms);
+            defmt::info!("vm: CPU {=u32} runs no guest: parked", cpu);
+            guest::park()
         };
-        let vcpu = cpu.wrapping_sub(vm.first_cpu) as usize;
-        let Some((entry, context)) = vm.pending.get_mut(vcpu).and_then(Option::take) else {
-            defmt::error!("vm: CPU {=u32} started, but no vCPU of {=str} waits for it", cpu, vm.plan.name.as_str());
+        let Some(frame) = vm.pending.get_mut(vcpu).and_then(Option::take) else {
+            defmt::error!("vm: CPU {=u32} started, but no vCPU of {=str} waits for it", cpu, vm.name());
             semihost::exit(ExitCode::Unimplemented)
         };
         vm.power[vcpu] = Power::On;
-        let mut frame = TrapFrame { r: [0; 13], lr_usr: 0, elr: entry.as_u64() as u32, spsr: SPSR_SVC_MASKED };
-        frame.r[0] = context;
         defmt::info!(
-            "vm: {=str}: vCPU {=usize} on CPU {=u32} entering at IPA {=u32:#010x}",
-            vm.plan.name.as_str(),
+            "vm: {=str}: vCPU {=usize} on CPU {=u32} entering at IPA {=u32:#010x}, r0-r2 {=u32:#x} {=u32:#x} {=u32:#x}, VMID {=u8}",
+            vm.name(),
             vcpu,
             cpu,
-            frame.elr
+            frame.elr,
+            frame.r[0],
+            frame.r[1],
+            frame.r[2],
+            vm.vmid
         );
         (vm.vcpu_regs(vcpu), frame)
     };
     guest::configure(&regs);
     guest::enter(&frame)
+}
+
+/// A secondary CPU started through PSCI CPU_ON (by the monitor or for a guest's CPU_ON).
+pub fn run_secondary(cpu: u32) -> ! {
+    if let Err(e) = mmu::enable_secondary() {
+        defmt::error!("vm: CPU {=u32}: cannot turn the MMU on: {}", cpu, e);
+        semihost::exit(ExitCode::MmuSetup)
+    }
+    run_cpu(cpu)
+}
+
+/// Marks guest `index` ended. When every guest has, returns the run's exit status.
+pub fn mark_ended(vms: &mut [Vm], index: usize, how: Ending) -> Option<ExitCode> {
+    vms[index].done = Some(how);
+    if !vms.iter().all(|v| v.done.is_some()) {
+        defmt::info!("vm: {=str} ended ({}); the other guests run on", vms[index].name(), how);
+        return None;
+    }
+    for v in vms.iter() {
+        defmt::info!("vm: {=str}: {} after {=u32} restart(s)", v.name(), v.done.unwrap_or(Ending::Faulted), v.restarts);
+    }
+    let faulted = vms.iter().any(|v| v.done == Some(Ending::Faulted));
+    Some(if faulted { ExitCode::GuestFault } else { ExitCode::Success })
+}
+
+/// After [`mark_ended`], with the lock released: end the run, or park this CPU.
+pub fn after_end(code: Option<ExitCode>) -> ! {
+    match code {
+        Some(code) => semihost::exit(code),
+        None => guest::park(),
+    }
+}
+
+/// The test device's page, for the trap handler.
+pub fn is_testdev(ipa: u64) -> bool {
+    (TESTDEV_IPA..TESTDEV_IPA + TESTDEV_SIZE).contains(&ipa)
 }

@@ -1,15 +1,23 @@
-//! Guest traps: PSCI calls (HVC, or a trapped SMC) and stage-2 faults.
+//! Guest traps: PSCI and carve calls (HVC, or a trapped SMC), emulated MMIO, stage-2 faults.
 //!
 //! HSR.EC values (Arm ARM B3.13.6): 0x12 HVC (ELR_hyp already past it), 0x13
 //! SMC trapped by HCR.TSC (ELR_hyp at the SMC: step over it), 0x20 prefetch
 //! abort and 0x24 data abort from a guest (stage-2). The faulting IPA is
-//! HPFAR[31:4] (IPA[39:12]) with the page offset from HDFAR.
+//! HPFAR[31:4] (IPA[39:12]) with the page offset from HDFAR; a data abort's
+//! ISS says, when ISV is set, the access size (SAS), the register (SRT) and
+//! the direction (WnR), which is what MMIO emulation needs (B3.13.6).
+
+use alloc::vec::Vec;
 
 use aarch32_cpu::register::{Hdfar, Hifar, Hpfar};
-use carve_core::vm::psci::{Action, Call, GuestCpus, SUCCESS};
+use carve_core::dt::machine::FaultPolicy;
+use carve_core::vm::hypercall as hc;
+use carve_core::vm::psci::{self, Action, Call, GuestCpus, Power, SUCCESS};
 
-use super::VM;
-use crate::arch::guest::firmware_psci;
+use super::inject::{self, Abort};
+use super::{Ending, Vm, PLAN, VMS};
+use crate::arch::guest::{self, firmware_psci};
+use crate::arch::mmu;
 use crate::arch::semihost::{self, ExitCode};
 use crate::arch::vectors::TrapFrame;
 
@@ -19,97 +27,244 @@ const EC_IABT_LOWER: u32 = 0x20;
 const EC_DABT_LOWER: u32 = 0x24;
 /// PSCI's INTERNAL_FAILURE: the firmware refused to start a physical CPU.
 const INTERNAL_FAILURE: i32 = -6;
+/// HSR.IL: the trapped instruction was 32-bit.
+const HSR_IL: u32 = 1 << 25;
+
+/// This physical CPU's number (Aff0 of MPIDR).
+fn this_cpu() -> u32 {
+    crate::arch::mpidr() & 0xff
+}
+
+/// What to do once the lock is released.
+enum After {
+    Resume,
+    /// The guest ended: end the run with this status, or park this CPU.
+    Ended(Option<ExitCode>),
+    /// Start a physical CPU for a vCPU: (firmware target MPIDR, CPU number, VM index, vCPU).
+    StartCpu(u32, u32, usize, usize),
+    /// Stop this CPU (a vCPU's CPU_OFF).
+    CpuOff,
+}
 
 /// Handles a trap from the guest on this CPU; returning resumes it.
 pub fn handle(frame: &mut TrapFrame, hsr: u32) {
-    let ec = hsr >> 26;
-    let mut guard = VM.lock();
-    let Some(vm) = guard.as_mut() else {
-        drop(guard);
-        defmt::error!("vm: a guest trap (HSR {=u32:#010x}) with no guest", hsr);
-        semihost::exit(ExitCode::UnhandledTrap)
+    let cpu = this_cpu();
+    let after = {
+        let mut vms = VMS.lock();
+        let Some(index) = vms.iter().position(|v| v.vcpu_on(cpu).is_some()) else {
+            drop(vms);
+            defmt::error!("vm: a guest trap (HSR {=u32:#010x}) on CPU {=u32}, which runs no guest", hsr, cpu);
+            semihost::exit(ExitCode::UnhandledTrap)
+        };
+        dispatch(&mut vms, index, cpu, frame, hsr)
     };
-    vm.traps += 1;
+    match after {
+        After::Resume => {}
+        After::Ended(code) => super::after_end(code),
+        After::StartCpu(target, pcpu, index, vcpu) => {
+            let r = firmware_psci(psci::CPU_ON, target, crate::arch::secondary_entry(), pcpu);
+            if r == SUCCESS {
+                frame.r[0] = SUCCESS as u32;
+            } else {
+                defmt::error!("vm: firmware CPU_ON of CPU {=u32} (MPIDR {=u32:#x}) failed: {=i32}", pcpu, target, r);
+                let mut vms = VMS.lock();
+                vms[index].pending[vcpu] = None;
+                vms[index].power[vcpu] = Power::Off;
+                frame.r[0] = INTERNAL_FAILURE as u32;
+            }
+        }
+        After::CpuOff => {
+            firmware_psci(psci::CPU_OFF, 0, 0, 0);
+            defmt::error!("vm: firmware CPU_OFF returned on CPU {=u32}", cpu);
+            semihost::exit(ExitCode::UnhandledTrap)
+        }
+    }
+}
+
+fn dispatch(vms: &mut Vec<Vm>, index: usize, cpu: u32, frame: &mut TrapFrame, hsr: u32) -> After {
+    let ec = hsr >> 26;
+    vms[index].traps += 1;
     match ec {
         EC_HVC | EC_SMC => {
             if ec == EC_SMC {
-                // HSR.IL: 32-bit instruction (4 bytes) or 16-bit Thumb (2).
-                frame.elr = frame.elr.wrapping_add(if hsr & (1 << 25) != 0 { 4 } else { 2 });
+                frame.elr = frame.elr.wrapping_add(if hsr & HSR_IL != 0 { 4 } else { 2 });
             }
-            let call = Call::decode([frame.r[0], frame.r[1], frame.r[2], frame.r[3]]);
-            let caller = (crate::arch::mpidr() & 0xff).wrapping_sub(vm.first_cpu) as usize;
-            let ram = vm.ram();
-            let mpidrs = vm.vcpu_mpidr.clone();
-            let mut cpus = GuestCpus { mpidr: &mpidrs, power: &mut vm.power, ram };
-            match cpus.handle(caller, call) {
-                Action::Return(v) => frame.r[0] = v,
-                Action::StartVcpu { vcpu, entry, context } => {
-                    vm.pending[vcpu] = Some((entry, context));
-                    let target = vm.pcpu_mpidr[vcpu] as u32;
-                    let cpu = vm.first_cpu + vcpu as u32;
-                    drop(guard);
-                    let r = firmware_psci(
-                        carve_core::vm::psci::CPU_ON,
-                        target,
-                        crate::arch::secondary_entry(),
-                        cpu,
-                    );
-                    if r != SUCCESS {
-                        defmt::error!("vm: firmware CPU_ON of CPU {=u32} (MPIDR {=u32:#x}) failed: {=i32}", cpu, target, r);
-                        let mut guard = VM.lock();
-                        if let Some(vm) = guard.as_mut() {
-                            vm.pending[vcpu] = None;
-                            vm.power[vcpu] = carve_core::vm::psci::Power::Off;
-                        }
-                        frame.r[0] = INTERNAL_FAILURE as u32;
-                    } else {
-                        frame.r[0] = SUCCESS as u32;
-                    }
-                }
-                Action::StopVcpu => {
-                    drop(guard);
-                    defmt::info!("vm: vCPU {=usize} off", caller);
-                    firmware_psci(carve_core::vm::psci::CPU_OFF, 0, 0, 0);
-                    defmt::error!("vm: firmware CPU_OFF returned");
-                    semihost::exit(ExitCode::UnhandledTrap)
-                }
-                Action::SystemOff => {
-                    defmt::info!("vm: {=str} powered off (SYSTEM_OFF)", vm.plan.name.as_str());
-                    defmt::info!("traps: {=u64}", vm.traps);
-                    semihost::exit(ExitCode::Success)
-                }
-                Action::SystemReset => {
-                    defmt::info!("vm: {=str} asked for SYSTEM_RESET; restarting guests is not supported yet: stopping", vm.plan.name.as_str());
-                    defmt::info!("traps: {=u64}", vm.traps);
-                    semihost::exit(ExitCode::Success)
-                }
+            let id = frame.r[0];
+            if hc::is_carve_call(id) {
+                frame.r[0] = carve_call(&mut vms[index], frame) as u32;
+                return After::Resume;
             }
+            psci_call(vms, index, cpu, frame)
         }
-        EC_IABT_LOWER | EC_DABT_LOWER => {
-            let far = if ec == EC_DABT_LOWER { Hdfar::read().0 } else { Hifar::read().0 };
-            // HPFAR[31:4] holds IPA[39:12]: build the IPA in 64 bits.
-            let ipa = (u64::from(Hpfar::read().0 >> 4) << 12) | u64::from(far & 0xfff);
-            defmt::error!(
-                "vm: {=str}: stage-2 {=str} abort at IPA {=u64:#012x} (not mapped for it), PC {=u32:#010x}, HSR {=u32:#010x}{=str}",
-                vm.plan.name.as_str(),
-                if ec == EC_DABT_LOWER { "data" } else { "instruction" },
-                ipa,
-                frame.elr,
-                hsr,
-                if ec == EC_DABT_LOWER && hsr & (1 << 6) != 0 { " (write)" } else { "" }
-            );
-            defmt::error!("vm: {=str} stopped after {=u64} traps", vm.plan.name.as_str(), vm.traps);
-            semihost::exit(ExitCode::GuestFault)
-        }
+        EC_IABT_LOWER | EC_DABT_LOWER => abort(vms, index, frame, hsr),
         _ => {
+            let vm = &vms[index];
             defmt::error!(
                 "vm: {=str}: unhandled trap EC {=u32:#04x} HSR {=u32:#010x} at PC {=u32:#010x}; stopping it",
-                vm.plan.name.as_str(),
+                vm.name(),
                 ec,
                 hsr,
                 frame.elr
             );
-            semihost::exit(ExitCode::UnhandledTrap)
+            After::Ended(super::mark_ended(vms, index, Ending::Faulted))
         }
     }
+}
+
+fn psci_call(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame) -> After {
+    let call = Call::decode([frame.r[0], frame.r[1], frame.r[2], frame.r[3]]);
+    let vm = &mut vms[index];
+    let caller = vm.vcpu_on(cpu).unwrap_or(0);
+    let mpidrs = vm.vcpu_mpidr.clone();
+    let ram = vm.ram();
+    let mut cpus = GuestCpus { mpidr: &mpidrs, power: &mut vm.power, ram };
+    match cpus.handle(caller, call) {
+        Action::Return(v) => {
+            frame.r[0] = v;
+            After::Resume
+        }
+        Action::StartVcpu { vcpu, entry, context } => {
+            let mut f = TrapFrame { r: [0; 13], lr_usr: 0, elr: entry.raw() as u32, spsr: guest::SPSR_SVC_MASKED };
+            f.r[0] = context;
+            vm.pending[vcpu] = Some(f);
+            After::StartCpu(vm.pcpu_mpidr[vcpu] as u32, vm.first_cpu + vcpu as u32, index, vcpu)
+        }
+        Action::StopVcpu => {
+            defmt::info!("vm: {=str}: vCPU {=usize} off", vm.name(), caller);
+            After::CpuOff
+        }
+        Action::SystemOff => {
+            defmt::info!("vm: {=str} powered off (SYSTEM_OFF)", vm.name());
+            defmt::info!("traps: {=u64}", vm.traps);
+            After::Ended(super::mark_ended(vms, index, Ending::PoweredOff))
+        }
+        Action::SystemReset => {
+            defmt::info!("vm: {=str} asked for SYSTEM_RESET after {=u64} traps", vm.name(), vm.traps);
+            restart_or_end(vms, index, frame)
+        }
+    }
+}
+
+/// Boots the guest again in place (its vCPU 0 is this CPU), or ends it if that fails.
+fn restart_or_end(vms: &mut [Vm], index: usize, frame: &mut TrapFrame) -> After {
+    let result = {
+        let plan = PLAN.lock();
+        match plan.as_ref() {
+            Some((machine, _)) => super::restart(&mut vms[index], machine),
+            None => Err(alloc::string::String::from("no plan kept")),
+        }
+    };
+    match result {
+        Ok(fresh) => {
+            *frame = fresh;
+            After::Resume
+        }
+        Err(e) => {
+            defmt::error!("vm: restart failed: {=str}", e.as_str());
+            After::Ended(super::mark_ended(vms, index, Ending::Faulted))
+        }
+    }
+}
+
+/// carve's own calls (see carve_core::vm::hypercall).
+fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
+    match frame.r[0] {
+        hc::NOP => hc::SUCCESS,
+        hc::CONSOLE_WRITE => {
+            let (ipa, len) = (u64::from(frame.r[1]), frame.r[2].min(hc::CONSOLE_MAX));
+            let Some(pa) = vm.ram_pa(ipa, u64::from(len)) else { return hc::INVALID_ADDRESS };
+            if len == 0 {
+                return 0;
+            }
+            let mut buf = [0u8; hc::CONSOLE_MAX as usize];
+            let n = len as usize;
+            if mmu::with_phys(0, pa, n, |b| buf[..n].copy_from_slice(b)).is_err() {
+                return hc::INVALID_ADDRESS;
+            }
+            let text = core::str::from_utf8(&buf[..n]).unwrap_or("(not UTF-8)");
+            defmt::info!("{=str}: {=str}", vm.name(), text.trim_end_matches('\n'));
+            n as i32
+        }
+        hc::INFO => match frame.r[1] {
+            hc::INFO_FREE_TABLE_PAGES => mmu::with_pool(|p| mmu::POOL_PAGES as i32 - p.pages_in_use() as i32).unwrap_or(-1),
+            hc::INFO_VMID => i32::from(vm.vmid),
+            hc::INFO_RESTARTS => vm.restarts as i32,
+            _ => hc::INVALID_PARAMETERS,
+        },
+        hc::DUMP_MAP => {
+            if let Some((machine, plan)) = PLAN.lock().as_ref() {
+                crate::report::log_plan(machine, plan);
+            }
+            hc::SUCCESS
+        }
+        _ => hc::NOT_SUPPORTED,
+    }
+}
+
+/// A stage-2 abort: the test device is emulated; anything else is a fault handled by the guest's policy.
+fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After {
+    let data = hsr >> 26 == EC_DABT_LOWER;
+    let far = if data { Hdfar::read().0 } else { Hifar::read().0 };
+    // HPFAR[31:4] holds IPA[39:12]: build the IPA in 64 bits.
+    let ipa = (u64::from(Hpfar::read().0 >> 4) << 12) | u64::from(far & 0xfff);
+    let vm = &mut vms[index];
+    if data && super::is_testdev(ipa) && emulate_testdev(vm, frame, hsr, ipa) {
+        frame.elr = frame.elr.wrapping_add(if hsr & HSR_IL != 0 { 4 } else { 2 });
+        return After::Resume;
+    }
+    let write = data && hsr & (1 << 6) != 0;
+    defmt::error!(
+        "vm: {=str}: stage-2 {=str} abort at IPA {=u64:#012x} (not mapped for it), PC {=u32:#010x}, HSR {=u32:#010x}{=str}",
+        vm.name(),
+        if data { "data" } else { "instruction" },
+        ipa,
+        frame.elr,
+        hsr,
+        if write { " (write)" } else { "" }
+    );
+    match vm.on_fault {
+        FaultPolicy::Inject => {
+            inject::abort(frame, if data { Abort::Data { write } } else { Abort::Prefetch }, far);
+            After::Resume
+        }
+        FaultPolicy::Reset => {
+            defmt::info!("vm: {=str}: on-fault = reset", vm.name());
+            restart_or_end(vms, index, frame)
+        }
+        FaultPolicy::Stop => {
+            defmt::error!("vm: {=str} stopped after {=u64} traps", vm.name(), vm.traps);
+            After::Ended(super::mark_ended(vms, index, Ending::Faulted))
+        }
+    }
+}
+
+/// Emulates an access to the test device from the syndrome; `false` if it cannot (no valid ISS).
+fn emulate_testdev(vm: &mut Vm, frame: &mut TrapFrame, hsr: u32, ipa: u64) -> bool {
+    let isv = hsr & (1 << 24) != 0;
+    let sas = (hsr >> 22) & 0b11; // 0 byte, 1 halfword, 2 word
+    let srt = ((hsr >> 16) & 0xf) as usize;
+    let write = hsr & (1 << 6) != 0;
+    if !isv || srt > 12 {
+        return false; // no syndrome, or SP/LR/PC (banked): not emulated
+    }
+    if write {
+        return true; // writes are ignored
+    }
+    let offset = ipa - hc::TESTDEV_IPA;
+    let value = match offset & !3 {
+        hc::TESTDEV_COUNTER => {
+            vm.testdev_reads = vm.testdev_reads.wrapping_add(1);
+            vm.testdev_reads
+        }
+        hc::TESTDEV_ID => hc::TESTDEV_MAGIC,
+        _ => 0,
+    };
+    let shift = (offset & 3) * 8;
+    let v = value >> shift;
+    frame.r[srt] = match sas {
+        0 => v & 0xff,
+        1 => v & 0xffff,
+        _ => v,
+    };
+    true
 }
