@@ -162,7 +162,11 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         semihost::exit(ExitCode::Panic)
     }
     report::log_plan(&machine, &plan);
-    defmt::info!("hyp: heap {=usize} KiB in use, {=usize} KiB free", arch::heap::used() / 1024, arch::heap::free() / 1024);
+    defmt::info!(
+        "hyp: heap {=usize} KiB in use, {=usize} KiB free",
+        arch::heap::used() / 1024,
+        arch::heap::free() / 1024
+    );
     match arch::mmu::map_linear(&plan.monitor.lowmem) {
         Ok(s) => defmt::info!(
             "hyp: lowmem linear map on: {=u32} 1 GiB + {=u32} 2 MiB blocks + {=u32} pages",
@@ -187,10 +191,8 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
 /// A physical range from bounds the monitor computed itself (its image, its DTB).
 #[cfg(target_arch = "arm")]
 fn range(start: u64, end: u64) -> carve_core::addr::PhysRange {
-    carve_core::addr::PhysRange::from_bounds(start, end).unwrap_or(carve_core::addr::PhysRange {
-        base: carve_core::addr::PhysAddr::new(0),
-        size: 0,
-    })
+    carve_core::addr::PhysRange::from_bounds(start, end)
+        .unwrap_or(carve_core::addr::PhysRange { base: carve_core::addr::PhysAddr::new(0), size: 0 })
 }
 
 /// A secondary CPU's Rust entry (`_secondary_start`, reached through PSCI CPU_ON).

@@ -7,7 +7,7 @@
 
 use core::arch::asm;
 
-use aarch32_cpu::register::{Cnthctl, CntVoff, Hcptr, Hcr, Hstr, Vmpidr, Vpidr};
+use aarch32_cpu::register::{CntVoff, Cnthctl, Hcptr, Hcr, Hstr, Vmpidr, Vpidr};
 
 use super::regs::{Vtcr, Vttbr};
 use super::vectors::TrapFrame;

@@ -380,7 +380,9 @@ pub fn with_phys<R>(slot: usize, pa: u64, len: usize, f: impl FnOnce(&mut [u8]) 
         let mut guard = HYP_MAP.lock();
         let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
         // The table code invalidates the window's TLB entries (TLBIMVAHIS per page).
-        map.table.unmap(&mut map.pool, VirtAddr::new(va_base), size).map_err(|error| MmuError::Map { what: "window", error })?;
+        map.table
+            .unmap(&mut map.pool, VirtAddr::new(va_base), size)
+            .map_err(|error| MmuError::Map { what: "window", error })?;
         Ok(r)
     })();
     WINDOW_BUSY[slot].store(false, Ordering::Release);

@@ -50,10 +50,8 @@ pub fn abort(frame: &mut TrapFrame, abort: Abort, far: u32) {
     // The preferred return address is the faulting instruction (ELR_hyp), in ARM and Thumb state alike.
     pl1::set_abort_banked(frame.spsr, frame.elr.wrapping_add(return_adjust));
     let base = if sctlr & SCTLR_V != 0 { 0xffff_0000 } else { pl1::vbar() & !0x1f };
-    let mut cpsr = (frame.spsr & !(0x1f | CPSR_T | CPSR_E | (0b11 << 25) | (0x3f << 10) | (1 << 24)))
-        | MODE_ABT
-        | CPSR_I
-        | CPSR_A;
+    let mut cpsr =
+        (frame.spsr & !(0x1f | CPSR_T | CPSR_E | (0b11 << 25) | (0x3f << 10) | (1 << 24))) | MODE_ABT | CPSR_I | CPSR_A;
     cpsr &= !CPSR_F | (frame.spsr & CPSR_F); // F unchanged
     if sctlr & SCTLR_TE != 0 {
         cpsr |= CPSR_T;

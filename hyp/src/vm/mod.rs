@@ -168,7 +168,12 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
     let opts = GuestDtbOptions { initrd: layout.initrd, bootargs: desc.bootargs.as_deref(), owned_carveouts: &[] };
     let dtb = guest_dtb(tree, machine, g, &opts).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
     if dtb.len() as u64 > boot::DTB_MAX {
-        return Err(format!("{}: guest DTB is {} bytes, more than the {} reserved", g.name, dtb.len(), Size(boot::DTB_MAX)));
+        return Err(format!(
+            "{}: guest DTB is {} bytes, more than the {} reserved",
+            g.name,
+            dtb.len(),
+            Size(boot::DTB_MAX)
+        ));
     }
 
     let cpus = g.cpus as usize;
@@ -248,7 +253,12 @@ fn load_images(vm: &Vm) -> Result<(), VmError> {
     for_each_piece(g, vm.boot.dtb.start(), vm.dtb.len() as u64, |pa, off, n| {
         mmu::write_phys(pa, &vm.dtb[off as usize..(off + n) as usize]).map_err(|e| mmu_err("writing the guest DTB", e))
     })?;
-    defmt::info!("vm: {=str}: DTB {=usize} bytes at IPA {=u64:#010x}", g.name.as_str(), vm.dtb.len(), vm.boot.dtb.start());
+    defmt::info!(
+        "vm: {=str}: DTB {=usize} bytes at IPA {=u64:#010x}",
+        g.name.as_str(),
+        vm.dtb.len(),
+        vm.boot.dtb.start()
+    );
     Ok(())
 }
 
@@ -269,7 +279,9 @@ fn passthrough(machine: &Machine) -> Vec<(&'static str, PhysRange)> {
 
 /// Copies a boot module from where the loader put it into guest RAM.
 fn load(g: &GuestPlan, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmError> {
-    for_each_piece(g, to.start(), from.size, |pa, off, n| mmu::copy_phys(pa, from.start() + off, n).map_err(|e| mmu_err(what, e)))?;
+    for_each_piece(g, to.start(), from.size, |pa, off, n| {
+        mmu::copy_phys(pa, from.start() + off, n).map_err(|e| mmu_err(what, e))
+    })?;
     defmt::info!(
         "vm: {=str}: {=str} {=u64} bytes from PA {=u64:#010x} to IPA {=u64:#010x}",
         g.name.as_str(),

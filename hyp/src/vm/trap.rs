@@ -7,8 +7,6 @@
 //! ISS says, when ISV is set, the access size (SAS), the register (SRT) and
 //! the direction (WnR), which is what MMIO emulation needs (B3.13.6).
 
-use alloc::vec::Vec;
-
 use aarch32_cpu::register::{Hdfar, Hifar, Hpfar};
 use carve_core::dt::machine::FaultPolicy;
 use carve_core::vm::hypercall as hc;
@@ -81,7 +79,7 @@ pub fn handle(frame: &mut TrapFrame, hsr: u32) {
     }
 }
 
-fn dispatch(vms: &mut Vec<Vm>, index: usize, cpu: u32, frame: &mut TrapFrame, hsr: u32) -> After {
+fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: u32) -> After {
     let ec = hsr >> 26;
     vms[index].traps += 1;
     match ec {
@@ -186,7 +184,9 @@ fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
             n as i32
         }
         hc::INFO => match frame.r[1] {
-            hc::INFO_FREE_TABLE_PAGES => mmu::with_pool(|p| mmu::POOL_PAGES as i32 - p.pages_in_use() as i32).unwrap_or(-1),
+            hc::INFO_FREE_TABLE_PAGES => {
+                mmu::with_pool(|p| mmu::POOL_PAGES as i32 - p.pages_in_use() as i32).unwrap_or(-1)
+            }
             hc::INFO_VMID => i32::from(vm.vmid),
             hc::INFO_RESTARTS => vm.restarts as i32,
             _ => hc::INVALID_PARAMETERS,
