@@ -39,3 +39,57 @@ carve_setup() {
 carve_dtc() { # carve_dtc IN.dts OUT.dtb
     dtc -q -I dts -O dtb -i "$CARVE_ROOT/dts" -i "$(dirname "$1")" -o "$2" "$1"
 }
+
+# --- QEMU runs (scripts/run, scripts/bench) -----------------------------------
+
+# Print the QEMU binary for a virt machine with MB MiB of RAM at 0x40000000:
+# qemu-system-arm up to 3072 MiB; above that RAM ends past 4 GiB, where
+# qemu-system-arm 7.2 cannot run Linux (see scripts/native), so
+# qemu-system-aarch64 (same machine with -cpu cortex-a15).
+carve_qemu_bin() { # carve_qemu_bin MB
+    if (($1 > 3072)); then echo qemu-system-aarch64; else echo qemu-system-arm; fi
+}
+
+# Die with a pointer to scripts/setup unless every named tool is installed.
+carve_need_tools() { # carve_need_tools TOOL...
+    local t
+    for t in "$@"; do
+        command -v "$t" >/dev/null || die "$t not found: run scripts/setup"
+    done
+}
+
+# Print a size (768M, 1G, 1GiB, 262144K, 4096k; a bare number is MiB) in KiB.
+carve_size_kib() { # carve_size_kib SIZE
+    local s=${1,,} n unit
+    s=${s%ib}
+    s=${s%b}
+    [[ $s =~ ^([0-9]+)([kmg]?)$ ]] || die "not a size: $1 (e.g. 768M, 1G, 262144K)"
+    n=$((10#${BASH_REMATCH[1]}))
+    unit=${BASH_REMATCH[2]:-m}
+    case $unit in
+    k) echo "$n" ;;
+    m) echo $((n * 1024)) ;;
+    g) echo $((n * 1024 * 1024)) ;;
+    esac
+}
+
+# From a guest's console log: the CARVE-MEMINFO block, markers included.
+carve_meminfo_block() { # carve_meminfo_block UART_LOG
+    tr -d '\r' <"$1" | sed -n '/^CARVE-MEMINFO-BEGIN/,/^CARVE-MEMINFO-END/p'
+}
+
+# From a guest's console log: the value in kB of a meminfo field (LowTotal...),
+# empty if absent.
+carve_meminfo_kb() { # carve_meminfo_kb UART_LOG FIELD
+    carve_meminfo_block "$1" | awk -v f="$2:" '$1 == f { print $2; exit }'
+}
+
+# From a guest's console log: "COUNT HZ" of the first CARVE-CNTVCT line (the
+# virtual counter when /init starts; `last` for the one just before power-off).
+carve_cntvct() { # carve_cntvct UART_LOG [first|last]
+    local which=${2:-first}
+    tr -d '\r' <"$1" | awk -v w="$which" '
+        $1 == "CARVE-CNTVCT" && $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ {
+            v = $2 " " $3; if (w == "first") { print v; exit } }
+        END { if (w == "last" && v != "") print v }'
+}

@@ -1,0 +1,274 @@
+//! A real Linux guest under the monitor: Debian's armhf LPAE kernel and the
+//! test initrd (scripts/mkinitrd) booted by `scripts/run` on QEMU `virt`.
+//!
+//! Each test runs `scripts/run -q` (the monitor built once by scripts/build,
+//! the machine DTB compiled and patched, kernel and initrd loaded at the
+//! guest's module addresses, no network) under a timeout, then reads the guest's console
+//! (`uart.log`) and QEMU's exit status (`qemu.status`: the monitor's exit
+//! code; 0 when the guest powered off) from the run's directory. The guest
+//! must see one dense bank: `LowTotal` within 1 % of a native boot on one
+//! 768 MiB bank (759,060 kB, DESIGN.md "The problem, measured") and no
+//! highmem, however the machine's RAM is holed or placed.
+//!
+//! QEMU runs one at a time (TCG is heavy; the machine may have two cores):
+//! every test holds [`QEMU`] while it boots. A missing QEMU, kernel or tool
+//! fails the test with a pointer to `scripts/setup`: nothing here skips
+//! itself into a pass.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+/// Seconds each boot may take before `timeout` stops QEMU (status 124).
+const TIMEOUT_S: u32 = 60;
+/// `LowTotal` of a native boot on one dense 768 MiB bank (QEMU's own DTB).
+const DENSE_LOWTOTAL_KB: u64 = 759_060;
+/// How far the guest's `LowTotal` may be from [`DENSE_LOWTOTAL_KB`], in percent.
+const LOWTOTAL_TOLERANCE_PCT: f64 = 1.0;
+
+/// Held while QEMU runs, so the tests boot one after the other.
+static QEMU: Mutex<()> = Mutex::new(());
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Where scripts/setup caches the kernel and busybox (`$CARVE_CACHE`, as in scripts/lib.sh).
+fn cache_dir() -> PathBuf {
+    std::env::var_os("CARVE_CACHE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"))
+}
+
+/// Whether `name` is an executable on PATH or in cargo's bin directory.
+fn have_tool(name: &str) -> bool {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path).chain(cargo_bin).any(|dir| dir.join(name).is_file())
+}
+
+/// Fails (never skips) unless everything a boot needs is installed and cached.
+fn require_setup() {
+    let tools =
+        ["qemu-system-arm", "qemu-system-aarch64", "dtc", "fdtput", "fdtget", "defmt-print", "timeout", "cpio", "gzip"];
+    let mut missing: Vec<String> =
+        tools.iter().filter(|t| !have_tool(t)).map(|t| format!("{t} (not installed)")).collect();
+    let cache = cache_dir();
+    for file in ["linux/zImage", "busybox/busybox"] {
+        let path = cache.join(file);
+        if !path.is_file() {
+            missing.push(format!("{} (not cached)", path.display()));
+        }
+    }
+    assert!(missing.is_empty(), "missing: {}: run scripts/setup", missing.join(", "));
+}
+
+/// The monitor ELF, built once per test process by `scripts/build`.
+fn monitor_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let build = repo_root().join("scripts/build");
+        let out = Command::new(&build)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", build.display()));
+        assert!(
+            out.status.success(),
+            "scripts/build failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let elf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
+        elf
+    })
+}
+
+/// One boot of the guest under the monitor.
+struct Boot {
+    name: &'static str,
+    dir: PathBuf,
+    /// `scripts/run`'s own exit status.
+    script_status: Option<i32>,
+    script_output: String,
+    /// QEMU's exit status (the monitor's exit code), if QEMU ran.
+    qemu_status: Option<i32>,
+    /// The guest's console, carriage returns removed.
+    console: String,
+    /// The monitor's decoded defmt log.
+    monitor_log: String,
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+impl Boot {
+    fn context(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "boot `{}` ({}): scripts/run exit status {:?}, QEMU exit status {:?}",
+            self.name,
+            self.dir.display(),
+            self.script_status,
+            self.qemu_status
+        );
+        let _ = writeln!(s, "--- scripts/run output ---\n{}", tail(&self.script_output, 30));
+        let _ = writeln!(s, "--- monitor log (last 30 lines) ---\n{}", tail(&self.monitor_log, 30));
+        let _ = writeln!(s, "--- guest console (last 40 lines) ---\n{}", tail(&self.console, 40));
+        s
+    }
+
+    fn assert_powered_off(&self) {
+        assert_ne!(self.qemu_status, Some(124), "QEMU did not exit within {TIMEOUT_S} s\n{}", self.context());
+        assert_eq!(self.qemu_status, Some(0), "QEMU's exit status is not 0\n{}", self.context());
+        assert_eq!(self.script_status, Some(0), "scripts/run failed\n{}", self.context());
+    }
+
+    /// The markers of the initrd's /init, each on a line of its own, in order.
+    fn assert_markers(&self) {
+        let mut want =
+            ["CARVE-INIT-START", "CARVE-MEMINFO-BEGIN", "CARVE-MEMINFO-END", "CARVE-INIT-DONE"].into_iter().peekable();
+        for line in self.console.lines() {
+            if want.peek() == Some(&line.trim_end()) {
+                want.next();
+            }
+        }
+        if let Some(marker) = want.next() {
+            panic!("the console lacks {marker:?} (after the markers before it)\n{}", self.context());
+        }
+        // guest-stubs/cntvct ran: the virtual counter and its frequency.
+        let cntvct = self.console.lines().find_map(|l| l.strip_prefix("CARVE-CNTVCT "));
+        let ok = cntvct.is_some_and(|rest| {
+            let v: Vec<&str> = rest.split_whitespace().collect();
+            v.len() == 2 && v.iter().all(|n| n.parse::<u64>().is_ok())
+        });
+        assert!(ok, "no `CARVE-CNTVCT <count> <Hz>` line from /bin/cntvct\n{}", self.context());
+    }
+
+    /// The lines between CARVE-MEMINFO-BEGIN and CARVE-MEMINFO-END.
+    fn meminfo(&self) -> Vec<&str> {
+        self.console
+            .lines()
+            .skip_while(|l| l.trim_end() != "CARVE-MEMINFO-BEGIN")
+            .skip(1)
+            .take_while(|l| l.trim_end() != "CARVE-MEMINFO-END")
+            .collect()
+    }
+
+    /// The value after `key:` in the meminfo block (e.g. `LowTotal` -> "759060 kB").
+    fn field(&self, key: &str) -> String {
+        let prefix = format!("{key}:");
+        self.meminfo()
+            .iter()
+            .find_map(|l| l.strip_prefix(&prefix).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| panic!("the meminfo block lacks {key}\n{}", self.context()))
+    }
+
+    fn kb(&self, key: &str) -> u64 {
+        let v = self.field(key);
+        v.strip_suffix(" kB")
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key}: {v:?} is not `N kB`\n{}", self.context()))
+    }
+
+    /// One dense bank: LowTotal as natively on 768 MiB, no highmem.
+    fn assert_dense_view(&self) {
+        let low = self.kb("LowTotal");
+        let high = self.kb("HighTotal");
+        let off_pct = (low as f64 - DENSE_LOWTOTAL_KB as f64).abs() * 100.0 / DENSE_LOWTOTAL_KB as f64;
+        assert!(
+            off_pct <= LOWTOTAL_TOLERANCE_PCT,
+            "LowTotal {low} kB is {off_pct:.2} % from the dense {DENSE_LOWTOTAL_KB} kB (allowed {LOWTOTAL_TOLERANCE_PCT} %)\n{}",
+            self.context()
+        );
+        assert_eq!(high, 0, "HighTotal {high} kB: the guest should see no highmem\n{}", self.context());
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).replace('\r', "")).unwrap_or_default()
+}
+
+/// Boots the guest with `scripts/run -q` and the given options.
+fn boot(name: &'static str, args: &[&str]) -> Boot {
+    require_setup();
+    let _one_at_a_time = QEMU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let elf = monitor_elf();
+
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux").join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the run directory");
+
+    let run = repo_root().join("scripts/run");
+    let timeout = TIMEOUT_S.to_string();
+    let out = Command::new(&run)
+        .args(["-q", "--timeout", &timeout, "--hyp"])
+        .arg(elf)
+        .arg("--out")
+        .arg(&dir)
+        .args(args)
+        // The options name trees relative to the repository.
+        .current_dir(repo_root())
+        // require_setup() checked the tools: scripts/run need not install anything.
+        .env("CARVE_SETUP_DONE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", run.display()));
+
+    let qemu_status = std::fs::read_to_string(dir.join("qemu.status")).ok().and_then(|s| s.trim().parse().ok());
+    let script_output = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    Boot {
+        name,
+        script_status: out.status.code(),
+        script_output,
+        qemu_status,
+        console: read_lossy(&dir.join("uart.log")),
+        monitor_log: read_lossy(&dir.join("hyp.log")),
+        dir,
+    }
+}
+
+/// The machine of DESIGN.md's table: 1280 MiB with two 128 MiB `no-map`
+/// carveouts; the 768 MiB guest must see one dense bank.
+#[test]
+fn guest_sees_one_dense_bank_around_two_carveouts() {
+    let b = boot("2carveouts", &["--dts", "dts/virt-2carveouts.dts", "-m", "1280"]);
+    b.assert_powered_off();
+    b.assert_markers();
+    b.assert_dense_view();
+}
+
+/// Two CPUs (`-smp 2`, the guest with `cpus = <2>`): the secondary comes up
+/// through PSCI CPU_ON and both are online.
+#[test]
+fn guest_brings_up_two_cpus() {
+    let b = boot("smp2", &["--dts", "dts/virt-smp2.dts", "-m", "1280", "--smp", "2"]);
+    b.assert_powered_off();
+    b.assert_markers();
+    let online = b.field("online");
+    assert_eq!(online, "0-1", "/sys/devices/system/cpu/online\n{}", b.context());
+    assert_eq!(b.field("nproc"), "2", "nproc\n{}", b.context());
+    b.assert_dense_view();
+}
+
+/// RAM above 4 GiB (6 GiB, everything from 0x50000000 to 4 GiB carved out):
+/// the guest is backed by highmem the monitor reaches through LPAE, and still
+/// sees one dense bank. qemu-system-aarch64 (scripts/run picks it above 3072 MiB).
+#[test]
+fn guest_backed_above_4gib_sees_one_dense_bank() {
+    let b = boot("highmem", &["--dts", "dts/virt-highmem.dts", "-m", "6144"]);
+    assert!(
+        b.script_output.contains("qemu-system-aarch64"),
+        "expected scripts/run to use qemu-system-aarch64 for -m 6144\n{}",
+        b.context()
+    );
+    b.assert_powered_off();
+    b.assert_markers();
+    b.assert_dense_view();
+}
