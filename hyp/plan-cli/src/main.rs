@@ -9,6 +9,7 @@ mod report;
 use std::process::ExitCode;
 
 use carve_core::addr::PhysRange;
+use carve_core::dt::machine::RamBank;
 use carve_core::dt::Machine;
 use carve_core::plan::{self, MonitorImage, PlanConfig};
 
@@ -17,12 +18,16 @@ const USAGE: &str =
   DTB             a flattened device tree (a board's, or one of dts/)
   --guest SIZE    add a guest of SIZE (768M, 1G, 262144K) to those the tree describes
   --json          print the plan as JSON
+  -m SIZE         the machine's RAM as QEMU's -m sets it: one bank of SIZE (bare number: MiB)
+                  at the tree's lowest RAM base (QEMU virt: 0x40000000)
   --monitor B,S   the monitor's image is at B, S bytes (default: 8 MiB in the lowest free RAM)
   --vmalloc SIZE  the monitor's vmalloc budget, hole space included (default 240M)";
 
 struct Args {
     dtb: String,
     json: bool,
+    /// `-m`: replace the memory nodes by one bank of this size, as QEMU does.
+    ram: Option<u64>,
     config: PlanConfig,
 }
 
@@ -48,10 +53,17 @@ fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut dtb = None;
     let mut json = false;
+    let mut ram = None;
     let mut config = PlanConfig { require_kernel: true, ..PlanConfig::default() };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--json" => json = true,
+            "-m" => {
+                let v = it.next().ok_or("-m needs a size")?;
+                let mib = v.chars().all(|c| c.is_ascii_digit());
+                let size = if mib { v.parse::<u64>().ok().map(|m| m << 20) } else { parse_size(&v) };
+                ram = Some(size.filter(|s| *s > 0).ok_or_else(|| format!("-m {v}: not a size"))?);
+            }
             "--guest" => {
                 let v = it.next().ok_or("--guest needs a size")?;
                 let size = parse_size(&v).ok_or_else(|| format!("--guest {v}: not a size (try 768M or 1G)"))?;
@@ -77,7 +89,17 @@ fn parse_args() -> Result<Args, String> {
         }
     }
     let dtb = dtb.ok_or("no DTB given")?;
-    Ok(Args { dtb, json, config })
+    Ok(Args { dtb, json, ram, config })
+}
+
+/// The machine with one bank of `size` at its lowest RAM base: what QEMU's `-m` does to a `-dtb`.
+fn with_ram(mut m: Machine, size: u64) -> Machine {
+    let base = m.ram.first().map(|b| b.range.start()).unwrap_or(0x4000_0000);
+    if let Some(range) = PhysRange::from_raw(base, size) {
+        m.ram = vec![RamBank { node: "/memory (-m)".into(), range }];
+        m.empty_memory.clear();
+    }
+    m
 }
 
 fn main() -> ExitCode {
@@ -99,7 +121,10 @@ fn main() -> ExitCode {
         }
     };
     let machine = match Machine::from_dtb(&blob) {
-        Ok(m) => m,
+        Ok(m) => match args.ram {
+            Some(size) => with_ram(m, size),
+            None => m,
+        },
         Err(e) => {
             eprintln!("plan: {}: {e}", args.dtb);
             return ExitCode::from(1);

@@ -308,3 +308,46 @@ fn linear_helpers_agree() {
     assert_eq!(p.monitor.linear_va(PhysAddr::new(0x5000_0000)), None, "no-map is not linear-mapped");
     assert!(p.warnings.is_empty(), "{:?}", p.warnings.iter().map(|w| w.to_string()).collect::<Vec<_>>());
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+
+    /// Every guest extent, built into stage-2 tables, walks back to its PA, and
+    /// each leaf is the largest block the extent's alignment allows.
+    #[test]
+    fn extents_walk_back_through_stage2(m in machine_strategy(), sizes in proptest::collection::vec(1u64..256, 1..3)) {
+        use crate::mm::{Attrs, PageTable, Stage2, VecMemory};
+        use crate::addr::{Ipa, SIZE_1G};
+        let cfg = what_if(&sizes.iter().map(|s| s * SIZE_2M).collect::<Vec<_>>());
+        if let Ok(p) = plan(&m, &cfg) {
+            for g in &p.guests {
+                let mut mem = VecMemory::default();
+                let mut s2 = PageTable::<Stage2>::new(&mut mem).unwrap();
+                for e in &g.extents {
+                    s2.map(&mut mem, e.ipa, e.pa, e.size, Attrs::ram()).unwrap();
+                }
+                for e in &g.extents {
+                    for off in [0, e.size / 2 & !0xfff, e.size - 0x1000] {
+                        let t = s2.translate(&mem, Ipa::new(e.ipa.as_u64() + off)).unwrap();
+                        prop_assert_eq!(t.pa.as_u64(), e.pa.as_u64() + off);
+                    }
+                }
+                // Leaves are maximal: no leaf could have been a bigger block.
+                let mut leaves = Vec::new();
+                s2.for_each_leaf(&mem, |l| leaves.push(l));
+                for l in &leaves {
+                    let bigger = if l.size == 0x1000 { SIZE_2M } else if l.size == SIZE_2M { SIZE_1G } else { continue };
+                    let (i0, p0) = (l.input.as_u64() & !(bigger - 1), l.pa.as_u64() & !(bigger - 1));
+                    let congruent = l.input.as_u64() - i0 == l.pa.as_u64() - p0;
+                    let covered = congruent && g.extents.iter().any(|e| {
+                        e.ipa.as_u64() <= i0 && i0 + bigger <= e.ipa.as_u64() + e.size
+                            && e.pa.as_u64() + (i0 - e.ipa.as_u64()) == p0
+                    });
+                    prop_assert!(!covered, "leaf {:?} could have been a {:#x} block", l.input, bigger);
+                }
+                let total: u64 = leaves.iter().map(|l| l.size).sum();
+                prop_assert_eq!(total, g.size);
+            }
+        }
+    }
+}
