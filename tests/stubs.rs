@@ -1,0 +1,738 @@
+//! carve tested from inside its guests: the bare-metal stubs of guest-stubs/carve-stubs under QEMU.
+//!
+//! Each test writes a machine DTS (`/include/ "qemu-virt.dtsi"`, RAM as QEMU's
+//! `-m` gives it, the CPUs of `-smp`, guests under `/chosen` whose
+//! `multiboot,kernel` module is a stub image loaded by `-device loader`),
+//! runs the monitor (`scripts/build`) with it on QEMU `virt` under a
+//! timeout, decodes the defmt log and checks what the stub reported through
+//! carve's CONSOLE_WRITE hypercall (logged by the monitor as
+//! `<guest name>: <line>`), what the monitor logged, and QEMU's exit status.
+//! The stubs are built once per test process by `scripts/build-stubs`.
+//! Missing tools fail the tests with a pointer to `scripts/setup`.
+//!
+//! The stubs' own FDT reader and their copy of the monitor's ABI constants
+//! are plain Rust; the last tests here check them on the host.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+
+use carve_core::addr::PhysRange;
+use carve_core::dt::Machine;
+use carve_core::plan::{self, MonitorImage, PlanConfig};
+
+#[path = "../guest-stubs/carve-stubs/src/abi.rs"]
+#[allow(dead_code)]
+mod stub_abi;
+#[path = "../guest-stubs/carve-stubs/src/fdt.rs"]
+#[allow(dead_code)]
+mod stub_fdt;
+
+/// Seconds QEMU may run before `timeout` stops it (status 124).
+const TIMEOUT_S: u32 = 120;
+const MACHINE: &str = "virt,virtualization=on";
+/// Machine RAM for every run (`-m`, MiB): 0x40000000-0x90000000.
+const MEM_MIB: u64 = 1280;
+const RAM_BASE: u64 = 0x4000_0000;
+/// Guest RAM of the memory-walking stubs: small, so the suite stays fast.
+const GUEST_MIB: u64 = 64;
+/// What the probe test plants outside every guest; the probe must never see it.
+const MARKER: &[u8; 16] = b"CARVE-SECRET-MRK";
+const MIB: u64 = 1 << 20;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// `name` on PATH or in cargo's bin directory (where `cargo install` puts defmt-print).
+fn tool(name: &str) -> PathBuf {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(cargo_bin)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed (not on PATH, not in ~/.cargo/bin): run scripts/setup"))
+}
+
+/// Runs a build script that prints on stdout; returns its stdout.
+fn run_script(name: &str) -> String {
+    let script = repo_root().join("scripts").join(name);
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "scripts/{name} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The monitor ELF, built once per test process by `scripts/build`.
+fn monitor_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let elf = PathBuf::from(run_script("build").trim());
+        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
+        elf
+    })
+}
+
+/// A stub's flat image, all built once per test process by `scripts/build-stubs`.
+fn stub(name: &str) -> &'static Path {
+    static STUBS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    let stubs = STUBS.get_or_init(|| {
+        run_script("build-stubs")
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+            .collect()
+    });
+    let path = stubs.get(name).unwrap_or_else(|| panic!("scripts/build-stubs built no stub `{name}`: {stubs:?}"));
+    assert!(path.is_file(), "scripts/build-stubs printed {}, which is not a file", path.display());
+    path
+}
+
+/// The address range `[lowest, highest)` the ELF's loadable segments take in memory (page-rounded).
+fn elf_span(path: &Path) -> (u64, u64) {
+    let elf = std::fs::read(path).expect("read the ELF");
+    let u16_at = |at: usize| u64::from(u16::from_le_bytes([elf[at], elf[at + 1]]));
+    let u32_at = |at: usize| u64::from(u32::from_le_bytes([elf[at], elf[at + 1], elf[at + 2], elf[at + 3]]));
+    assert_eq!(&elf[..6], b"\x7fELF\x01\x01", "{} is not a 32-bit little-endian ELF", path.display());
+    let (phoff, phentsize, phnum) = (u32_at(28) as usize, u16_at(42) as usize, u16_at(44) as usize);
+    let loads: Vec<(u64, u64)> = (0..phnum)
+        .map(|i| phoff + i * phentsize)
+        .filter(|&ph| u32_at(ph) == 1)
+        .map(|ph| (u32_at(ph + 12), u32_at(ph + 12) + u32_at(ph + 20)))
+        .collect();
+    let start = loads.iter().map(|l| l.0).min().expect("a PT_LOAD segment");
+    let end = loads.iter().map(|l| l.1).max().expect("a PT_LOAD segment");
+    (start & !0xfff, end.next_multiple_of(0x1000))
+}
+
+// --- machines -------------------------------------------------------------------------
+
+/// One guest node under `/chosen`.
+struct Guest {
+    /// The node name: `guest@N`.
+    name: &'static str,
+    mib: u64,
+    cpus: u32,
+    /// Where `-device loader` puts the stub image (the module's `reg`).
+    module: u64,
+    stub: &'static str,
+    inject: bool,
+}
+
+impl Guest {
+    fn new(name: &'static str, stub: &'static str, mib: u64, module: u64) -> Self {
+        Guest { name, mib, cpus: 1, module, stub, inject: false }
+    }
+}
+
+/// The DTS of a QEMU virt machine with `smp` CPUs, `MEM_MIB` of RAM, `reserved` (a
+/// `/reserved-memory` node or nothing) and `guests`.
+fn machine_dts(smp: u32, reserved: &str, guests: &[Guest]) -> String {
+    let mut s = String::from("/dts-v1/;\n/include/ \"qemu-virt.dtsi\"\n");
+    if smp > 1 {
+        s += "&cpu0 {\n\tenable-method = \"psci\";\n};\n&cpus {\n";
+        for c in 1..smp {
+            s += &format!(
+                "\tcpu@{c} {{\n\t\tdevice_type = \"cpu\";\n\t\tcompatible = \"arm,cortex-a15\";\n\t\treg = <{c}>;\n\t\tenable-method = \"psci\";\n\t}};\n"
+            );
+        }
+        s += "};\n";
+    }
+    s += &format!("/ {{\n\tmemory@40000000 {{\n\t\treg = <0x0 {RAM_BASE:#x} 0x0 {:#x}>;\n\t}};\n", MEM_MIB * MIB);
+    s += reserved;
+    s += "\tchosen {\n\t\t#address-cells = <1>;\n\t\t#size-cells = <1>;\n\t\tstdout-path = \"/pl011@9000000\";\n";
+    for g in guests {
+        let size = std::fs::metadata(stub(g.stub)).expect("stat the stub").len();
+        s += &format!(
+            "\t\t{name} {{\n\t\t\tcompatible = \"carve,guest\";\n\t\t\t#address-cells = <1>;\n\t\t\t#size-cells = <1>;\n\t\t\tmemory = <0x0 {kib:#x}>;\n\t\t\tcpus = <{cpus}>;\n{inject}\t\t\tmodule@{m:x} {{\n\t\t\t\tcompatible = \"multiboot,kernel\", \"multiboot,module\";\n\t\t\t\treg = <{m:#x} {size:#x}>;\n\t\t\t}};\n\t\t}};\n",
+            name = g.name,
+            kib = g.mib * 1024,
+            cpus = g.cpus,
+            inject = if g.inject { "\t\t\tcarve,on-fault = \"inject\";\n" } else { "" },
+            m = g.module,
+        );
+    }
+    s += "\t};\n};\n";
+    s
+}
+
+/// A test's working directory.
+fn test_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stubs").join(name);
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    dir
+}
+
+/// Compiles `dts` with dtc (includes from dts/); returns the DTB's path and bytes.
+fn compile(dir: &Path, dts: &str) -> (PathBuf, Vec<u8>) {
+    let src = dir.join("machine.dts");
+    let dtb = dir.join("machine.dtb");
+    std::fs::write(&src, dts).expect("write the DTS");
+    let out = Command::new(tool("dtc"))
+        .args(["-q", "-I", "dts", "-O", "dtb", "-i"])
+        .arg(repo_root().join("dts"))
+        .arg("-o")
+        .arg(&dtb)
+        .arg(&src)
+        .output()
+        .expect("run dtc");
+    assert!(out.status.success(), "dtc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&dtb).expect("read the DTB");
+    (dtb, bytes)
+}
+
+// --- runs -----------------------------------------------------------------------------
+
+/// One QEMU run: its exit status and the decoded log.
+struct Run {
+    name: String,
+    status: Option<i32>,
+    log: String,
+    qemu_stderr: String,
+    decoder_stderr: String,
+}
+
+impl Run {
+    fn context(&self) -> String {
+        format!(
+            "run `{}`: QEMU exit status {:?}\n--- decoded log ---\n{}--- QEMU stderr ---\n{}--- defmt-print stderr ---\n{}",
+            self.name, self.status, self.log, self.qemu_stderr, self.decoder_stderr
+        )
+    }
+
+    fn assert_status(&self, want: i32) {
+        assert_ne!(self.status, Some(124), "QEMU did not exit within {TIMEOUT_S} s\n{}", self.context());
+        assert_eq!(self.status, Some(want), "unexpected exit status\n{}", self.context());
+    }
+
+    fn assert_logged(&self, needle: &str) {
+        assert!(self.log.contains(needle), "the log lacks {needle:?}\n{}", self.context());
+    }
+
+    /// What guest `guest` printed: the text after `<guest>: ` on the monitor's lines.
+    fn console(&self, guest: &str) -> Vec<&str> {
+        let prefix = format!(" {guest}: ");
+        self.log.lines().filter_map(|l| l.split_once(&prefix).map(|(_, text)| text)).collect()
+    }
+
+    /// The one console line of `guest` that starts with `start`.
+    fn line(&self, guest: &str, start: &str) -> &str {
+        let found: Vec<&str> = self.console(guest).into_iter().filter(|l| l.starts_with(start)).collect();
+        assert_eq!(found.len(), 1, "want one line of {guest} starting {start:?}, got {found:?}\n{}", self.context());
+        found[0]
+    }
+
+    /// Asserts that `guest` printed no line with FAIL in it.
+    fn assert_no_fail(&self, guest: &str) {
+        let fails: Vec<&str> = self.console(guest).into_iter().filter(|l| l.contains("FAIL")).collect();
+        assert!(fails.is_empty(), "{guest} reported failures: {fails:#?}\n{}", self.context());
+    }
+
+    /// The stage-2 extents the monitor logged for `guest`: (IPA, PA, size).
+    fn extents(&self, guest: &str) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        let mut current = false;
+        for l in self.log.lines() {
+            if let Some(rest) = l.split_once("map: ").map(|(_, r)| r) {
+                if let Some(name) = rest.split(':').next().filter(|n| n.starts_with("guest")) {
+                    current = name == guest;
+                } else if let Some(e) = rest.trim_start().strip_prefix("IPA ") {
+                    // "IPA 0x040000000 -> PA 0x080000000 64 MiB"
+                    let w: Vec<&str> = e.split_whitespace().collect();
+                    if current && w.len() >= 5 {
+                        out.push((hex(w[0]), hex(w[3]), w[4].parse::<u64>().expect("MiB") * MIB));
+                    }
+                } else {
+                    current = false;
+                }
+            }
+        }
+        out
+    }
+}
+
+fn hex(s: &str) -> u64 {
+    let t = s.trim_end_matches([',', ')', ':']);
+    u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("not hex: {s:?}: {e}"))
+}
+
+/// The number after `key` in `line` (decimal, or hex with 0x).
+fn number_after(line: &str, key: &str) -> u64 {
+    let rest = line.split_once(key).unwrap_or_else(|| panic!("{key:?} not in {line:?}")).1;
+    let tok: String = rest.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+    match tok.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => tok.parse(),
+    }
+    .unwrap_or_else(|e| panic!("no number after {key:?} in {line:?}: {e}"))
+}
+
+/// QEMU options of one run.
+#[derive(Default)]
+struct Options<'a> {
+    smp: u32,
+    icount: bool,
+    /// Run `qemu-system-aarch64` (the same `virt` machine and Cortex-A15) instead of `qemu-system-arm`.
+    aarch64: bool,
+    /// More `-device loader` blobs: (file, address).
+    blobs: &'a [(PathBuf, u64)],
+}
+
+/// Runs the monitor with `dtb`, the guests' stubs loaded at their module addresses.
+fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &Options<'_>) -> Run {
+    let elf = monitor_elf();
+    let dir = test_dir(name);
+    let mut args: Vec<String> = vec!["-dtb".into(), dtb.display().to_string()];
+    let loads = guests.iter().map(|g| (stub(g.stub).to_path_buf(), g.module)).chain(opts.blobs.iter().cloned());
+    for (file, addr) in loads {
+        args.push("-device".into());
+        args.push(format!("loader,file={},addr={addr:#x},force-raw=on", file.display()));
+    }
+    if opts.smp > 1 {
+        args.extend(["-smp".into(), opts.smp.to_string()]);
+    }
+    if opts.icount {
+        args.extend(["-icount".into(), "shift=0".into()]);
+    }
+    let mut qemu = Command::new(tool("timeout"))
+        .args(["--kill-after=5", &TIMEOUT_S.to_string()])
+        .arg(tool(if opts.aarch64 { "qemu-system-aarch64" } else { "qemu-system-arm" }))
+        .args(["-M", MACHINE, "-cpu", "cortex-a15", "-m", &MEM_MIB.to_string()])
+        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("uart.log").display()))
+        .arg("-kernel")
+        .arg(elf)
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-arm");
+    let frames = qemu.stdout.take().expect("QEMU's stdout is piped");
+    let mut qemu_err = qemu.stderr.take().expect("QEMU's stderr is piped");
+    let qemu_err = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = qemu_err.read_to_string(&mut text);
+        text
+    });
+    let decoded = Command::new(tool("defmt-print"))
+        .arg("-e")
+        .arg(elf)
+        .stdin(Stdio::from(frames))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start defmt-print")
+        .wait_with_output()
+        .expect("read defmt-print's output");
+    let status = qemu.wait().expect("wait for QEMU");
+    let run = Run {
+        name: name.to_string(),
+        status: status.code(),
+        log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
+        qemu_stderr: qemu_err.join().unwrap_or_default(),
+        decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
+    };
+    std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
+    run
+}
+
+/// Builds the machine for `guests`, runs it and returns the run.
+fn run_guests(name: &str, reserved: &str, guests: &[Guest], opts: &Options<'_>) -> Run {
+    let (dtb, _) = compile(&test_dir(name), &machine_dts(opts.smp.max(1), reserved, guests));
+    run_monitor(name, &dtb, guests, opts)
+}
+
+// --- the stubs ------------------------------------------------------------------------
+
+/// Checks a memtest PASS line of `guest` for a `GUEST_MIB` bank at 0x40000000; returns (vmid, seed).
+fn check_memtest(run: &Run, guest: &str) -> (u64, u64) {
+    let l = run.line(guest, "memtest: bank ");
+    assert!(l.starts_with(&format!("memtest: bank 0x40000000+{:#010x}, ", GUEST_MIB * MIB)), "{l}\n{}", run.context());
+    assert!(l.ends_with(", 0 mismatches, PASS"), "{guest}: {l}\n{}", run.context());
+    let checked = number_after(l, ", ");
+    let kept_from = number_after(l, "(image ");
+    let kept_to = number_after(l, &format!("(image {kept_from:#010x}-"));
+    // Everything but the stub's own image (code, data, stacks: well under 1 MiB) was checked.
+    assert!(kept_to > kept_from && kept_to - kept_from < MIB, "{l}");
+    assert_eq!(checked, GUEST_MIB * MIB - (kept_to - kept_from), "{l}");
+    (number_after(l, "vmid "), number_after(l, "seed "))
+}
+
+/// memtest: one 64 MiB guest writes and checks two patterns over all of its RAM with its MMU and caches on.
+#[test]
+fn memtest_checks_all_of_its_ram() {
+    let guests = [Guest::new("guest@0", "memtest", GUEST_MIB, 0x4800_0000)];
+    let run = run_guests("memtest", "", &guests, &Options::default());
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    let (vmid, _) = check_memtest(&run, "guest@0");
+    assert!(vmid >= 1, "INFO(VMID) gave {vmid}\n{}", run.context());
+    run.assert_logged("vm: guest@0 powered off (SYSTEM_OFF)");
+}
+
+/// Two guests, one CPU each, run memtest at the same time with different patterns.
+#[test]
+fn two_guests_run_memtest_at_once_in_disjoint_memory() {
+    let guests = [
+        Guest::new("guest@0", "memtest", GUEST_MIB, 0x4800_0000),
+        Guest::new("guest@1", "memtest", GUEST_MIB, 0x4900_0000),
+    ];
+    let run = run_guests("two-guests", "", &guests, &Options { smp: 2, ..Options::default() });
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    run.assert_no_fail("guest@1");
+    let (vmid0, seed0) = check_memtest(&run, "guest@0");
+    let (vmid1, seed1) = check_memtest(&run, "guest@1");
+    assert_ne!(vmid0, vmid1, "both guests have VMID {vmid0}\n{}", run.context());
+    assert_ne!(seed0, seed1, "both guests used pattern seed {seed0:#x}\n{}", run.context());
+    let (e0, e1) = (run.extents("guest@0"), run.extents("guest@1"));
+    assert!(!e0.is_empty() && !e1.is_empty(), "no extents logged\n{}", run.context());
+    for a in &e0 {
+        for b in &e1 {
+            assert!(a.1 + a.2 <= b.1 || b.1 + b.2 <= a.1, "extents overlap: {a:x?} and {b:x?}\n{}", run.context());
+        }
+    }
+}
+
+/// The probe's machine: carveouts of each kind the plan knows (static `no-map`,
+/// static mapped, dynamic `no-map` placed by the plan).
+const PROBE_RESERVED: &str = "\treserved-memory {
+\t\t#address-cells = <2>;
+\t\t#size-cells = <2>;
+\t\tranges;
+\t\tipu-pool@50000000 {
+\t\t\treg = <0x0 0x50000000 0x0 0x08000000>;
+\t\t\tno-map;
+\t\t};
+\t\tfb@60000000 {
+\t\t\treg = <0x0 0x60000000 0x0 0x08000000>;
+\t\t\tno-map;
+\t\t};
+\t\tsecure-buffer@4c000000 {
+\t\t\treg = <0x0 0x4c000000 0x0 0x00100000>;
+\t\t};
+\t\tdsp-pool {
+\t\t\tsize = <0x0 0x00400000>;
+\t\t\talignment = <0x0 0x00100000>;
+\t\t\talloc-ranges = <0x0 0x70000000 0x0 0x10000000>;
+\t\t\tno-map;
+\t\t};
+\t};
+";
+
+/// probe: every touch outside what the guest was given is refused with an
+/// injected abort the monitor logs, and no marker planted in the carveouts
+/// or the monitor's free RAM shows up in the guest's RAM.
+#[test]
+fn probe_is_refused_everywhere_and_sees_no_secret() {
+    let name = "probe";
+    let dir = test_dir(name);
+    let guests = [Guest { inject: true, ..Guest::new("guest@0", "probe", GUEST_MIB, 0x4800_0000) }];
+    // The scan must not be able to find the stub itself.
+    let image = std::fs::read(stub("probe")).expect("read the probe");
+    assert!(!image.windows(MARKER.len()).any(|w| w == MARKER), "the probe's image holds the marker");
+
+    // Plan the machine as the monitor will (its image where the ELF says, the
+    // DTB QEMU puts at the start of RAM, grown to about twice its size) and
+    // pick marker pages in every carveout and in the monitor's free RAM.
+    let (dtb, blob) = compile(&dir, &machine_dts(1, PROBE_RESERVED, &guests));
+    let machine = Machine::from_dtb(&blob).expect("the probe machine's DT reads");
+    let (img_start, img_end) = elf_span(monitor_elf());
+    let dtb_end = RAM_BASE + (2 * blob.len() as u64 + 20_000).next_multiple_of(0x1000);
+    let config = PlanConfig {
+        monitor_image: MonitorImage::At(PhysRange::from_bounds(img_start, img_end).expect("image range")),
+        monitor_extra: vec![PhysRange::from_bounds(RAM_BASE, dtb_end).expect("DTB range")],
+        ..PlanConfig::default()
+    };
+    let plan = plan::plan(&machine, &config).expect("the probe machine plans");
+    assert_eq!(plan.guests.len(), 1);
+    let mut marks: Vec<(u64, String)> = Vec::new();
+    for c in &plan.carveouts {
+        let mid = (c.range.start() + c.range.size / 2) & !0xfff;
+        for at in [c.range.start(), mid, c.range.end() - 0x1000] {
+            marks.push((at, format!("carveout {}", c.name)));
+        }
+    }
+    // Free RAM well away from the DTB QEMU writes at the start of RAM (its final size is QEMU's choice).
+    for r in plan.monitor_free.ranges().iter().filter(|r| r.start() >= RAM_BASE + 2 * MIB && r.size >= 0x2000) {
+        marks.push((r.start(), "monitor free RAM".into()));
+        marks.push((r.end() - 0x1000, "monitor free RAM".into()));
+    }
+    marks.sort();
+    marks.dedup_by_key(|m| m.0);
+    assert!(marks.len() >= 12 + 2, "too few marker pages: {marks:x?}");
+    let guest_pas: Vec<PhysRange> = plan.guests[0].extents.iter().map(|e| e.pa_range()).collect();
+    for (at, what) in &marks {
+        assert!(!guest_pas.iter().any(|g| g.contains(*at)), "marker at {at:#x} ({what}) would be guest RAM");
+    }
+    let page: Vec<u8> = MARKER.iter().copied().cycle().take(0x1000).collect();
+    let marker_file = dir.join("marker.bin");
+    std::fs::write(&marker_file, page).expect("write the marker page");
+    let blobs: Vec<(PathBuf, u64)> = marks.iter().map(|m| (marker_file.clone(), m.0)).collect();
+
+    // qemu-system-aarch64: qemu-system-arm 7.2 keeps a stage-2 fault's IPA in a
+    // 32-bit target_ulong (ARMMMUFaultInfo.s2addr), so HPFAR loses IPA[39:32]
+    // and the monitor would log faults above 4 GiB at their low 32 bits (the
+    // walk itself uses all 40 bits). The machine and CPU are the same.
+    let run = run_monitor(name, &dtb, &guests, &Options { blobs: &blobs, aarch64: true, ..Options::default() });
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    run.line("guest@0", "probe: PASS");
+
+    // Every touch was refused and logged by the monitor as a fault of this guest.
+    let tally = run
+        .console("guest@0")
+        .into_iter()
+        .find(|l| l.contains(" touches (") && l.contains(" refused"))
+        .unwrap_or_else(|| panic!("no touch tally\n{}", run.context()))
+        .to_string();
+    let touches = number_after(&tally, "probe: ");
+    let writes = number_after(&tally, "reads, ");
+    assert!(touches > 3000, "only {touches} touches: {tally}");
+    assert_eq!(number_after(&tally, "writes), "), touches, "{tally}");
+    let faults: Vec<&str> = run.log.lines().filter(|l| l.contains("vm: guest@0: stage-2 data abort at IPA ")).collect();
+    assert_eq!(faults.len() as u64, touches, "the monitor logged {} faults for {touches} touches", faults.len());
+    assert_eq!(faults.iter().filter(|l| l.ends_with("(write)")).count() as u64, writes, "write faults");
+    // Some of them, by IPA: GICH, a virtio slot, PCIe ECAM and 64-bit MMIO above 4 GiB, the last GiB.
+    for ipa in ["0x0008030000", "0x000a003e00", "0x4010000000", "0x8000000000", "0xffc0000000"] {
+        assert!(
+            faults.iter().any(|l| l.contains(&format!("at IPA {ipa} "))),
+            "no fault logged at IPA {ipa}\n{}",
+            run.context()
+        );
+    }
+    run.assert_logged("vm: guest@0 powered off (SYSTEM_OFF)");
+
+    // The marker scan found nothing, and the markers were where the monitor put no guest RAM.
+    let scan = run.line("guest@0", "probe: marker scan of ");
+    assert!(scan.contains(": 0 copies (scanner self-test ok), PASS"), "{scan}");
+    // The monitor's own account of where the guest is (it may differ from the
+    // test's plan if the DTB QEMU wrote is larger than guessed): no marker there.
+    let logged = run.extents("guest@0");
+    assert!(!logged.is_empty(), "no extents logged\n{}", run.context());
+    for (at, what) in &marks {
+        assert!(
+            !logged.iter().any(|&(_, pa, size)| (pa..pa + size).contains(at)),
+            "marker at {at:#x} ({what}) was inside the guest's RAM {logged:x?}"
+        );
+    }
+}
+
+/// hypercall: PSCI and carve calls with good and bad arguments, two vCPUs on a three-CPU machine.
+#[test]
+fn hypercall_answers_follow_psci_and_the_carve_abi() {
+    let guests = [Guest { cpus: 2, ..Guest::new("guest@0", "hypercall", 16, 0x4800_0000) }];
+    let run = run_guests("hypercall", "", &guests, &Options { smp: 3, ..Options::default() });
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    let end = run
+        .console("guest@0")
+        .into_iter()
+        .find(|l| l.contains(" checks, "))
+        .unwrap_or_else(|| panic!("no summary\n{}", run.context()))
+        .to_string();
+    assert!(end.ends_with(" checks, 0 failed, PASS"), "{end}");
+    assert!(number_after(&end, "hypercall: ") >= 40, "{end}");
+    // The long console write: cut at 256 bytes.
+    run.assert_logged("guest@0: hypercall: a 300-byte console write, cut at 256 by the monitor: ....");
+    assert!(!run.log.contains("this tail must not be printed"), "{}", run.context());
+    // vCPU 1 ran and turned itself off twice.
+    assert_eq!(run.log.matches("vm: guest@0: vCPU 1 off").count(), 2, "{}", run.context());
+}
+
+/// restart: SYSTEM_RESET three times; each boot has zeroed RAM and sees the same free table pages.
+#[test]
+fn restart_boots_fresh_three_times_without_leaking() {
+    let guests = [Guest::new("guest@0", "restart", 32, 0x4800_0000)];
+    let run = run_guests("restart", "", &guests, &Options::default());
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    let boots: Vec<&str> = run
+        .console("guest@0")
+        .into_iter()
+        .filter(|l| l.starts_with("restart: boot ") && l.contains("free table pages"))
+        .collect();
+    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    let free: Vec<u64> = boots.iter().map(|l| number_after(l, "free table pages ")).collect();
+    for (i, l) in boots.iter().enumerate() {
+        assert_eq!(number_after(l, "restart: boot "), i as u64, "{l}");
+        assert!(l.ends_with(", ok") && l.contains(" RAM fresh "), "{l}");
+    }
+    assert!(free.iter().all(|&f| f == free[0]), "free table pages differ between boots: {free:?}\n{}", run.context());
+    run.line("guest@0", "restart: 3 restarts, every boot with fresh RAM, PASS");
+    run.assert_logged("vm: guest@0: restarted (3 so far), RAM zeroed, images reloaded");
+}
+
+/// Parses a `trapcost: KIND loops=L ticks=T baseline=B freq=F` line into instructions per trap
+/// (under `-icount shift=0` one instruction is 1 ns; the counter ticks at F Hz).
+fn instructions_per_trap(line: &str) -> f64 {
+    let (loops, ticks, base, freq) = (
+        number_after(line, "loops="),
+        number_after(line, "ticks="),
+        number_after(line, "baseline="),
+        number_after(line, "freq="),
+    );
+    assert!(loops > 0 && freq > 0 && ticks > base, "{line}");
+    (ticks - base) as f64 * 1e9 / freq as f64 / loops as f64
+}
+
+/// trap cost: HVC round trips and emulated MMIO reads, timed under `-icount shift=0`.
+#[test]
+fn trap_cost_is_measured_in_instructions() {
+    let guests = [Guest::new("guest@0", "trapcost", 16, 0x4800_0000)];
+    let run = run_guests("trapcost", "", &guests, &Options { icount: true, ..Options::default() });
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    run.line("guest@0", "trapcost: PASS");
+    let hvc = instructions_per_trap(run.line("guest@0", "trapcost: hvc loops="));
+    let mmio = instructions_per_trap(run.line("guest@0", "trapcost: mmio loops="));
+    eprintln!("hvc round trip: {hvc:.0} instructions; emulated mmio read: {mmio:.0} instructions");
+    // A trap to Hyp mode and back cannot be nearly free: a figure this low means the loop did not trap.
+    assert!(hvc >= 20.0 && mmio >= 20.0, "hvc {hvc}, mmio {mmio}\n{}", run.context());
+}
+
+// --- the stubs' portable parts, on the host ---------------------------------------------
+
+/// The stubs' copy of the ABI equals the monitor's.
+#[test]
+fn stub_abi_constants_match_the_monitor() {
+    use carve_core::vm::{boot, hypercall as hc, psci};
+    assert_eq!(
+        [stub_abi::CONSOLE_WRITE, stub_abi::NOP, stub_abi::INFO, stub_abi::DUMP_MAP],
+        [hc::CONSOLE_WRITE, hc::NOP, hc::INFO, hc::DUMP_MAP]
+    );
+    assert_eq!(
+        [stub_abi::INFO_FREE_TABLE_PAGES, stub_abi::INFO_VMID, stub_abi::INFO_RESTARTS, stub_abi::CONSOLE_MAX],
+        [hc::INFO_FREE_TABLE_PAGES, hc::INFO_VMID, hc::INFO_RESTARTS, hc::CONSOLE_MAX]
+    );
+    assert_eq!(
+        [stub_abi::TESTDEV_IPA, stub_abi::TESTDEV_SIZE, stub_abi::TESTDEV_COUNTER, stub_abi::TESTDEV_ID],
+        [hc::TESTDEV_IPA, hc::TESTDEV_SIZE, hc::TESTDEV_COUNTER, hc::TESTDEV_ID]
+    );
+    assert_eq!(stub_abi::TESTDEV_MAGIC, hc::TESTDEV_MAGIC);
+    assert_eq!(
+        [
+            stub_abi::PSCI_VERSION,
+            stub_abi::CPU_SUSPEND,
+            stub_abi::CPU_OFF,
+            stub_abi::CPU_ON,
+            stub_abi::AFFINITY_INFO,
+            stub_abi::MIGRATE_INFO_TYPE,
+            stub_abi::SYSTEM_OFF,
+            stub_abi::SYSTEM_RESET,
+            stub_abi::PSCI_FEATURES
+        ],
+        [
+            psci::PSCI_VERSION,
+            psci::CPU_SUSPEND,
+            psci::CPU_OFF,
+            psci::CPU_ON,
+            psci::AFFINITY_INFO,
+            psci::MIGRATE_INFO_TYPE,
+            psci::SYSTEM_OFF,
+            psci::SYSTEM_RESET,
+            psci::PSCI_FEATURES
+        ]
+    );
+    assert_eq!(
+        [
+            stub_abi::SUCCESS,
+            stub_abi::NOT_SUPPORTED,
+            stub_abi::INVALID_PARAMETERS,
+            stub_abi::DENIED,
+            stub_abi::ALREADY_ON,
+            stub_abi::ON_PENDING,
+            stub_abi::INVALID_ADDRESS
+        ],
+        [
+            psci::SUCCESS,
+            psci::NOT_SUPPORTED,
+            psci::INVALID_PARAMETERS,
+            psci::DENIED,
+            psci::ALREADY_ON,
+            psci::ON_PENDING,
+            psci::INVALID_ADDRESS
+        ]
+    );
+    assert_eq!(stub_abi::MIGRATE_NOT_REQUIRED as u32, psci::MIGRATE_NOT_REQUIRED);
+    assert_eq!(
+        [stub_abi::AFF_ON, stub_abi::AFF_OFF, stub_abi::AFF_ON_PENDING],
+        [psci::Power::On as i32, psci::Power::Off as i32, psci::Power::OnPending as i32]
+    );
+    assert_eq!(stub_abi::KERNEL_OFFSET, boot::KERNEL_OFFSET);
+}
+
+/// The guest DTB carve writes for the probe's machine, by carve-core's own writer.
+fn probe_guest_dtb() -> Vec<u8> {
+    let guests = [Guest { inject: true, ..Guest::new("guest@0", "probe", GUEST_MIB, 0x4800_0000) }];
+    let (_, blob) = compile(&test_dir("fdt-host"), &machine_dts(1, PROBE_RESERVED, &guests));
+    let tree = carve_core::dt::Tree::parse(&blob).expect("parse");
+    let machine = Machine::from_tree(&tree).expect("machine");
+    let config = PlanConfig {
+        monitor_image: MonitorImage::At(PhysRange::from_bounds(0x4020_0000, 0x4060_0000).unwrap()),
+        ..PlanConfig::default()
+    };
+    let plan = plan::plan(&machine, &config).expect("plan");
+    let opts = carve_core::dt::write::GuestDtbOptions::default();
+    carve_core::dt::write::guest_dtb(&tree, &machine, &plan.guests[0], &opts).expect("guest DTB")
+}
+
+/// The stubs' FDT reader finds, in a guest DTB from carve's writer, the one
+/// bank and the devices passed through, and nothing it should not.
+#[test]
+fn stub_fdt_reader_reads_carves_guest_dtb() {
+    let dtb = probe_guest_dtb();
+    let fdt = stub_fdt::Fdt::new(&dtb).expect("header");
+    let mut regs = Vec::new();
+    fdt.for_each_reg(|r| regs.push((r.node.to_string(), r.is_memory, r.base, r.size))).expect("walk");
+    let mem = fdt.memory().expect("walk").expect("a memory node");
+    assert_eq!((mem.base, mem.size), (RAM_BASE, GUEST_MIB * MIB), "{regs:x?}");
+    assert_eq!(regs.iter().filter(|r| r.1).count(), 1, "one memory range: {regs:x?}");
+    for (node, base, size) in [("pl011@9000000", 0x0900_0000, 0x1000), ("intc@8000000", 0x0800_0000, 0x1_0000)] {
+        assert!(regs.iter().any(|r| r.0 == node && r.2 == base && r.3 == size), "{node} missing: {regs:x?}");
+    }
+    // No carveout, no CPU (no size cells), nothing of the machine's that was not passed through.
+    assert!(!regs.iter().any(|r| (0x5000_0000..0x7000_0000).contains(&r.2)), "{regs:x?}");
+    assert!(!regs.iter().any(|r| r.0.starts_with("cpu@") || r.0.starts_with("virtio")), "{regs:x?}");
+}
+
+/// A malformed or truncated blob is an error, never a panic or an out-of-bounds read.
+#[test]
+fn stub_fdt_reader_refuses_malformed_blobs() {
+    let dtb = probe_guest_dtb();
+    let count = |b: &[u8]| -> Result<usize, stub_fdt::Error> {
+        let mut n = 0;
+        stub_fdt::Fdt::new(b)?.for_each_reg(|_| n += 1)?;
+        Ok(n)
+    };
+    let whole = count(&dtb).expect("the whole blob reads");
+    assert!(whole >= 4);
+    let mut bad = dtb.clone();
+    bad[0] ^= 1;
+    assert!(matches!(count(&bad), Err(stub_fdt::Error::BadMagic(_))));
+    // Every truncation is refused (totalsize no longer fits).
+    for len in 0..dtb.len() {
+        assert!(count(&dtb[..len]).is_err(), "a blob cut at {len} bytes was accepted");
+    }
+    // Flipping bytes in the structure block gives an error or some ranges, never a panic.
+    let off_struct = u32::from_be_bytes(dtb[8..12].try_into().unwrap()) as usize;
+    let mut seed = 0x1234_5678u32;
+    for _ in 0..2000 {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        let mut b = dtb.clone();
+        let at = off_struct + (seed as usize >> 8) % (b.len() - off_struct);
+        b[at] = (seed >> 3) as u8;
+        let _ = count(&b);
+    }
+}
