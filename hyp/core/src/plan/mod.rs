@@ -6,6 +6,7 @@
 //! virtual holes of `no-map` carveouts, highmem). It never panics; a refusal
 //! is a [`PlanError`]: one sentence naming the node and the numbers.
 
+pub mod bootargs;
 pub mod carveouts;
 pub mod guests;
 pub mod layout;
