@@ -136,6 +136,8 @@ pub struct Machine {
     pub cpus: Vec<u64>,
     /// Memory nodes whose every bank has size 0 (a bootloader is meant to fill them in).
     pub empty_memory: Vec<String>,
+    /// `/chosen/bootargs`: the monitor's own command line (`vmalloc=` and the like).
+    pub bootargs: Option<String>,
     /// Untidy things carve accepted, one sentence each.
     pub warnings: Vec<String>,
 }
@@ -285,6 +287,7 @@ impl Machine {
 
     fn read_chosen(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
         let Some(chosen) = tree.root.child("chosen") else { return Ok(()) };
+        self.bootargs = chosen.str_prop("bootargs").ok().flatten().map(String::from);
         for node in &chosen.children {
             if !(node.is_compatible("carve,guest") || node.is_compatible("xen,domain")) || !node.is_enabled() {
                 continue;
