@@ -10,7 +10,7 @@
 use aarch32_cpu::register::{Hdfar, Hifar, Hpfar};
 use carve_core::dt::machine::FaultPolicy;
 use carve_core::vm::hypercall as hc;
-use carve_core::vm::psci::{self, Action, Call, GuestCpus, Power, SUCCESS};
+use carve_core::vm::psci::{self, Action, Call, GuestCpus, Power, INTERNAL_FAILURE, SUCCESS};
 
 use super::inject::{self, Abort};
 use super::{Ending, Vm, PLAN, VMS};
@@ -23,8 +23,6 @@ const EC_HVC: u32 = 0x12;
 const EC_SMC: u32 = 0x13;
 const EC_IABT_LOWER: u32 = 0x20;
 const EC_DABT_LOWER: u32 = 0x24;
-/// PSCI's INTERNAL_FAILURE: the firmware refused to start a physical CPU.
-const INTERNAL_FAILURE: i32 = -6;
 /// HSR.IL: the trapped instruction was 32-bit.
 const HSR_IL: u32 = 1 << 25;
 

@@ -12,7 +12,7 @@ use alloc::format;
 use super::super::plan::PlanError;
 
 /// The zImage's offset from the start of guest RAM (as QEMU's loader uses).
-pub const KERNEL_OFFSET: u64 = 0x1_0000;
+pub use carve_abi::KERNEL_OFFSET;
 /// Where the initrd goes when RAM allows (QEMU's `INITRD_LOAD_ADDR`).
 pub const INITRD_OFFSET: u64 = 0x800_0000;
 /// The most a guest DTB may grow to.

@@ -5,7 +5,6 @@
 //! entity 6, fast, SMC32: `0x8600_xxxx`), r1-r3 the arguments; r0 returns a
 //! status (PSCI-style: 0 success, negative error) or a value.
 //!
-//! The guest stubs in `guest-stubs/` mirror these constants.
 
 /// `CONSOLE_WRITE(ipa, len)`: the monitor prints `len` bytes (at most
 /// [`CONSOLE_MAX`]) read from the guest's RAM at `ipa`, prefixed with the
@@ -27,11 +26,8 @@ pub const INFO_RESTARTS: u32 = 2;
 /// The longest console write.
 pub const CONSOLE_MAX: u32 = 256;
 
-/// Statuses (as PSCI's).
-pub const SUCCESS: i32 = 0;
-pub const NOT_SUPPORTED: i32 = -1;
-pub const INVALID_PARAMETERS: i32 = -2;
-pub const INVALID_ADDRESS: i32 = -9;
+/// Statuses: PSCI's.
+pub use crate::psci::{INVALID_ADDRESS, INVALID_PARAMETERS, NOT_SUPPORTED, SUCCESS};
 
 /// An emulated device page every guest sees at this IPA: nothing backs it,
 /// so each access is a stage-2 data abort that the monitor emulates.
