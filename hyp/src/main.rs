@@ -22,6 +22,8 @@ mod boot;
 #[cfg(target_arch = "arm")]
 mod log;
 #[cfg(target_arch = "arm")]
+mod mm;
+#[cfg(target_arch = "arm")]
 mod report;
 #[cfg(target_arch = "arm")]
 mod vm;
@@ -145,7 +147,17 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         }
     };
     let page = |a: usize| a as u64 & !0xfff;
+    // The monitor's own command line (`vmalloc=`) shapes its layout before planning.
+    let layout_config =
+        match carve_core::plan::bootargs::layout_config(machine.bootargs.as_deref(), &Default::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                defmt::error!("plan: {}", defmt::Display2Format(&e));
+                semihost::exit(ExitCode::BadPlan)
+            }
+        };
     let config = carve_core::plan::PlanConfig {
+        layout: layout_config,
         monitor_image: carve_core::plan::MonitorImage::At(range(page(layout.image.0), page(layout.image.1 + 0xfff))),
         monitor_extra: alloc::vec![range(page(dtb.addr as usize), page(dtb.addr as usize + dtb.size as usize + 0xfff))],
         ..Default::default()
@@ -177,6 +189,21 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         Err(e) => {
             defmt::error!("hyp: cannot map lowmem: {}", e);
             semihost::exit(ExitCode::MmuSetup)
+        }
+    }
+
+    let figures = match mm::init(&plan) {
+        Ok(f) => f,
+        Err(e) => {
+            defmt::error!("mm: {=str}", e.as_str());
+            semihost::exit(ExitCode::MmuSetup)
+        }
+    };
+    mm::log_meminfo(&plan, &figures);
+    if mm::selftest_requested(machine.bootargs.as_deref()) {
+        let ok = mm::selftest(&plan, &figures);
+        if plan.guests.is_empty() {
+            semihost::exit(if ok { ExitCode::Success } else { ExitCode::Panic })
         }
     }
 

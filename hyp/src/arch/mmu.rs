@@ -73,6 +73,17 @@ impl TablePool {
         self.used.count_ones()
     }
 
+    /// Whether `table` is one of the pool's pages.
+    pub fn owns(&self, table: PhysAddr) -> bool {
+        let base = Self::base() as u64;
+        table.as_u64() >= base && table.as_u64() < base + POOL_BYTES as u64
+    }
+
+    /// [`slot`](Self::slot), for the other table memory that still reads the pool's pages.
+    pub(super) fn slot_ptr(&self, table: PhysAddr, index: usize) -> *mut u64 {
+        self.slot(table, index)
+    }
+
     /// The address of descriptor `index` of `table`, which must lie in the pool.
     /// Anything else is a bug in the table code: it stops the run.
     fn slot(&self, table: PhysAddr, index: usize) -> *mut u64 {
@@ -423,7 +434,33 @@ pub fn enable_secondary() -> Result<(), MmuError> {
     Ok(())
 }
 
-/// Runs `f` with the table pool (for stage-2 tables, which share it).
-pub fn with_pool<R>(f: impl FnOnce(&mut TablePool) -> R) -> Option<R> {
-    HYP_MAP.lock().as_mut().map(|m| f(&mut m.pool))
+/// Runs `f` with the memory stage-2 tables come from: the buddy allocator
+/// (`Owner::Stage2Tables`, lowmem pages) once it is up, the table pool before.
+pub fn with_pool<R>(f: impl FnOnce(&mut dyn TableMemory) -> R) -> Option<R> {
+    let mut mem = super::memmap::MEM.lock();
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut()?;
+    let mut tables = super::memmap::HypTables::new(&mut map.pool, mem.as_mut(), carve_core::mm::Owner::Stage2Tables);
+    Some(f(&mut tables))
+}
+
+/// Runs `f` with the Hyp stage-1 table and table memory whose new pages come
+/// from the buddy (`Owner::HypTables`) once it is up: for vmalloc, ioremap, kmap.
+pub fn with_hyp_table<R>(
+    mem: Option<&mut super::memmap::MemState>,
+    f: impl FnOnce(&mut PageTable<HypStage1>, &mut dyn TableMemory) -> R,
+) -> Option<R> {
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut()?;
+    let mut tables = super::memmap::HypTables::new(&mut map.pool, mem, carve_core::mm::Owner::HypTables);
+    Some(f(&mut map.table, &mut tables))
+}
+
+/// Free table pages, as `INFO_FREE_TABLE_PAGES` reports them: the buddy's free
+/// pages once it is up (stage-2 tables come from it), else the pool's.
+pub fn free_table_pages() -> Option<i32> {
+    if let Some(m) = super::memmap::MEM.lock().as_ref() {
+        return Some(m.buddy.free_pages().min(i32::MAX as u64) as i32);
+    }
+    HYP_MAP.lock().as_ref().map(|m| POOL_PAGES as i32 - m.pool.pages_in_use() as i32)
 }

@@ -16,6 +16,7 @@ pub mod cache;
 pub mod entry;
 pub mod guest;
 pub mod heap;
+pub mod memmap;
 pub mod mmu;
 pub mod phys;
 pub mod regs;

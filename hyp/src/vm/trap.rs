@@ -182,9 +182,7 @@ fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
             n as i32
         }
         hc::INFO => match frame.r[1] {
-            hc::INFO_FREE_TABLE_PAGES => {
-                mmu::with_pool(|p| mmu::POOL_PAGES as i32 - p.pages_in_use() as i32).unwrap_or(-1)
-            }
+            hc::INFO_FREE_TABLE_PAGES => mmu::free_table_pages().unwrap_or(-1),
             hc::INFO_VMID => i32::from(vm.vmid),
             hc::INFO_RESTARTS => vm.restarts as i32,
             _ => hc::INVALID_PARAMETERS,
