@@ -8,142 +8,17 @@
 //! defmt-print fails the test with a pointer to `scripts/setup`: nothing here
 //! skips itself into a pass.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
-use std::thread;
+use std::path::Path;
+
+use carve_tests::{dtc, Run, MACHINE_HYP};
 
 /// Seconds QEMU may run before `timeout` stops it (status 124).
 const TIMEOUT_S: u32 = 60;
-/// The machine every run uses, as in `scripts/run-hyp`.
-const MACHINE_HYP: &str = "virt,virtualization=on";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
-}
-
-/// `name` on PATH or in cargo's bin directory (where `cargo install` puts defmt-print).
-fn tool(name: &str) -> PathBuf {
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|home| home.join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(cargo_bin)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed (not on PATH, not in ~/.cargo/bin): run scripts/setup"))
-}
-
-/// The monitor ELF, built once per test process by `scripts/build`.
-fn monitor_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let build = repo_root().join("scripts/build");
-        let out = Command::new(&build)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", build.display()));
-        assert!(
-            out.status.success(),
-            "scripts/build failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let elf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
-        elf
-    })
-}
-
-/// One QEMU run: its exit status and the decoded log.
-struct Run {
-    name: &'static str,
-    status: Option<i32>,
-    log: String,
-    qemu_stderr: String,
-    decoder_stderr: String,
-}
-
-impl Run {
-    fn context(&self) -> String {
-        format!(
-            "run `{}`: QEMU exit status {:?}\n--- decoded log ---\n{}--- QEMU stderr ---\n{}--- defmt-print stderr ---\n{}",
-            self.name, self.status, self.log, self.qemu_stderr, self.decoder_stderr
-        )
-    }
-
-    fn assert_status(&self, want: i32) {
-        assert_ne!(self.status, Some(124), "QEMU did not exit within {TIMEOUT_S} s\n{}", self.context());
-        assert_eq!(self.status, Some(want), "unexpected exit status\n{}", self.context());
-    }
-
-    fn assert_logged(&self, needle: &str) {
-        assert!(self.log.contains(needle), "the log lacks {needle:?}\n{}", self.context());
-    }
-
-    fn assert_not_logged(&self, needle: &str) {
-        assert!(!self.log.contains(needle), "the log has {needle:?}\n{}", self.context());
-    }
-}
-
-/// Runs the monitor on QEMU `machine` with `extra` arguments, the log decoded by defmt-print.
+/// Runs the monitor on QEMU `machine` with `extra` arguments (see [`carve_tests::run_monitor`]).
 fn run_monitor(name: &'static str, machine: &str, extra: &[&str]) -> Run {
-    let qemu = tool("qemu-system-arm");
-    let decoder = tool("defmt-print");
-    let timeout = tool("timeout");
-    let elf = monitor_elf();
-
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor").join(name);
-    std::fs::create_dir_all(&dir).expect("create the run directory");
-    let uart = dir.join("uart.log");
-
-    let mut qemu = Command::new(timeout)
-        .args(["--kill-after=5", &TIMEOUT_S.to_string()])
-        .arg(qemu)
-        .args(["-M", machine, "-cpu", "cortex-a15", "-m", "1280"])
-        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", uart.display()))
-        .arg("-kernel")
-        .arg(elf)
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu-system-arm");
-    let frames = qemu.stdout.take().expect("QEMU's stdout is piped");
-    let mut qemu_err = qemu.stderr.take().expect("QEMU's stderr is piped");
-    let qemu_err = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = qemu_err.read_to_string(&mut text);
-        text
-    });
-
-    let decoded = Command::new(decoder)
-        .arg("-e")
-        .arg(elf)
-        .stdin(Stdio::from(frames))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start defmt-print")
-        .wait_with_output()
-        .expect("read defmt-print's output");
-    let status = qemu.wait().expect("wait for QEMU");
-
-    let run = Run {
-        name,
-        status: status.code(),
-        log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
-        qemu_stderr: qemu_err.join().unwrap_or_default(),
-        decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
-    };
-    std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
-    run
+    carve_tests::run_monitor(&dir, name, machine, extra, TIMEOUT_S)
 }
 
 #[test]
@@ -198,16 +73,7 @@ fn stage2_fault_is_logged_and_the_guest_stopped() {
     )
     .expect("write the tree");
     let dtb = dir.join("fault.dtb");
-    let dtc = tool("dtc");
-    let ok = Command::new(dtc)
-        .args(["-q", "-I", "dts", "-O", "dtb", "-i"])
-        .arg(repo_root().join("dts"))
-        .arg("-o")
-        .arg(&dtb)
-        .arg(&dts)
-        .status()
-        .expect("run dtc");
-    assert!(ok.success(), "dtc failed on {}", dts.display());
+    dtc(&dts, &dtb);
     let loader = format!("loader,file={},addr=0x48000000,force-raw=on", kernel.display());
     let dtb_arg = dtb.display().to_string();
 

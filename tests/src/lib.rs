@@ -1,1 +1,227 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests: tools, the monitor image, QEMU runs.
+//!
+//! A missing tool fails the test that needs it with a pointer to
+//! `scripts/setup`: nothing here lets a test skip itself into a pass.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The machine every monitor run uses unless told otherwise, as in `scripts/run-hyp`.
+pub const MACHINE_HYP: &str = "virt,virtualization=on";
+
+/// Held while QEMU runs: the runs of one test process go one after the other.
+static QEMU: Mutex<()> = Mutex::new(());
+
+/// The repository's top directory.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// `name` on PATH or in cargo's bin directory (where `cargo install` puts defmt-print).
+pub fn tool(name: &str) -> PathBuf {
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .map(|home| home.join("bin"));
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(cargo_bin)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} is not installed (not on PATH, not in ~/.cargo/bin): run scripts/setup"))
+}
+
+/// Compiles `dts` into `dtb` with dtc, includes from `dts/` (as `scripts/plan` does).
+pub fn dtc(dts: &Path, dtb: &Path) {
+    let out = Command::new(tool("dtc"))
+        .args(["-q", "-I", "dts", "-O", "dtb", "-i"])
+        .arg(repo_root().join("dts"))
+        .arg("-o")
+        .arg(dtb)
+        .arg(dts)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run dtc");
+    assert!(out.status.success(), "dtc failed on {}:\n{}", dts.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// The monitor ELF, built once per test process by `scripts/build`.
+pub fn monitor_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| {
+        let build = repo_root().join("scripts/build");
+        let out = Command::new(&build)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", build.display()));
+        assert!(
+            out.status.success(),
+            "scripts/build failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let elf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
+        elf
+    })
+}
+
+/// The plan tool (`scripts/plan`'s binary), built once per test process.
+pub fn plan_tool() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--release", "-q", "-p", "carve-plan", "--manifest-path"])
+            .arg(repo_root().join("Cargo.toml"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("run cargo build -p carve-plan");
+        assert!(
+            out.status.success(),
+            "cargo build -p carve-plan failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| repo_root().join("target"));
+        let bin = target.join("release/carve-plan");
+        assert!(bin.is_file(), "the build left no plan tool at {}", bin.display());
+        bin
+    })
+}
+
+/// One QEMU run: its exit status and the decoded log.
+pub struct Run {
+    pub name: String,
+    /// QEMU's exit status (the monitor's exit code); 124 when `timeout` stopped it.
+    pub status: Option<i32>,
+    /// The seconds `timeout` allowed.
+    pub timeout_s: u32,
+    /// How long QEMU ran.
+    pub elapsed: Duration,
+    pub log: String,
+    pub qemu_stderr: String,
+    pub decoder_stderr: String,
+}
+
+impl Run {
+    pub fn context(&self) -> String {
+        format!(
+            "run `{}`: QEMU exit status {:?} after {:.1} s\n--- decoded log ---\n{}--- QEMU stderr ---\n{}--- defmt-print stderr ---\n{}",
+            self.name,
+            self.status,
+            self.elapsed.as_secs_f64(),
+            self.log,
+            self.qemu_stderr,
+            self.decoder_stderr
+        )
+    }
+
+    /// Whether `timeout` had to stop QEMU.
+    pub fn timed_out(&self) -> bool {
+        self.status == Some(124) || self.status == Some(137)
+    }
+
+    pub fn assert_status(&self, want: i32) {
+        assert!(!self.timed_out(), "QEMU did not exit within {} s\n{}", self.timeout_s, self.context());
+        assert_eq!(self.status, Some(want), "unexpected exit status\n{}", self.context());
+    }
+
+    pub fn assert_logged(&self, needle: &str) {
+        assert!(self.log.contains(needle), "the log lacks {needle:?}\n{}", self.context());
+    }
+
+    pub fn assert_not_logged(&self, needle: &str) {
+        assert!(!self.log.contains(needle), "the log has {needle:?}\n{}", self.context());
+    }
+}
+
+/// Runs the monitor on QEMU `machine` (Cortex-A15, 1280 MiB, semihosting, no
+/// network) with `extra` arguments, stopped by `timeout` after `timeout_s`;
+/// the log decoded by defmt-print. `dir` keeps the UART output and the run's
+/// log (`log.txt`). Runs of one test process never overlap.
+pub fn run_monitor(dir: &Path, name: &str, machine: &str, extra: &[&str], timeout_s: u32) -> Run {
+    let qemu = tool("qemu-system-arm");
+    let decoder = tool("defmt-print");
+    let timeout = tool("timeout");
+    let elf = monitor_elf();
+
+    std::fs::create_dir_all(dir).expect("create the run directory");
+    let uart = dir.join("uart.log");
+
+    let _one_at_a_time = QEMU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let started = Instant::now();
+    let mut qemu = Command::new(timeout)
+        .args(["--kill-after=5", &timeout_s.to_string()])
+        .arg(qemu)
+        .args(["-M", machine, "-cpu", "cortex-a15", "-m", "1280"])
+        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", uart.display()))
+        .arg("-kernel")
+        .arg(elf)
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-arm");
+    let frames = qemu.stdout.take().expect("QEMU's stdout is piped");
+    let mut qemu_err = qemu.stderr.take().expect("QEMU's stderr is piped");
+    let qemu_err = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = qemu_err.read_to_string(&mut text);
+        text
+    });
+
+    let decoded = Command::new(decoder)
+        .arg("-e")
+        .arg(elf)
+        .stdin(Stdio::from(frames))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start defmt-print")
+        .wait_with_output()
+        .expect("read defmt-print's output");
+    let status = qemu.wait().expect("wait for QEMU");
+    let elapsed = started.elapsed();
+
+    let run = Run {
+        name: name.to_string(),
+        status: status.code(),
+        timeout_s,
+        elapsed,
+        log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
+        qemu_stderr: qemu_err.join().unwrap_or_default(),
+        decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
+    };
+    std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
+    run
+}
+
+/// The `-device loader` arguments that put `blob` at the start of RAM
+/// (0x40000000) exactly as given, where the monitor looks for its DTB when r2
+/// is 0, with QEMU's own edits nowhere in it.
+///
+/// QEMU refuses `-dtb` of a file that is not an FDT, rewrites the memory
+/// node of one that is, and a `-device loader` blob over the DTB QEMU puts at
+/// the start of RAM collides with it ("ROM regions are overlapping") in CPU
+/// 0's address space. Loaded through CPU 1's (`cpu-num=1`, so the run needs
+/// `-smp 2`; CPU 1 stays powered off until PSCI CPU_ON), the blob is written
+/// after QEMU's DTB (measured on QEMU 7.2), so the monitor finds it at
+/// 0x40000000. Bytes past the blob's end are still QEMU's DTB: pad the blob
+/// to the length the monitor will read.
+pub fn dtb_over_qemus(blob: &Path) -> [String; 4] {
+    [
+        "-smp".into(),
+        "2".into(),
+        "-device".into(),
+        format!("loader,file={},addr=0x40000000,force-raw=on,cpu-num=1", blob.display()),
+    ]
+}

@@ -92,7 +92,7 @@ impl fmt::Display for HeaderError {
             ),
             Self::Version { version, last_comp } => write!(
                 f,
-                "FDT header: version {version} (last compatible {last_comp}); carve reads versions 16 and 17"
+                "FDT header: version {version} (last compatible {last_comp}); carve reads version 17, and later versions compatible with it"
             ),
             Self::BlockOutOfBounds { block, offset, size, totalsize } => write!(
                 f,

@@ -13,6 +13,16 @@ use alloc::vec::Vec;
 use super::tree::{Cells, DtError, Node, Tree};
 use crate::addr::{Address, Ipa, PhysRange};
 
+/// More RAM banks are refused: boards have a handful.
+pub const MAX_RAM_BANKS: usize = 256;
+/// More reserved ranges (`/reserved-memory` and `/memreserve/` together) are
+/// refused: boards have dozens, and the plan compares each with the others.
+pub const MAX_RESERVED: usize = 1024;
+/// More guests under `/chosen` are refused (VMIDs are 8 bits; each guest needs a CPU).
+pub const MAX_GUESTS: usize = 64;
+/// A longer `carve,cpu-ids` is refused.
+pub const MAX_VCPUS: usize = 256;
+
 /// A bank of RAM from a `device_type = "memory"` node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RamBank {
@@ -71,7 +81,12 @@ pub struct Guest {
     pub path: String,
     /// RAM in bytes (the binding gives KiB).
     pub memory: u64,
+    /// vCPUs: `cpus`, else the length of `carve,cpu-ids`, else 1.
     pub cpus: u32,
+    /// `carve,cpu-ids = <0 1 ...>`: the machine CPU (an index into the `/cpus`
+    /// nodes in tree order, [`Machine::cpus`]) each vCPU runs on, in vCPU
+    /// order. Absent: the plan gives the guest the lowest free CPUs.
+    pub cpu_ids: Option<Vec<u32>>,
     /// `carve,ipa-base`; the plan uses 0x40000000 when absent.
     pub ipa_base: Option<Ipa>,
     pub kernel: Option<Module>,
@@ -136,7 +151,7 @@ pub struct Machine {
     pub cpus: Vec<u64>,
     /// Memory nodes whose every bank has size 0 (a bootloader is meant to fill them in).
     pub empty_memory: Vec<String>,
-    /// `/chosen/bootargs`: the monitor's own command line (`vmalloc=` and the like).
+    /// `/chosen/bootargs`: the monitor's own command line (`vmalloc=`, see `plan::bootargs`).
     pub bootargs: Option<String>,
     /// Untidy things carve accepted, one sentence each.
     pub warnings: Vec<String>,
@@ -188,6 +203,13 @@ impl Machine {
                         format!("bank {base:#x} size {size:#x} runs past the 40-bit physical address space"),
                     )
                 })?;
+                if self.ram.len() == MAX_RAM_BANKS {
+                    return Err(DtError::prop(
+                        &node.path,
+                        "reg",
+                        format!("more than {MAX_RAM_BANKS} RAM banks in the memory nodes; carve reads up to {MAX_RAM_BANKS}"),
+                    ));
+                }
                 self.ram.push(RamBank { node: node.path.clone(), range });
             }
         }
@@ -262,15 +284,35 @@ impl Machine {
                         .push(format!("{}: reserved-memory node with neither reg nor size: ignored", node.path));
                     continue;
                 };
+                let count = match &kind {
+                    ReservedKind::Static(r) => r.len(),
+                    ReservedKind::Dynamic { .. } => 1,
+                };
+                if reserved_ranges(&self.reserved) + count > MAX_RESERVED {
+                    return Err(DtError::node(
+                        &node.path,
+                        format!("more than {MAX_RESERVED} reserved ranges in /reserved-memory; carve reads up to {MAX_RESERVED}"),
+                    ));
+                }
                 self.reserved.push(Reserved {
                     name: node.name.clone(),
                     kind,
                     no_map: node.has_prop("no-map"),
                     reusable: node.has_prop("reusable"),
-                    compatible: node.strings_prop("compatible").ok().and_then(|c| c.first().map(|s| s.to_string())),
+                    compatible: node.first_string("compatible").map(String::from),
                     memreserve: false,
                 });
             }
+        }
+        if reserved_ranges(&self.reserved) + tree.memreserve.len() > MAX_RESERVED {
+            return Err(DtError::node(
+                "/memreserve/",
+                format!(
+                    "{} entries after {} reserved ranges in /reserved-memory: more than the {MAX_RESERVED} carve reads",
+                    tree.memreserve.len(),
+                    reserved_ranges(&self.reserved)
+                ),
+            ));
         }
         for (i, r) in tree.memreserve.iter().enumerate() {
             self.reserved.push(Reserved {
@@ -292,6 +334,12 @@ impl Machine {
             if !(node.is_compatible("carve,guest") || node.is_compatible("xen,domain")) || !node.is_enabled() {
                 continue;
             }
+            if self.guests.len() == MAX_GUESTS {
+                return Err(DtError::node(
+                    &chosen.path,
+                    format!("more than {MAX_GUESTS} guests (at {}); carve runs up to {MAX_GUESTS}", node.name),
+                ));
+            }
             self.guests.push(read_guest(node)?);
         }
         // The console: `stdout-path` = "/path[:options]" or "alias[:options]".
@@ -304,7 +352,7 @@ impl Machine {
             };
             match resolved.as_deref().and_then(|p| tree.find(p)) {
                 Some(node) => self.uart = Some(device(tree, node)?),
-                None => self.warnings.push(format!("/chosen: stdout-path \"{sp}\" names no node")),
+                None => self.warnings.push(format!("/chosen: stdout-path {sp:?} names no node")),
             }
         }
         Ok(())
@@ -313,7 +361,7 @@ impl Machine {
     fn read_devices(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
         let mut found: Vec<&Node<'_>> = Vec::new();
         tree.root.walk(&mut |n| {
-            if n.is_enabled() && (is_gic(n) || n.is_compatible("arm,armv7-timer") || n.base_name() == "psci") {
+            if n.is_enabled() && (is_gic(n) || n.is_compatible("arm,armv7-timer")) {
                 found.push(n);
             }
         });
@@ -337,19 +385,35 @@ impl Machine {
                 });
             } else if n.is_compatible("arm,armv7-timer") && self.timer.is_none() {
                 self.timer = Some(n.path.clone());
-            } else if n.base_name() == "psci" && self.psci.is_none() {
-                let method = match n.str_prop("method")? {
-                    Some("smc") => PsciMethod::Smc,
-                    Some("hvc") => PsciMethod::Hvc,
-                    other => {
-                        self.warnings
-                            .push(format!("{}: method {other:?} is neither smc nor hvc: PSCI ignored", n.path));
-                        continue;
-                    }
-                };
-                let v02 = n.strings_prop("compatible").unwrap_or_default().iter().any(|c| *c != "arm,psci");
-                self.psci = Some(Psci { node: n.path.clone(), method, v02 });
             }
+        }
+        // PSCI: the first usable node among the root's children (where the
+        // guest DTB writer puts its own), else anywhere in the tree.
+        let mut psci: Vec<&Node<'_>> = tree.root.children.iter().filter(|n| n.is_enabled() && is_psci(n)).collect();
+        tree.root.walk(&mut |n| {
+            if n.is_enabled() && is_psci(n) && n.path.matches('/').count() != 1 {
+                psci.push(n);
+            }
+        });
+        for n in psci {
+            let method = match n.str_prop("method")? {
+                Some("smc") => PsciMethod::Smc,
+                Some("hvc") => PsciMethod::Hvc,
+                Some(other) => {
+                    self.warnings.push(format!("{}: method {other:?} is neither smc nor hvc: PSCI ignored", n.path));
+                    continue;
+                }
+                None => {
+                    self.warnings.push(format!("{}: no method (smc or hvc): PSCI ignored", n.path));
+                    continue;
+                }
+            };
+            let v02 = n
+                .prop("compatible")
+                .and_then(|v| super::tree::strings(v).ok())
+                .is_some_and(|mut it| it.any(|c| c != "arm,psci"));
+            self.psci = Some(Psci { node: n.path.clone(), method, v02 });
+            break;
         }
         if let Some(cpus) = tree.root.child("cpus") {
             // CPU ids are only counted: odd cell counts here (some old trees say 0)
@@ -361,13 +425,7 @@ impl Machine {
                     return Ok(());
                 }
             };
-            for c in cpus.children.iter().filter(|c| c.str_prop("device_type").ok().flatten() == Some("cpu")) {
-                if let Some(reg) = c.prop("reg") {
-                    if reg.len() >= 4 * cells.address as usize {
-                        self.cpus.push(super::tree::cells_to_u64(&reg[..4 * cells.address as usize]));
-                    }
-                }
-            }
+            self.cpus.extend(cpus.children.iter().filter_map(|c| cpu_mpidr(c, cells)));
         }
         Ok(())
     }
@@ -378,9 +436,38 @@ impl Machine {
     }
 }
 
+/// The MPIDR affinity of a `/cpus` child that is a CPU (`device_type = "cpu"`
+/// with a `reg` of at least `cells.address` cells); `cells` are `/cpus`'.
+/// [`Machine::cpus`] lists these in tree order, and the guest DTB writer
+/// gives a guest the first of the same nodes: the two must agree.
+pub fn cpu_mpidr(node: &Node<'_>, cells: Cells) -> Option<u64> {
+    if node.str_prop("device_type").ok().flatten() != Some("cpu") {
+        return None;
+    }
+    let reg = node.prop("reg")?;
+    let bytes = 4 * cells.address as usize;
+    (reg.len() >= bytes).then(|| super::tree::cells_to_u64(&reg[..bytes]))
+}
+
+/// Reserved ranges read so far: each static range, and one per dynamic region.
+fn reserved_ranges(reserved: &[Reserved]) -> usize {
+    reserved
+        .iter()
+        .map(|r| match &r.kind {
+            ReservedKind::Static(ranges) => ranges.len(),
+            ReservedKind::Dynamic { .. } => 1,
+        })
+        .sum()
+}
+
 fn is_memory(n: &Node<'_>) -> bool {
     n.str_prop("device_type").ok().flatten() == Some("memory")
         || (n.base_name() == "memory" && !n.has_prop("device_type") && n.has_prop("reg"))
+}
+
+/// A PSCI node: named `psci`, or compatible with a PSCI binding (Linux goes by the compatible).
+pub fn is_psci(n: &Node<'_>) -> bool {
+    n.base_name() == "psci" || ["arm,psci", "arm,psci-0.2", "arm,psci-1.0"].iter().any(|c| n.is_compatible(c))
 }
 
 fn is_gic(n: &Node<'_>) -> bool {
@@ -419,7 +506,19 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
     if memory == 0 {
         return Err(DtError::prop(&node.path, "memory", "0 KiB: a guest needs RAM"));
     }
-    let cpus = node.u32_prop("cpus")?.unwrap_or(1);
+    let cpu_ids = cpu_ids(node)?;
+    let cpus = match (node.u32_prop("cpus")?, &cpu_ids) {
+        (Some(n), Some(ids)) if n as usize != ids.len() => {
+            return Err(DtError::prop(
+                &node.path,
+                "carve,cpu-ids",
+                format!("{} CPU id(s), but cpus = <{n}>: one id per vCPU", ids.len()),
+            ))
+        }
+        (Some(n), _) => n,
+        (None, Some(ids)) => ids.len() as u32,
+        (None, None) => 1,
+    };
     if cpus == 0 {
         return Err(DtError::prop(&node.path, "cpus", "0: a guest needs at least one CPU"));
     }
@@ -437,7 +536,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
             return Err(DtError::prop(
                 &node.path,
                 "carve,on-fault",
-                format!("\"{other}\": expected \"stop\", \"reset\" or \"inject\""),
+                format!("{other:?}: expected \"stop\", \"reset\" or \"inject\""),
             ))
         }
     };
@@ -447,6 +546,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         path: node.path.clone(),
         memory,
         cpus,
+        cpu_ids,
         ipa_base,
         kernel: None,
         ramdisk: None,
@@ -491,6 +591,38 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
     Ok(g)
 }
 
+/// `carve,cpu-ids`: one cell per vCPU, no CPU twice. Whether each names a CPU
+/// the machine has is the plan's question (it knows the CPU count and the other guests).
+fn cpu_ids(node: &Node<'_>) -> Result<Option<Vec<u32>>, DtError> {
+    let Some(v) = node.prop("carve,cpu-ids") else { return Ok(None) };
+    if v.is_empty() || !v.len().is_multiple_of(4) {
+        return Err(DtError::prop(
+            &node.path,
+            "carve,cpu-ids",
+            format!("{} bytes, expected one 4-byte cell (a CPU index) per vCPU", v.len()),
+        ));
+    }
+    if v.len() / 4 > MAX_VCPUS {
+        return Err(DtError::prop(
+            &node.path,
+            "carve,cpu-ids",
+            format!("{} CPU ids; a guest has at most {MAX_VCPUS} vCPUs", v.len() / 4),
+        ));
+    }
+    let ids: Vec<u32> = v.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+    let mut seen = alloc::collections::BTreeMap::new();
+    for (i, &id) in ids.iter().enumerate() {
+        if let Some(j) = seen.insert(id, i) {
+            return Err(DtError::prop(
+                &node.path,
+                "carve,cpu-ids",
+                format!("CPU {id} is listed twice (vCPUs {j} and {i}): a CPU runs one vCPU"),
+            ));
+        }
+    }
+    Ok(Some(ids))
+}
+
 /// A device node's `reg` windows translated through every parent bus's `ranges`.
 fn device(tree: &Tree<'_>, node: &Node<'_>) -> Result<Device, DtError> {
     // The chain of ancestors, root first.
@@ -520,11 +652,7 @@ fn device(tree: &Tree<'_>, node: &Node<'_>) -> Result<Device, DtError> {
             })?);
         }
     }
-    Ok(Device {
-        node: node.path.clone(),
-        compatible: node.strings_prop("compatible").ok().and_then(|c| c.first().map(|s| s.to_string())),
-        regs,
-    })
+    Ok(Device { node: node.path.clone(), compatible: node.first_string("compatible").map(String::from), regs })
 }
 
 /// Translates a bus address up through `chain` (root first, the device's parent last).

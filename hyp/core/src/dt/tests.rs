@@ -197,6 +197,47 @@ fn refusals_name_the_node_and_the_numbers() {
     assert!(err(&b).starts_with("/reserved-memory/odd: reg: 12 bytes is not a whole number"), "{}", err(&b));
 }
 
+/// A `carve,guest` with `props` written by the caller.
+fn guest_blob(props: impl FnOnce(&mut FdtWriter)) -> Vec<u8> {
+    blob(|w| {
+        chosen_guest(w, "/pl011@9000000", |w| {
+            let g = w.begin_node("guest@0").unwrap();
+            w.property_string("compatible", "carve,guest").unwrap();
+            w.property_u32("#address-cells", 1).unwrap();
+            w.property_u32("#size-cells", 1).unwrap();
+            w.property_array_u32("memory", &[0, 0x10000]).unwrap();
+            props(w);
+            w.end_node(g).unwrap();
+        })
+    })
+}
+
+#[test]
+fn cpu_ids_are_read_and_checked_against_cpus() {
+    let m = Machine::from_dtb(&guest_blob(|w| w.property_array_u32("carve,cpu-ids", &[2, 0]).unwrap())).unwrap();
+    assert_eq!((m.guests[0].cpus, m.guests[0].cpu_ids.as_deref()), (2, Some(&[2, 0][..])));
+    let m = Machine::from_dtb(&guest_blob(|w| {
+        w.property_u32("cpus", 1).unwrap();
+        w.property_array_u32("carve,cpu-ids", &[3]).unwrap();
+    }))
+    .unwrap();
+    assert_eq!((m.guests[0].cpus, m.guests[0].cpu_ids.as_deref()), (1, Some(&[3][..])));
+    let m = Machine::from_dtb(&guest_blob(|w| w.property_u32("cpus", 2).unwrap())).unwrap();
+    assert_eq!((m.guests[0].cpus, m.guests[0].cpu_ids.as_deref()), (2, None));
+
+    let b = guest_blob(|w| {
+        w.property_u32("cpus", 2).unwrap();
+        w.property_array_u32("carve,cpu-ids", &[0, 1, 2]).unwrap();
+    });
+    assert_eq!(err(&b), "/chosen/guest@0: carve,cpu-ids: 3 CPU id(s), but cpus = <2>: one id per vCPU");
+    let b = guest_blob(|w| w.property_array_u32("carve,cpu-ids", &[1, 0, 1]).unwrap());
+    assert_eq!(err(&b), "/chosen/guest@0: carve,cpu-ids: CPU 1 is listed twice (vCPUs 0 and 2): a CPU runs one vCPU");
+    let b = guest_blob(|w| w.property("carve,cpu-ids", &[0, 0, 1]).unwrap());
+    assert_eq!(err(&b), "/chosen/guest@0: carve,cpu-ids: 3 bytes, expected one 4-byte cell (a CPU index) per vCPU");
+    let b = guest_blob(|w| w.property_null("carve,cpu-ids").unwrap());
+    assert!(err(&b).starts_with("/chosen/guest@0: carve,cpu-ids: 0 bytes"), "{}", err(&b));
+}
+
 #[test]
 fn bad_strings_and_headers_are_errors_not_panics() {
     let b = blob(|w| {
@@ -246,4 +287,66 @@ fn single_byte_mutations_never_panic() {
         }
     }
     assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
+}
+
+/// Limits that keep a tree's reading within the monitor's heap, each refused with its numbers.
+#[test]
+fn oversized_trees_are_refused_before_they_are_held() {
+    // (A node name past MAX_NAME, which vm-fdt will not write: tests/corpus/bad/node-name-too-long.dts.)
+    // Properties past MAX_TREE_BYTES.
+    let b = blob(|w| {
+        let n = w.begin_node("many").unwrap();
+        for i in 0..(super::tree::MAX_TREE_BYTES / super::tree::PROP_COST) {
+            w.property_u32(&alloc::format!("p{i}"), 0).unwrap();
+        }
+        w.end_node(n).unwrap();
+    });
+    assert!(err(&b).starts_with("FDT needs more than 512 KiB to hold ("), "{}", err(&b));
+    assert!(err(&b).contains("up to /many)"), "{}", err(&b));
+
+    // A reg of more than MAX_REG_ENTRIES entries.
+    let b = blob(|w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("big").unwrap();
+            let reg: Vec<u64> = (0..1025u64).flat_map(|i| [0x5000_0000 + i * 0x2000, 0x1000]).collect();
+            w.property_array_u64("reg", &reg).unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    assert_eq!(err(&b), "/reserved-memory/big: reg: 1025 entries; carve reads up to 1024");
+
+    // More RAM banks than MAX_RAM_BANKS over several memory nodes.
+    let b = blob(|w| {
+        for k in 0..3u64 {
+            let n = w.begin_node(&alloc::format!("memory@{k}")).unwrap();
+            w.property_string("device_type", "memory").unwrap();
+            let reg: Vec<u64> = (0..100u64).flat_map(|i| [0x2_0000_0000 + (k * 100 + i) * 0x10_0000, 0x1000]).collect();
+            w.property_array_u64("reg", &reg).unwrap();
+            w.end_node(n).unwrap();
+        }
+    });
+    assert_eq!(err(&b), "/memory@2: reg: more than 256 RAM banks in the memory nodes; carve reads up to 256");
+}
+
+/// A huge `compatible` is read lazily: it plans, and costs one pass.
+#[test]
+fn a_huge_string_list_is_not_collected() {
+    let b = blob(|w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("pool@50000000").unwrap();
+            w.property("compatible", &vec![0u8; 1 << 20]).unwrap();
+            w.property_array_u64("reg", &[0x5000_0000, 0x10_0000]).unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    let m = Machine::from_dtb(&b).unwrap();
+    assert_eq!(m.reserved[0].compatible.as_deref(), Some(""));
+    let tree = super::Tree::parse(&b).unwrap();
+    let pool = tree.find("/reserved-memory/pool@50000000").unwrap();
+    assert!(pool.is_compatible("") && !pool.is_compatible("shared-dma-pool"));
+    assert!(pool
+        .strings_prop("compatible")
+        .unwrap_err()
+        .to_string()
+        .contains("1048576 strings; carve reads lists of up to 256"));
 }

@@ -10,7 +10,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use fdt::nodes::Node as FdtNode;
+use fdt::nodes::{Node as FdtNode, NodeChildrenIter};
 use fdt::parsing::{unaligned::UnalignedParser, NoPanic};
 use fdt::Fdt;
 
@@ -19,8 +19,25 @@ use crate::addr::PhysRange;
 
 /// Deeper trees are refused: real ones are under 10 levels.
 pub const MAX_DEPTH: usize = 32;
-/// More nodes are refused: Debian's largest board DTB has about 3,000.
-pub const MAX_NODES: usize = 50_000;
+/// More nodes are refused: Debian's largest board DTB (am572x-idk) has 860.
+pub const MAX_NODES: usize = 4096;
+/// Longer string lists are refused (a `compatible` has a handful).
+pub const MAX_STRINGS: usize = 256;
+/// Longer `reg`-like properties are refused (real ones have a few entries).
+pub const MAX_REG_ENTRIES: usize = 1024;
+/// Longer node names are refused: the specification allows 31 characters (plus `@unit`).
+pub const MAX_NAME: usize = 255;
+/// The most heap a tree may take, counted as [`NODE_COST`] per node, [`PROP_COST`]
+/// per property and the bytes of each node's name and path (the same count on
+/// every target, so the plan tool and the monitor refuse the same trees). The
+/// monitor reads the tree on a small heap: a tree that would not fit is
+/// refused with the numbers rather than left to run it out of memory. Debian's
+/// largest board DTB (am572x-idk) counts 205 KiB; the monitor's heap holds it in 302 KiB.
+pub const MAX_TREE_BYTES: usize = 512 << 10;
+/// What one node costs in [`MAX_TREE_BYTES`], besides its name and path.
+pub const NODE_COST: usize = 64;
+/// What one property costs in [`MAX_TREE_BYTES`] (its value stays in the blob).
+pub const PROP_COST: usize = 16;
 
 type P<'a> = (UnalignedParser<'a>, NoPanic);
 
@@ -48,6 +65,8 @@ pub struct Tree<'a> {
     pub header: Header,
     pub root: Node<'a>,
     pub memreserve: Vec<PhysRange>,
+    /// What the tree counts against [`MAX_TREE_BYTES`].
+    pub held_bytes: usize,
 }
 
 /// Why a blob could not be read as a tree, or a value in it is malformed.
@@ -63,6 +82,17 @@ pub enum DtError {
         path: String,
     },
     TooManyNodes,
+    /// A node name longer than [`MAX_NAME`].
+    NameTooLong {
+        parent: String,
+        len: usize,
+    },
+    /// The tree would take more than [`MAX_TREE_BYTES`] to hold.
+    TooLarge {
+        near: String,
+        nodes: usize,
+        props: usize,
+    },
     /// A property whose value is malformed; names the node, the property and the problem.
     Property {
         path: String,
@@ -88,7 +118,16 @@ impl fmt::Display for DtError {
             Self::Header(e) => write!(f, "{e}"),
             Self::Structure { near, what } => write!(f, "FDT structure block: {what} (near {near})"),
             Self::TooDeep { path } => write!(f, "{path}: nodes nest deeper than {MAX_DEPTH} levels"),
-            Self::TooManyNodes => write!(f, "FDT has more than {MAX_NODES} nodes"),
+            Self::TooManyNodes => write!(f, "FDT has more than {MAX_NODES} nodes; carve reads up to {MAX_NODES}"),
+            Self::NameTooLong { parent, len } => write!(
+                f,
+                "{parent}: a child's name is {len} bytes long; carve reads names of up to {MAX_NAME} (the specification allows 31)"
+            ),
+            Self::TooLarge { near, nodes, props } => write!(
+                f,
+                "FDT needs more than {} KiB to hold ({nodes} nodes and {props} properties read, up to {near}); carve reads smaller trees",
+                MAX_TREE_BYTES >> 10
+            ),
             Self::Property { path, prop, problem } => write!(f, "{path}: {prop}: {problem}"),
             Self::Node { path, problem } => write!(f, "{path}: {problem}"),
         }
@@ -124,9 +163,9 @@ impl<'a> Tree<'a> {
             .map_err(|e| DtError::Structure { near: String::from("header"), what: format!("{e}") })?;
         let root = fdt.root().map_err(|e| structure("/", e))?;
         let root_node = fdt::nodes::AsNode::as_node(&root);
-        let mut count = 0;
-        let root = convert(root_node, String::new(), 0, &mut count)?;
-        Ok(Tree { header, root, memreserve })
+        let mut budget = Budget::default();
+        let root = convert(root_node, &mut budget)?;
+        Ok(Tree { header, root, memreserve, held_bytes: budget.bytes })
     }
 
     /// The node at `path` (`/`, `/chosen`, `/soc/serial@1000`). A component
@@ -144,17 +183,79 @@ fn structure(near: &str, e: fdt::FdtError) -> DtError {
     DtError::Structure { near: String::from(near), what: format!("{e}") }
 }
 
-fn convert<'a>(
+/// What the tree read so far holds, against [`MAX_NODES`] and [`MAX_TREE_BYTES`].
+#[derive(Default)]
+struct Budget {
+    nodes: usize,
+    props: usize,
+    bytes: usize,
+}
+
+impl Budget {
+    fn take(&mut self, path: &str, bytes: usize) -> Result<(), DtError> {
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.bytes > MAX_TREE_BYTES {
+            let near = String::from(if path.is_empty() { "/" } else { path });
+            return Err(DtError::TooLarge { near, nodes: self.nodes, props: self.props });
+        }
+        Ok(())
+    }
+}
+
+/// The whole tree below `root`, read without recursion: the monitor reads it
+/// on a 16 KiB stack, and a frame per level of nesting would not fit
+/// [`MAX_DEPTH`] levels there. The open nodes wait on a heap stack instead.
+fn convert<'a>(root: FdtNode<'a, P<'a>>, budget: &mut Budget) -> Result<Node<'a>, DtError> {
+    let mut open: Vec<(Node<'a>, NodeChildrenIter<'a, P<'a>>)> = Vec::new();
+    open.push(open_node(root, "", 0, budget)?);
+    loop {
+        let depth = open.len();
+        let Some((parent, children)) = open.last_mut() else {
+            return Err(DtError::Structure { near: String::from("/"), what: String::from("no root node") });
+        };
+        match children.next() {
+            Some(child) => {
+                let child = child.map_err(|e| structure(&parent.path, e))?;
+                let next = open_node(child, &parent.path, depth, budget)?;
+                open.push(next);
+            }
+            None => {
+                let Some((done, _)) = open.pop() else { continue };
+                match open.last_mut() {
+                    Some((parent, _)) => parent.children.push(done),
+                    None => return Ok(done),
+                }
+            }
+        }
+    }
+}
+
+/// One node read with its properties and checked (name, depth, budget), and
+/// the iterator over its children; `depth` is 0 for the root.
+fn open_node<'a>(
     node: FdtNode<'a, P<'a>>,
-    parent_path: String,
+    parent_path: &str,
     depth: usize,
-    count: &mut usize,
-) -> Result<Node<'a>, DtError> {
-    *count += 1;
-    if *count > MAX_NODES {
+    budget: &mut Budget,
+) -> Result<(Node<'a>, NodeChildrenIter<'a, P<'a>>), DtError> {
+    budget.nodes += 1;
+    if budget.nodes > MAX_NODES {
         return Err(DtError::TooManyNodes);
     }
-    let name_parsed = node.name().map_err(|e| structure(&parent_path, e))?;
+    let name_parsed = node.name().map_err(|e| structure(parent_path, e))?;
+    let len = name_parsed.name.len() + name_parsed.unit_address.map_or(0, |u| u.len() + 1);
+    let parent = || String::from(if parent_path.is_empty() { "/" } else { parent_path });
+    if len > MAX_NAME {
+        return Err(DtError::NameTooLong { parent: parent(), len });
+    }
+    // Names end up in one-line messages and logs: a line break in one would split them.
+    let unit = name_parsed.unit_address.unwrap_or("");
+    if let Some(c) = name_parsed.name.chars().chain(unit.chars()).find(|c| c.is_control()) {
+        return Err(DtError::node(
+            &parent(),
+            format!("a child's name holds the control character U+{:04X}; node names are printable", c as u32),
+        ));
+    }
     let name = raw_name(name_parsed);
     let path = if depth == 0 {
         String::from("/")
@@ -166,17 +267,16 @@ fn convert<'a>(
     if depth > MAX_DEPTH {
         return Err(DtError::TooDeep { path });
     }
+    budget.take(&path, NODE_COST + name.len() + path.len())?;
     let mut props = Vec::new();
     for p in node.properties().map_err(|e| structure(&path, e))?.iter() {
         let p = p.map_err(|e| structure(&path, e))?;
+        budget.props += 1;
+        budget.take(&path, PROP_COST)?;
         props.push(Prop { name: p.name, value: p.value });
     }
-    let mut children = Vec::new();
-    for c in node.children().map_err(|e| structure(&path, e))?.iter() {
-        let c = c.map_err(|e| structure(&path, e))?;
-        children.push(convert(c, path.clone(), depth + 1, count)?);
-    }
-    Ok(Node { name, path, props, children })
+    let children = node.children().map_err(|e| structure(&path, e))?.iter();
+    Ok((Node { name, path, props, children: Vec::new() }, children))
 }
 
 /// The node's name as written in the blob: `name@unit`, or `` for the root.
@@ -225,17 +325,45 @@ impl<'a> Node<'a> {
         }
     }
 
-    /// A string-list property such as `compatible`.
+    /// A string-list property such as `compatible`; more than [`MAX_STRINGS`] strings are refused.
     pub fn strings_prop(&self, name: &'static str) -> Result<Vec<&'a str>, DtError> {
         match self.prop(name) {
             None => Ok(Vec::new()),
-            Some(v) => Ok(strings(v).map_err(|p| DtError::prop(&self.path, name, p))?.collect()),
+            Some(v) => {
+                let it = strings(v).map_err(|p| DtError::prop(&self.path, name, p))?;
+                let mut out = Vec::new();
+                for s in it {
+                    if out.len() == MAX_STRINGS {
+                        let n = v.iter().filter(|&&b| b == 0).count();
+                        return Err(DtError::prop(
+                            &self.path,
+                            name,
+                            format!("{n} strings; carve reads lists of up to {MAX_STRINGS}"),
+                        ));
+                    }
+                    out.push(s);
+                }
+                Ok(out)
+            }
         }
     }
 
-    /// Whether `compatible` lists `what`. A malformed `compatible` matches nothing.
+    /// The first string of a string-list property, if the list ends in its NUL
+    /// and that string is UTF-8 (only the first string is looked at).
+    pub fn first_string(&self, name: &str) -> Option<&'a str> {
+        match self.prop(name)? {
+            [body @ .., 0] => core::str::from_utf8(body.split(|&b| b == 0).next()?).ok(),
+            _ => None,
+        }
+    }
+
+    /// Whether `compatible` lists `what`. One without its final NUL matches nothing.
+    /// Compares bytes, string by string: a list of a million strings costs one pass.
     pub fn is_compatible(&self, what: &str) -> bool {
-        self.prop("compatible").and_then(|v| strings(v).ok()).is_some_and(|mut it| it.any(|s| s == what))
+        match self.prop("compatible") {
+            Some([body @ .., 0]) => body.split(|&b| b == 0).any(|s| s == what.as_bytes()),
+            _ => false,
+        }
     }
 
     /// A one-cell property.
@@ -312,6 +440,13 @@ impl Cells {
         let entry = self.entry_bytes();
         if self.size == 0 {
             return Err(DtError::prop(path, prop, "the parent's #size-cells is 0, so it holds no sizes"));
+        }
+        if v.len() / entry > MAX_REG_ENTRIES {
+            return Err(DtError::prop(
+                path,
+                prop,
+                format!("{} entries; carve reads up to {MAX_REG_ENTRIES}", v.len() / entry),
+            ));
         }
         if !v.len().is_multiple_of(entry) {
             return Err(DtError::prop(

@@ -24,6 +24,7 @@ use alloc::vec::Vec;
 
 use vm_fdt::FdtWriter;
 
+use super::machine::cpu_mpidr;
 use super::tree::{strings, DtError, Node, Tree};
 use super::Machine;
 use crate::addr::IpaRange;
@@ -44,6 +45,12 @@ pub struct GuestDtbOptions<'s> {
     /// They are kept with their `reg` unchanged: the monitor maps them 1:1.
     pub owned_carveouts: &'s [&'s str],
 }
+
+/// The most property and name bytes a guest DTB may hold. Guest trees are a
+/// few KiB (QEMU virt's: 1.4 KiB); the cap keeps a machine tree with huge
+/// properties on kept nodes from running the monitor's heap out while the DTB
+/// is written: it is refused with the numbers instead.
+pub const MAX_GUEST_DTB: usize = 256 << 10;
 
 /// What a guest's PSCI node says it is: the standard function IDs apply.
 pub const PSCI_COMPATIBLE: [&str; 2] = ["arm,psci-1.0", "arm,psci-0.2"];
@@ -79,7 +86,7 @@ pub fn guest_dtb(
     if let Some(id) = guest_mpidrs(machine, guest).first().and_then(|&id| u32::try_from(id).ok()) {
         w.set_boot_cpuid_phys(id);
     }
-    let mut out = Out { w, sel: &sel, tree, machine, guest, opts };
+    let mut out = Out { w, sel: &sel, tree, machine, guest, opts, written: 0 };
     out.root()?;
     out.w.finish().map_err(fdt_err("/"))
 }
@@ -130,6 +137,24 @@ impl Selection<'_, '_> {
     /// Whether the node at `path` is kept.
     pub fn keeps(&self, path: &str) -> bool {
         self.index_of(path).is_some_and(|i| self.keep[i])
+    }
+
+    /// The index of the node at `path`, found as [`Tree::find`] finds it (by
+    /// walking down the path, not by scanning every node: `aliases` may hold thousands).
+    fn find(&self, path: &str) -> Option<usize> {
+        let mut at = 0;
+        for part in path.split('/').filter(|p| !p.is_empty()) {
+            let kids = self.children.get(at)?;
+            let exact = kids.iter().copied().find(|&c| self.nodes[c].name == part);
+            at = exact.or_else(|| {
+                if part.contains('@') {
+                    None
+                } else {
+                    kids.iter().copied().find(|&c| self.nodes[c].base_name() == part)
+                }
+            })?;
+        }
+        (!self.nodes.is_empty()).then_some(at)
     }
 
     fn index_of(&self, path: &str) -> Option<usize> {
@@ -193,10 +218,7 @@ fn special_role(n: &Node<'_>) -> Option<Special> {
         Some(Special::ReservedMemory)
     } else if n.name == "chosen" {
         Some(Special::Chosen)
-    } else if n.base_name() == "psci"
-        || n.is_compatible("arm,psci")
-        || PSCI_COMPATIBLE.iter().any(|c| n.is_compatible(c))
-    {
+    } else if super::machine::is_psci(n) {
         Some(Special::Psci)
     } else if n.name == "aliases" {
         Some(Special::Aliases)
@@ -213,16 +235,18 @@ fn is_memory(n: &Node<'_>) -> bool {
         || (n.base_name() == "memory" && !n.has_prop("device_type") && n.has_prop("reg"))
 }
 
-/// The first `guest.cpus` CPU nodes of `/cpus`, in order.
+/// The first `guest.cpus` CPU nodes of `/cpus`, in order: the nodes
+/// [`Machine::cpus`] counts ([`cpu_mpidr`]), so that vCPU `i`'s node says the
+/// MPIDR [`guest_mpidrs`] gives it.
 fn guest_cpus(sel: &Selection<'_, '_>, tree: &Tree<'_>, guest: &GuestPlan) -> Result<Vec<usize>, DtError> {
     let want = guest.cpus as usize;
-    let all: Vec<usize> = match tree.root.child("cpus").and_then(|c| sel.index_of(&c.path)) {
-        None => Vec::new(),
-        Some(cpus) => sel.children[cpus]
-            .iter()
-            .copied()
-            .filter(|&c| sel.nodes[c].str_prop("device_type").ok().flatten() == Some("cpu"))
-            .collect(),
+    let cpus_node = tree.root.child("cpus");
+    let all: Vec<usize> = match (cpus_node.and_then(|c| c.cells().ok()), cpus_node.and_then(|c| sel.index_of(&c.path)))
+    {
+        (Some(cells), Some(cpus)) => {
+            sel.children[cpus].iter().copied().filter(|&c| cpu_mpidr(sel.nodes[c], cells).is_some()).collect()
+        }
+        _ => Vec::new(),
     };
     if all.len() < want && !(all.is_empty() && want == 1) {
         return Err(DtError::node(
@@ -243,7 +267,8 @@ fn mark(sel: &mut Selection<'_, '_>, seeds: &[usize]) {
         keep(sel, s, &mut queue);
     }
     while let Some(i) = queue.pop() {
-        for t in references(sel.nodes[i], &phandles) {
+        let node = sel.nodes[i];
+        for t in references(node, &phandles) {
             if referable(sel, t) {
                 keep_subtree(sel, t, &mut queue);
             }
@@ -313,13 +338,13 @@ fn phandles(sel: &Selection<'_, '_>) -> BTreeMap<u32, usize> {
 /// The nodes `node` may reference: every cell of a phandle-bearing property
 /// that equals a known phandle (a cell that is really an argument and happens
 /// to match only keeps an extra node without `reg`).
-fn references(node: &Node<'_>, phandles: &BTreeMap<u32, usize>) -> Vec<usize> {
+/// Lazily: a property of a few MiB must not become a list of as many entries.
+fn references<'n>(node: &'n Node<'_>, phandles: &'n BTreeMap<u32, usize>) -> impl Iterator<Item = usize> + 'n {
     node.props
         .iter()
         .filter(|p| follows(p.name))
         .flat_map(|p| p.value.chunks_exact(4))
         .filter_map(|c| phandles.get(&u32::from_be_bytes([c[0], c[1], c[2], c[3]])).copied())
-        .collect()
 }
 
 fn follows(prop: &str) -> bool {
@@ -365,9 +390,40 @@ struct Out<'x, 't, 'a> {
     machine: &'x Machine,
     guest: &'x GuestPlan,
     opts: &'x GuestDtbOptions<'x>,
+    /// Property and name bytes written so far, against [`MAX_GUEST_DTB`].
+    written: usize,
 }
 
 impl Out<'_, '_, '_> {
+    /// Counts `bytes` more against [`MAX_GUEST_DTB`]; `path` is where the writer is.
+    fn count(&mut self, path: &str, bytes: usize) -> Result<(), DtError> {
+        self.written = self.written.saturating_add(bytes);
+        if self.written > MAX_GUEST_DTB {
+            return Err(DtError::node(
+                path,
+                format!(
+                    "{}'s DTB would hold more than {} KiB of properties ({} bytes when this node is written); carve writes guest DTBs of up to that",
+                    self.guest.name,
+                    MAX_GUEST_DTB >> 10,
+                    self.written
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Writes one property, counted.
+    fn prop(&mut self, path: &str, name: &str, value: &[u8]) -> Result<(), DtError> {
+        self.count(path, name.len() + value.len() + 12)?;
+        self.w.property(name, value).map_err(fdt_err(path))
+    }
+
+    /// Opens a node, counted.
+    fn begin(&mut self, path: &str, name: &str) -> Result<vm_fdt::FdtWriterNode, DtError> {
+        self.count(path, name.len() + 8)?;
+        self.w.begin_node(name).map_err(fdt_err(path))
+    }
+
     fn root(&mut self) -> Result<(), DtError> {
         let (sel, root) = (self.sel, &self.tree.root);
         let node = self.w.begin_node("").map_err(fdt_err("/"))?;
@@ -385,7 +441,9 @@ impl Out<'_, '_, '_> {
                     memory = true;
                 }
                 Some(Special::Psci) if !psci => {
-                    self.psci(&sel.nodes[c].name)?;
+                    // Always `psci`: the machine's node may be named anything
+                    // (even `cpus`, which would then shadow the real one).
+                    self.psci("psci")?;
                     psci = true;
                 }
                 Some(Special::Chosen) if !chosen => {
@@ -427,7 +485,7 @@ impl Out<'_, '_, '_> {
         let node = self.w.begin_node(&name).map_err(fdt_err("/"))?;
         let path = format!("/{name}");
         self.w.property_string("device_type", "memory").map_err(fdt_err(&path))?;
-        self.w.property("reg", &reg).map_err(fdt_err(&path))?;
+        self.prop(&path, "reg", &reg)?;
         self.w.end_node(node).map_err(fdt_err(&path))
     }
 
@@ -446,6 +504,7 @@ impl Out<'_, '_, '_> {
         let path = "/chosen";
         let node = self.w.begin_node("chosen").map_err(fdt_err(path))?;
         if let Some(args) = self.opts.bootargs {
+            self.count(path, args.len() + 20)?;
             self.w.property_string("bootargs", args).map_err(fdt_err(path))?;
         }
         if let Some(initrd) = self.opts.initrd {
@@ -457,7 +516,7 @@ impl Out<'_, '_, '_> {
         }
         if self.machine.uart.is_some() {
             if let Some(sp) = machine_chosen.and_then(|c| c.prop("stdout-path")) {
-                self.w.property("stdout-path", sp).map_err(fdt_err(path))?;
+                self.prop(path, "stdout-path", sp)?;
             }
         }
         self.w.end_node(node).map_err(fdt_err(path))
@@ -470,7 +529,7 @@ impl Out<'_, '_, '_> {
         if owned.is_empty() {
             return Ok(());
         }
-        let node = self.w.begin_node(&rm.name).map_err(fdt_err(&rm.path))?;
+        let node = self.begin(&rm.path, &rm.name)?;
         self.props_as_they_are(rm)?;
         for c in owned {
             self.subtree_as_it_is(c)?;
@@ -484,9 +543,9 @@ impl Out<'_, '_, '_> {
         if kept.is_empty() {
             return Ok(());
         }
-        let node = self.w.begin_node(&n.name).map_err(fdt_err(&n.path))?;
+        let node = self.begin(&n.path, &n.name)?;
         for p in kept {
-            self.w.property(p.name, p.value).map_err(fdt_err(&n.path))?;
+            self.prop(&n.path, p.name, p.value)?;
         }
         self.w.end_node(node).map_err(fdt_err(&n.path))
     }
@@ -494,8 +553,8 @@ impl Out<'_, '_, '_> {
     /// Whether a path-valued property names a node the guest's tree has.
     fn survives(&self, value: &[u8]) -> bool {
         let Some(path) = strings(value).ok().and_then(|mut s| s.next()) else { return false };
-        let Some(found) = self.tree.find(path).filter(|_| path.starts_with('/')) else { return false };
-        let Some(i) = self.sel.nodes.iter().position(|n| core::ptr::eq(*n, found)) else { return false };
+        let Some(i) = self.sel.find(path).filter(|_| path.starts_with('/')) else { return false };
+        let found = self.sel.nodes[i];
         match self.sel.special[i] {
             None => self.sel.keep[i],
             Some(Special::ReservedMemory) => self.owned(found),
@@ -518,7 +577,7 @@ impl Out<'_, '_, '_> {
     fn node(&mut self, i: usize) -> Result<(), DtError> {
         let sel = self.sel;
         let n = sel.nodes[i];
-        let node = self.w.begin_node(&n.name).map_err(fdt_err(&n.path))?;
+        let node = self.begin(&n.path, &n.name)?;
         if sel.gic == Some(i) {
             self.gic_props(i)?;
         } else if sel.cpus.contains(&i) {
@@ -547,7 +606,7 @@ impl Out<'_, '_, '_> {
                 "reg" => p.value.get(..two).unwrap_or(p.value),
                 _ => p.value,
             };
-            self.w.property(p.name, value).map_err(fdt_err(&n.path))?;
+            self.prop(&n.path, p.name, value)?;
         }
         Ok(())
     }
@@ -555,20 +614,20 @@ impl Out<'_, '_, '_> {
     /// A guest CPU: started through PSCI, whatever the machine uses.
     fn cpu_props(&mut self, n: &Node<'_>) -> Result<(), DtError> {
         for p in n.props.iter().filter(|p| !matches!(p.name, "enable-method" | "cpu-release-addr")) {
-            self.w.property(p.name, p.value).map_err(fdt_err(&n.path))?;
+            self.prop(&n.path, p.name, p.value)?;
         }
         self.w.property_string("enable-method", "psci").map_err(fdt_err(&n.path))
     }
 
     fn props_as_they_are(&mut self, n: &Node<'_>) -> Result<(), DtError> {
         for p in &n.props {
-            self.w.property(p.name, p.value).map_err(fdt_err(&n.path))?;
+            self.prop(&n.path, p.name, p.value)?;
         }
         Ok(())
     }
 
     fn subtree_as_it_is(&mut self, n: &Node<'_>) -> Result<(), DtError> {
-        let node = self.w.begin_node(&n.name).map_err(fdt_err(&n.path))?;
+        let node = self.begin(&n.path, &n.name)?;
         self.props_as_they_are(n)?;
         for c in &n.children {
             self.subtree_as_it_is(c)?;

@@ -638,3 +638,85 @@ fn single_byte_mutations_never_panic() {
     }
     assert!(wrote > 0);
 }
+
+/// CPU nodes without `reg` are not CPUs the machine counts, so no guest gets
+/// one: vCPU `i`'s node must say the MPIDR the monitor gives it (a fuzz find:
+/// tests/corpus/fuzz-regressions/guest-dtb-cpu-nodes-without-reg.dtb).
+#[test]
+fn cpu_nodes_without_reg_are_not_given_to_guests() {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    let n = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("cpus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 0).unwrap();
+    for i in 0..4u32 {
+        let c = w.begin_node(&alloc::format!("cpu@{i}")).unwrap();
+        w.property_string("device_type", "cpu").unwrap();
+        if i >= 2 {
+            w.property_u32("reg", i).unwrap();
+        }
+        w.end_node(c).unwrap();
+    }
+    w.end_node(n).unwrap();
+    w.end_node(root).unwrap();
+    let blob = w.finish().unwrap();
+    let (m, g, out) = guest_of(&blob, &GuestDtbOptions::default());
+    assert_eq!(m.cpus, [2, 3]);
+    assert_eq!(guest_mpidrs(&m, &g), [2]);
+    let out = out.unwrap();
+    assert_eq!(Machine::from_dtb(&out).unwrap().cpus, [2]);
+    assert!(Tree::parse(&out).unwrap().find("/cpus/cpu@2").is_some());
+}
+
+/// A huge property on a node every guest keeps: refused with the numbers, not
+/// written into a DTB that would run the monitor's heap out.
+#[test]
+fn a_guest_dtb_past_its_cap_is_refused() {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    w.property("vendor,blob", &vec![0u8; MAX_GUEST_DTB]).unwrap();
+    let n = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
+    w.end_node(n).unwrap();
+    w.end_node(root).unwrap();
+    let blob = w.finish().unwrap();
+    let (_, _, out) = guest_of(&blob, &GuestDtbOptions::default());
+    let e = out.unwrap_err().to_string();
+    assert!(e.starts_with("/: guest@0's DTB would hold more than 256 KiB of properties ("), "{e}");
+}
+
+/// A PSCI node known by its compatible under another name (a fuzz find:
+/// tests/corpus/fuzz-regressions/guest-dtb-psci-node-named-cpus-*.dtb): the
+/// machine's PSCI is read from it, and the guest's is written as `/psci`.
+#[test]
+fn a_psci_node_under_another_name_is_found_and_the_guest_gets_psci() {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    let n = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("firmware-calls").unwrap();
+    w.property_string("compatible", "arm,psci-1.0").unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.end_node(n).unwrap();
+    w.end_node(root).unwrap();
+    let blob = w.finish().unwrap();
+    let (m, _, out) = guest_of(&blob, &GuestDtbOptions::default());
+    assert_eq!(m.psci.as_ref().map(|p| (p.node.as_str(), p.method)), Some(("/firmware-calls", PsciMethod::Smc)));
+    let out = out.unwrap();
+    let gm = Machine::from_dtb(&out).unwrap();
+    assert_eq!(gm.psci.as_ref().map(|p| (p.node.as_str(), p.method)), Some(("/psci", PsciMethod::Hvc)));
+    assert!(Tree::parse(&out).unwrap().find("/firmware-calls").is_none());
+}

@@ -142,7 +142,11 @@ pub fn place(
     Ok(out)
 }
 
+/// Refuses `c` if it overlaps a placed region with conflicting flags; warns
+/// once (naming the first, counting the rest) if it overlaps some with the same flags.
 fn check_against(c: &Carveout, placed: &[Carveout], warnings: &mut Vec<String>) -> Result<(), PlanError> {
+    let mut merged: Option<&Carveout> = None;
+    let mut more = 0usize;
     for o in placed.iter().filter(|o| o.range.overlaps(&c.range)) {
         if c.conflicts_with(o) {
             return Err(PlanError::new(
@@ -160,7 +164,16 @@ fn check_against(c: &Carveout, placed: &[Carveout], warnings: &mut Vec<String>) 
         if c.memreserve || o.memreserve {
             continue; // U-Boot lists the initrd both ways: not worth a warning.
         }
-        warnings.push(format!("{}: {} overlaps {} {} with the same flags: merged", c.name, c.range, o.name, o.range));
+        if merged.is_none() {
+            merged = Some(o);
+        } else {
+            more += 1;
+        }
+    }
+    if let Some(o) = merged {
+        let also = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+        warnings
+            .push(format!("{}: {} overlaps {} {}{also} with the same flags: merged", c.name, c.range, o.name, o.range));
     }
     Ok(())
 }

@@ -39,8 +39,14 @@ pub struct GuestPlan {
     pub ipa_base: Ipa,
     pub size: u64,
     pub cpus: u32,
-    /// The index of the first machine CPU this guest runs on (CPUs are handed out in order).
+    /// The machine CPU vCPU 0 runs on (`cpu_ids[0]`). When [`Self::cpus_contiguous`]
+    /// (always, unless `carve,cpu-ids` names CPUs out of order or another
+    /// guest's named CPUs split the free ones), vCPU `v` runs on `first_cpu + v`.
     pub first_cpu: u32,
+    /// The machine CPU (an index into the `/cpus` nodes in tree order,
+    /// [`Machine::cpus`]) each vCPU runs on, in vCPU order: `carve,cpu-ids`
+    /// when the guest names them, else the lowest CPUs no other guest has.
+    pub cpu_ids: Vec<u32>,
     /// In IPA order, contiguous from `ipa_base`.
     pub extents: Vec<Extent>,
     /// The guest as the tree describes it (`None` for a `--guest` what-if).
@@ -50,6 +56,16 @@ pub struct GuestPlan {
 impl GuestPlan {
     pub fn ipa_range(&self) -> IpaRange {
         IpaRange { base: self.ipa_base, size: self.size }
+    }
+
+    /// Whether vCPU `v` runs on machine CPU `first_cpu + v` for every `v`.
+    pub fn cpus_contiguous(&self) -> bool {
+        self.cpu_ids.iter().zip(self.first_cpu..).all(|(&c, want)| c == want)
+    }
+
+    /// The vCPU that runs on machine CPU `cpu`, if this guest has one there.
+    pub fn vcpu_on(&self, cpu: u32) -> Option<usize> {
+        self.cpu_ids.iter().position(|&c| c == cpu)
     }
 
     /// The physical address behind `ipa`, if it is guest RAM.
@@ -66,6 +82,8 @@ struct Wanted {
     name: String,
     size: u64,
     cpus: u32,
+    /// `carve,cpu-ids`, checked against the machine's CPUs and the other guests'.
+    cpu_ids: Option<Vec<u32>>,
     ipa_base: Option<Ipa>,
     desc: Option<Guest>,
 }
@@ -87,35 +105,30 @@ pub fn place(
             name: g.name.clone(),
             size: g.memory,
             cpus: g.cpus,
+            cpu_ids: g.cpu_ids.clone(),
             ipa_base: g.ipa_base,
             desc: Some(g.clone()),
         })
         .collect();
     for (i, size) in config.extra_guests.iter().enumerate() {
         let name = format!("guest@{}", machine.guests.len() + i);
-        wanted.push(Wanted { name, size: *size, cpus: 1, ipa_base: None, desc: None });
+        wanted.push(Wanted { name, size: *size, cpus: 1, cpu_ids: None, ipa_base: None, desc: None });
     }
     check_modules(machine, ram, carveouts, config.require_kernel)?;
+    let mut owner = claim_named_cpus(machine, &wanted)?;
 
-    let machine_cpus = machine.cpus.len() as u32;
-    let mut next_cpu = 0u32;
     let mut plans: Vec<GuestPlan> = Vec::new();
-    for Wanted { name, size, cpus, ipa_base, desc } in wanted {
+    for Wanted { name, size, cpus, cpu_ids, ipa_base, desc } in wanted {
         if size % PAGE_SIZE != 0 {
             return Err(PlanError::new(
                 name,
                 format!("memory {} KiB is not a whole number of 4 KiB pages", size / 1024),
             ));
         }
-        if machine_cpus != 0 && next_cpu + cpus > machine_cpus {
-            return Err(PlanError::new(
-                name,
-                format!(
-                    "asks for {cpus} CPU(s), but only {} of the machine's {machine_cpus} are left",
-                    machine_cpus - next_cpu
-                ),
-            ));
-        }
+        let cpu_ids = match cpu_ids {
+            Some(ids) => ids,
+            None => take_free_cpus(&mut owner, &name, cpus)?,
+        };
         let base = match ipa_base {
             Some(b) => b,
             None => default_base(machine, ram, &name, size, warnings),
@@ -136,10 +149,60 @@ pub fn place(
         }
         let extents = choose_extents(&mut free, base, size)
             .ok_or_else(|| PlanError::new(name.as_str(), too_big(size, available, carveouts, ram, config, &plans)))?;
-        plans.push(GuestPlan { name, ipa_base: base, size, cpus, first_cpu: next_cpu, extents, desc });
-        next_cpu += cpus;
+        let first_cpu = cpu_ids.first().copied().unwrap_or(0);
+        plans.push(GuestPlan { name, ipa_base: base, size, cpus, first_cpu, cpu_ids, extents, desc });
     }
     Ok((plans, free))
+}
+
+/// The machine's CPUs: its `/cpus` nodes, or one when it lists none (a guest
+/// DTB can then describe only one vCPU).
+fn machine_cpus(machine: &Machine) -> usize {
+    machine.cpus.len().max(1)
+}
+
+/// Gives each guest that names its CPUs (`carve,cpu-ids`) those CPUs, before
+/// any guest takes free ones: the owner of each machine CPU so far.
+fn claim_named_cpus(machine: &Machine, wanted: &[Wanted]) -> Result<Vec<Option<String>>, PlanError> {
+    let n = machine_cpus(machine);
+    let mut owner: Vec<Option<String>> = alloc::vec![None; n];
+    for w in wanted {
+        for &id in w.cpu_ids.iter().flatten() {
+            let Some(slot) = owner.get_mut(id as usize) else {
+                let has = if machine.cpus.is_empty() {
+                    String::from("lists no CPU in /cpus (one is assumed: CPU 0)")
+                } else {
+                    format!("has {n} CPU(s) (0-{}) in /cpus", n - 1)
+                };
+                return Err(PlanError::new(
+                    w.name.as_str(),
+                    format!("carve,cpu-ids names CPU {id}, but the machine {has}"),
+                ));
+            };
+            if let Some(other) = slot {
+                return Err(PlanError::new(w.name.as_str(), format!("CPU {id} is already {other}'s")));
+            }
+            *slot = Some(w.name.clone());
+        }
+    }
+    Ok(owner)
+}
+
+/// The lowest `cpus` machine CPUs no guest has yet, now `name`'s.
+fn take_free_cpus(owner: &mut [Option<String>], name: &str, cpus: u32) -> Result<Vec<u32>, PlanError> {
+    let free: Vec<usize> = (0..owner.len()).filter(|&i| owner[i].is_none()).collect();
+    if (cpus as usize) > free.len() {
+        return Err(PlanError::new(
+            name,
+            format!("asks for {cpus} CPU(s), but only {} of the machine's {} are left", free.len(), owner.len()),
+        ));
+    }
+    let mut ids = Vec::with_capacity(cpus as usize);
+    for &i in &free[..cpus as usize] {
+        owner[i] = Some(String::from(name));
+        ids.push(i as u32);
+    }
+    Ok(ids)
 }
 
 /// `wants 2048 MiB, 1536 MiB free after carveouts (a@1 56 MiB, ...)`.

@@ -171,6 +171,23 @@ fn conflicting_overlap_is_refused_and_same_flags_merge() {
     assert!(p.warnings.iter().any(|w| w.contains("merged")), "{:?}", p.warnings);
 }
 
+/// Overlaps with the same flags warn once per region, however many it overlaps
+/// (a thousand mutually overlapping regions must not make a million sentences).
+#[test]
+fn same_flag_overlaps_warn_once_per_region() {
+    let mut m = virt_two_carveouts(1280);
+    for i in 0..3u64 {
+        m.reserved.push(carve(&alloc::format!("fw{i}"), 0x5100_0000 + i * MIB, 16 * MIB, true, false));
+    }
+    let p = plan(&m, &what_if(&[])).unwrap();
+    let merged: Vec<&String> = p.warnings.iter().filter(|w| w.contains("merged")).collect();
+    assert_eq!(merged.len(), 3, "{merged:?}");
+    assert!(
+        merged[2].starts_with("fw2: ") && merged[2].contains("ipu-pool@50000000") && merged[2].contains("(and 2 more)"),
+        "{merged:?}"
+    );
+}
+
 #[test]
 fn untidy_but_legal_trees_plan_with_warnings() {
     let mut m = virt_two_carveouts(1280);
@@ -201,6 +218,7 @@ fn modules_are_kept_out_and_checked() {
         path: "/chosen/guest@0".into(),
         memory: 768 * MIB,
         cpus: 1,
+        cpu_ids: None,
         ipa_base: None,
         kernel: Some(module("/chosen/guest@0/module@48000000", 0x4800_0000, 8 * MIB)),
         ramdisk: Some(module("/chosen/guest@0/module@4a000000", 0x4a00_0000, 2 * MIB)),
@@ -230,6 +248,100 @@ fn cpus_are_counted() {
     cfg.require_kernel = false;
     let e = plan(&m, &cfg).unwrap_err().to_string();
     assert!(e.starts_with("guest@2: asks for 1 CPU(s), but only 0 of the machine's 2 are left"), "{e}");
+}
+
+/// A guest of 64 MiB with a kernel module at `kernel` (8 MiB).
+fn small_guest(n: u32, cpus: u32, cpu_ids: Option<Vec<u32>>, kernel: u64) -> Guest {
+    let name = alloc::format!("guest@{n}");
+    Guest {
+        path: alloc::format!("/chosen/{name}"),
+        name,
+        memory: 64 * MIB,
+        cpus,
+        cpu_ids,
+        ipa_base: None,
+        kernel: Some(Module {
+            node: alloc::format!("/chosen/guest@{n}/module@{kernel:x}"),
+            range: PhysRange::from_raw(kernel, 8 * MIB).unwrap(),
+            bootargs: None,
+        }),
+        ramdisk: None,
+        device_tree: None,
+        bootargs: None,
+        on_fault: Default::default(),
+    }
+}
+
+fn four_cpu_machine(guests: Vec<Guest>) -> Machine {
+    let mut m = virt_two_carveouts(1280);
+    m.cpus = vec![0, 1, 2, 3];
+    m.guests = guests;
+    m
+}
+
+#[test]
+fn guests_without_cpu_ids_take_the_lowest_cpus_in_order() {
+    let m = four_cpu_machine(vec![small_guest(0, 2, None, 0x4800_0000), small_guest(1, 1, None, 0x4900_0000)]);
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    verify(&p).unwrap();
+    assert_eq!((p.guests[0].first_cpu, p.guests[0].cpu_ids.as_slice()), (0, &[0, 1][..]));
+    assert_eq!((p.guests[1].first_cpu, p.guests[1].cpu_ids.as_slice()), (2, &[2][..]));
+    assert!(p.guests.iter().all(|g| g.cpus_contiguous()));
+    assert_eq!(p.guests[0].vcpu_on(1), Some(1));
+    assert_eq!(p.guests[0].vcpu_on(2), None);
+}
+
+#[test]
+fn cpu_ids_are_honoured_and_others_take_what_is_left() {
+    // guest@0 takes the lowest free CPUs after guest@1 named 0 and 2: CPUs 1 and 3.
+    let m =
+        four_cpu_machine(vec![small_guest(0, 2, None, 0x4800_0000), small_guest(1, 2, Some(vec![2, 0]), 0x4900_0000)]);
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    assert_eq!(p.guests[0].cpu_ids, [1, 3]);
+    assert_eq!(p.guests[0].first_cpu, 1);
+    assert!(!p.guests[0].cpus_contiguous());
+    assert_eq!(p.guests[1].cpu_ids, [2, 0]);
+    assert_eq!(p.guests[1].first_cpu, 2);
+    assert_eq!(p.guests[1].vcpu_on(0), Some(1));
+    assert!(!p.guests[1].cpus_contiguous());
+
+    let m = four_cpu_machine(vec![small_guest(0, 2, Some(vec![2, 3]), 0x4800_0000)]);
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    assert_eq!((p.guests[0].first_cpu, p.guests[0].cpus_contiguous()), (2, true));
+}
+
+#[test]
+fn two_guests_naming_one_cpu_are_refused() {
+    let m = four_cpu_machine(vec![
+        small_guest(0, 2, Some(vec![0, 1]), 0x4800_0000),
+        small_guest(1, 1, Some(vec![0]), 0x4900_0000),
+    ]);
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert_eq!(e, "guest@1: CPU 0 is already guest@0's");
+}
+
+#[test]
+fn a_cpu_id_the_machine_lacks_is_refused_with_the_numbers() {
+    let m = four_cpu_machine(vec![small_guest(0, 2, Some(vec![1, 4]), 0x4800_0000)]);
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert_eq!(e, "guest@0: carve,cpu-ids names CPU 4, but the machine has 4 CPU(s) (0-3) in /cpus");
+}
+
+#[test]
+fn more_cpus_than_exist_are_refused() {
+    let m = four_cpu_machine(vec![small_guest(0, 5, None, 0x4800_0000)]);
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert_eq!(e, "guest@0: asks for 5 CPU(s), but only 4 of the machine's 4 are left");
+    // Named CPUs count against the others.
+    let m =
+        four_cpu_machine(vec![small_guest(0, 3, None, 0x4800_0000), small_guest(1, 2, Some(vec![0, 1]), 0x4900_0000)]);
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert_eq!(e, "guest@0: asks for 3 CPU(s), but only 2 of the machine's 4 are left");
+    // A tree without CPU nodes has one CPU to give; a huge `cpus` is refused, not allocated.
+    let mut m = four_cpu_machine(vec![small_guest(0, u32::MAX, None, 0x4800_0000)]);
+    m.cpus.clear();
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert_eq!(e, "guest@0: asks for 4294967295 CPU(s), but only 1 of the machine's 1 are left");
 }
 
 #[test]
@@ -327,7 +439,7 @@ proptest! {
                     s2.map(&mut mem, e.ipa, e.pa, e.size, Attrs::ram()).unwrap();
                 }
                 for e in &g.extents {
-                    for off in [0, e.size / 2 & !0xfff, e.size - 0x1000] {
+                    for off in [0, (e.size / 2) & !0xfff, e.size - 0x1000] {
                         let t = s2.translate(&mem, Ipa::new(e.ipa.as_u64() + off)).unwrap();
                         prop_assert_eq!(t.pa.as_u64(), e.pa.as_u64() + off);
                     }
