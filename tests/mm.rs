@@ -1,0 +1,204 @@
+//! The monitor's own memory under QEMU: the `carve.selftest=mm` self-tests (lowmem and vmalloc in holes, highmem through kmap and fixmap, sparse vmemmap, alloc/free cycles) and their figures.
+//!
+//! Each test writes or picks a machine tree without a guest, passes
+//! `carve.selftest=mm` (and `vmalloc=` where it matters) with `-append`, which
+//! QEMU writes to `/chosen/bootargs`, the monitor's own command line, and checks
+//! the exit status (0: every self-test passed) and the figures the monitor logs.
+//! Machines with RAM above 4 GiB run on `qemu-system-aarch64 -cpu cortex-a15`.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::thread;
+
+use carve_tests::{dtc, monitor_elf, repo_root, tool, Run, MACHINE_HYP};
+
+/// Seconds QEMU may run before `timeout` stops it.
+const TIMEOUT_S: u32 = 120;
+
+/// One QEMU at a time in this process.
+static QEMU: Mutex<()> = Mutex::new(());
+
+fn test_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mm").join(name);
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    dir
+}
+
+/// Runs the monitor with `dtb` and `bootargs` on `qemu` (`qemu-system-arm` or
+/// `qemu-system-aarch64`) with `mem_mb` of RAM; the log decoded by defmt-print.
+fn run(name: &str, qemu: &str, mem_mb: u32, dtb: &Path, bootargs: &str) -> Run {
+    let dir = test_dir(name);
+    let elf = monitor_elf();
+    let _one = QEMU.lock().unwrap_or_else(|p| p.into_inner());
+    let started = std::time::Instant::now();
+    let mut q = Command::new(tool("timeout"))
+        .args(["--kill-after=5", &TIMEOUT_S.to_string()])
+        .arg(tool(qemu))
+        .args(["-M", MACHINE_HYP, "-cpu", "cortex-a15", "-m", &mem_mb.to_string()])
+        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", dir.join("uart.log").display()))
+        .arg("-kernel")
+        .arg(elf)
+        .arg("-dtb")
+        .arg(dtb)
+        .args(["-append", bootargs])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {qemu}: {e}"));
+    let frames = q.stdout.take().expect("piped");
+    let mut err = q.stderr.take().expect("piped");
+    let err = thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let decoded = Command::new(tool("defmt-print"))
+        .arg("-e")
+        .arg(elf)
+        .stdin(Stdio::from(frames))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start defmt-print")
+        .wait_with_output()
+        .expect("read defmt-print's output");
+    let status = q.wait().expect("wait for QEMU");
+    let run = Run {
+        name: name.to_string(),
+        status: status.code(),
+        timeout_s: TIMEOUT_S,
+        elapsed: started.elapsed(),
+        log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
+        qemu_stderr: err.join().unwrap_or_default(),
+        decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
+    };
+    std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
+    run
+}
+
+/// Compiles a tree given as source text into the test's directory.
+fn dtb_from(name: &str, source: &str) -> PathBuf {
+    let dir = test_dir(name);
+    let dts = dir.join("machine.dts");
+    std::fs::write(&dts, source).expect("write the tree");
+    let dtb = dir.join("machine.dtb");
+    dtc(&dts, &dtb);
+    dtb
+}
+
+/// The numbers in the first log line that contains `needle`, in order.
+fn numbers(run: &Run, needle: &str) -> Vec<u64> {
+    let line = run
+        .log
+        .lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("the log lacks {needle:?}\n{}", run.context()));
+    let rest = &line[line.find(needle).unwrap()..];
+    rest.split(|c: char| !c.is_ascii_alphanumeric())
+        .filter_map(
+            |w| if let Some(h) = w.strip_prefix("0x") { u64::from_str_radix(h, 16).ok() } else { w.parse().ok() },
+        )
+        .collect()
+}
+
+/// (1) and (5): the two-carveout machine with `vmalloc=320M`: lowmem as large
+/// as without the holes, 64 vmalloc areas of 1-4 MiB all inside the holes,
+/// each written and read back; ioremap of the UART; alloc/free cycles that
+/// leave the free-page counts where they were; the bench figures.
+#[test]
+fn lowmem_vmalloc_in_holes_ioremap_and_cycles() {
+    let dtb = dtb_from(
+        "lowmem",
+        r#"/dts-v1/;
+/include/ "qemu-virt.dtsi"
+/include/ "carveouts-2.dtsi"
+/ {
+    chosen {
+        stdout-path = "/pl011@9000000";
+    };
+};
+"#,
+    );
+    let run = run("lowmem", "qemu-system-arm", 1280, &dtb, "carve.selftest=mm vmalloc=320M");
+    run.assert_status(0);
+    for t in ["ioremap", "lowmem", "sparse", "cycles"] {
+        run.assert_logged(&format!("mm-selftest: {t}: PASS"));
+    }
+    run.assert_logged("PeriphID0 0x11");
+    // The bootargs reached the plan: 320 MiB of vmalloc space, 256 of it in the holes.
+    let l = numbers(&run, "mm-selftest: lowmem: lowmem");
+    assert_eq!(l[0], l[1], "lowmem {} kB with holes, {} kB without\n{}", l[0], l[1], run.context());
+    assert_eq!((l[3], l[4]), (262_144, 327_680), "vmalloc in holes / total\n{}", run.context());
+    let v = numbers(&run, "mm-selftest: lowmem: 64 vmalloc areas");
+    assert_eq!((v[0], v[1], v[2]), (64, 64, 64), "areas, in holes, patterns ok\n{}", run.context());
+    assert_eq!(v[3], v[4], "free pages before/after vmalloc\n{}", run.context());
+    let c = numbers(&run, "mm-selftest: cycles: free pages");
+    // before, after buddy, after vmalloc, after S2 (then 64 MiB, 4 KiB); S2 table pages before, after
+    assert!(c[..4].iter().all(|&n| n == c[0]) && c[6] == c[7], "cycles: {c:?}\n{}", run.context());
+    run.assert_logged("mm-bench: buddy alloc+free:");
+    run.assert_logged("mm-bench: vmalloc+vfree (1 page):");
+    run.assert_logged("mm-selftest: all PASS");
+}
+
+/// (2) 6 GiB, all but 256 MiB below 4 GiB carved out: pages above 4 GiB
+/// zeroed and checked through kmap and through the per-CPU fixmap slots.
+#[test]
+fn highmem_through_kmap_and_fixmap() {
+    let dtb = dtb_from(
+        "highmem",
+        r#"/dts-v1/;
+/include/ "qemu-virt.dtsi"
+&memory {
+    reg = <0x0 0x40000000 0x1 0x80000000>;
+};
+/ {
+    reserved-memory {
+        #address-cells = <2>;
+        #size-cells = <2>;
+        ranges;
+        carveout@50000000 {
+            reg = <0x0 0x50000000 0x0 0xb0000000>;
+            no-map;
+        };
+    };
+    chosen {
+        stdout-path = "/pl011@9000000";
+    };
+};
+"#,
+    );
+    let run = run("highmem", "qemu-system-aarch64", 6144, &dtb, "carve.selftest=mm");
+    run.assert_status(0);
+    let h = numbers(&run, "mm-selftest: highmem:");
+    // pages, address, checked through kmap, through fixmap
+    assert!(h[1] >= 1 << 32, "the pages are not above 4 GiB: {h:?}\n{}", run.context());
+    assert_eq!((h[2], h[3]), (h[0], h[0]), "pages checked\n{}", run.context());
+    run.assert_logged("mm-selftest: highmem: PASS");
+    run.assert_logged("mm-selftest: all PASS");
+}
+
+/// (3) dts/virt-sparse.dts: 6 GiB with a 2 GiB no-map hole. The vmemmap is
+/// backed for present RAM only (16 bytes a page), pfn_valid is false every
+/// 2 MiB across the hole and true on present RAM.
+#[test]
+fn sparse_vmemmap_and_pfn_valid() {
+    let dtb = test_dir("sparse").join("virt-sparse.dtb");
+    dtc(&repo_root().join("dts/virt-sparse.dts"), &dtb);
+    let run = run("sparse", "qemu-system-aarch64", 6144, &dtb, "carve.selftest=mm");
+    run.assert_status(0);
+    let s = numbers(&run, "mm-selftest: sparse: vmemmap_backed");
+    let (backed, present) = (s[0], s[1]);
+    assert_eq!(present, 4 << 18, "present pages: 4 GiB of RAM\n{}", run.context());
+    assert_eq!(backed, (present * 16).next_multiple_of(8192), "vmemmap bytes backed\n{}", run.context());
+    let p = numbers(&run, "mm-selftest: sparse: pfn_valid false at");
+    // false at N of N hole samples (2 GiB / 2 MiB), true at M of M RAM samples
+    assert_eq!((p[0], p[1]), (1024, 1024), "hole samples\n{}", run.context());
+    assert_eq!(p[2], p[3], "RAM samples\n{}", run.context());
+    assert!(p[2] >= 2048, "RAM samples\n{}", run.context());
+    run.assert_logged("mm-selftest: sparse: PASS");
+}
