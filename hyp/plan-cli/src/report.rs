@@ -168,7 +168,7 @@ pub fn json(machine: &Machine, plan: &Plan) -> Value {
         "monitor_image": {"base": plan.monitor_image.start(), "size": plan.monitor_image.size},
         "guests": plan.guests.iter().map(|g| json!({
             "name": g.name, "ipa_base": g.ipa_base.as_u64(), "size": g.size,
-            "cpus": g.cpus, "first_cpu": g.first_cpu,
+            "cpus": g.cpus, "first_cpu": g.first_cpu, "cpu_ids": g.cpu_ids,
             "extents": g.extents.iter().map(|e| json!({"ipa": e.ipa.as_u64(), "pa": e.pa.as_u64(), "size": e.size})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "monitor": {

@@ -30,7 +30,7 @@ use super::ImageLayout;
 
 /// Pages in the table pool. The boot map needs a root, one level-2 table and a
 /// level-3 table per 2 MiB touched: seven or so. The rest is for what follows.
-pub const POOL_PAGES: usize = 64;
+pub const POOL_PAGES: usize = 256;
 const PAGE: usize = PAGE_SIZE as usize;
 const POOL_BYTES: usize = POOL_PAGES * PAGE;
 /// Descriptors per 4 KiB table.
@@ -50,10 +50,23 @@ static POOL_TAKEN: AtomicBool = AtomicBool::new(false);
 
 /// The table pages, handed out by a bitmap. There is at most one: it owns the pool's memory.
 pub struct TablePool {
-    /// Bit `i` set: page `i` is in use.
-    used: u64,
+    /// Bit `i % 64` of word `i / 64` set: page `i` is in use.
+    used: [u64; POOL_PAGES / 64],
 }
-const _: () = assert!(POOL_PAGES <= u64::BITS as usize);
+const _: () = assert!(POOL_PAGES % 64 == 0);
+
+impl TablePool {
+    fn in_use(&self, page: usize) -> bool {
+        self.used[page / 64] & (1 << (page % 64)) != 0
+    }
+    fn set(&mut self, page: usize, on: bool) {
+        if on {
+            self.used[page / 64] |= 1 << (page % 64);
+        } else {
+            self.used[page / 64] &= !(1 << (page % 64));
+        }
+    }
+}
 
 impl TablePool {
     /// The pool, the first time; `None` after that.
@@ -61,7 +74,7 @@ impl TablePool {
         if POOL_TAKEN.swap(true, Ordering::AcqRel) {
             return None;
         }
-        Some(Self { used: 0 })
+        Some(Self { used: [0; POOL_PAGES / 64] })
     }
 
     fn base() -> usize {
@@ -70,7 +83,7 @@ impl TablePool {
 
     /// Pages in use.
     pub fn pages_in_use(&self) -> u32 {
-        self.used.count_ones()
+        self.used.iter().map(|w| w.count_ones()).sum()
     }
 
     /// Whether `table` is one of the pool's pages.
@@ -92,7 +105,7 @@ impl TablePool {
         match addr {
             Some(a) if a >= base && a < base + POOL_BYTES as u64 && table.as_u64() & (PAGE_SIZE - 1) == 0 => {
                 let page = ((table.as_u64() - base) / PAGE_SIZE) as usize;
-                assert!(self.used & (1 << page) != 0, "table {:#x} is not allocated", table.as_u64());
+                assert!(self.in_use(page), "table {:#x} is not allocated", table.as_u64());
                 a as usize as *mut u64
             }
             _ => panic!("descriptor {:#x}[{}] is outside the table pool", table.as_u64(), index),
@@ -105,9 +118,8 @@ impl TableMemory for TablePool {
         if pages == 0 || pages > 2 {
             return None; // roots are at most two pages (stage-2); the pool is 8 KiB aligned
         }
-        let run: u64 = (1 << pages) - 1;
-        let first = (0..=POOL_PAGES - pages).step_by(pages).find(|&i| self.used & (run << i) == 0)?;
-        self.used |= run << first;
+        let first = (0..=POOL_PAGES - pages).step_by(pages).find(|&i| (i..i + pages).all(|p| !self.in_use(p)))?;
+        (first..first + pages).for_each(|p| self.set(p, true));
         let start = Self::base() + first * PAGE;
         for i in 0..pages * ENTRIES_PER_PAGE {
             // SAFETY: the pages were just marked in use by the pool's only owner,
@@ -123,15 +135,14 @@ impl TableMemory for TablePool {
         let base = Self::base() as u64;
         let offset = table.as_u64().wrapping_sub(base);
         let first = (offset / PAGE_SIZE) as usize;
-        let run: u64 = (1u64 << pages) - 1;
         assert!(
             offset & (PAGE_SIZE - 1) == 0 && (1..=2).contains(&pages) && first + pages <= POOL_PAGES,
             "freeing {:#x} ({} pages), which is not a pool table",
             table.as_u64(),
             pages
         );
-        assert!(self.used & (run << first) == run << first, "freeing {:#x}, which is not allocated", table.as_u64());
-        self.used &= !(run << first);
+        assert!((first..first + pages).all(|p| self.in_use(p)), "freeing {:#x}, which is not allocated", table.as_u64());
+        (first..first + pages).for_each(|p| self.set(p, false));
     }
 
     fn read(&self, table: PhysAddr, index: usize) -> u64 {

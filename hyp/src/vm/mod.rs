@@ -7,7 +7,7 @@
 //! given a device: they share nothing. Every other access is a stage-2 fault.
 //!
 //! Each vCPU runs on its own physical CPU: vCPU `v` of a guest on CPU
-//! `first_cpu + v`. The boot CPU (CPU 0) builds every guest, starts the first
+//! `cpu_ids[v]` (the plan's, from `carve,cpu-ids` or the lowest free CPUs). The boot CPU (CPU 0) builds every guest, starts the first
 //! vCPU of each guest that lives on another CPU through the firmware's PSCI
 //! CPU_ON, and then runs its own.
 
@@ -50,8 +50,8 @@ pub struct Vm {
     pub vcpu_mpidr: Vec<u64>,
     /// MPIDR of the physical CPU each vCPU runs on.
     pub pcpu_mpidr: Vec<u64>,
-    /// The physical CPU number of vCPU 0.
-    pub first_cpu: u32,
+    /// The physical CPU number of each vCPU.
+    pub cpu_ids: Vec<u32>,
     pub power: Vec<Power>,
     /// The first registers of a vCPU being started (by the boot or by CPU_ON).
     pub pending: Vec<Option<TrapFrame>>,
@@ -93,8 +93,7 @@ impl Vm {
 
     /// The vCPU of this guest running on physical CPU `cpu`.
     pub fn vcpu_on(&self, cpu: u32) -> Option<usize> {
-        let v = cpu.checked_sub(self.first_cpu)? as usize;
-        (v < self.power.len()).then_some(v)
+        self.cpu_ids.iter().position(|&c| c == cpu)
     }
 
     /// The value VTTBR holds for this guest: root and VMID (B4.1.160).
@@ -178,7 +177,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
 
     let cpus = g.cpus as usize;
     let pcpu_mpidr: Vec<u64> =
-        (0..cpus).map(|v| machine.cpus.get(g.first_cpu as usize + v).copied().unwrap_or(v as u64)).collect();
+        g.cpu_ids.iter().map(|&c| machine.cpus.get(c as usize).copied().unwrap_or(u64::from(c))).collect();
     let mut vm = Vm {
         plan: g.clone(),
         vmid: (index + 1) as u8,
@@ -188,7 +187,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         ramdisk: ramdisk.map(|r| r.range),
         vcpu_mpidr: guest_mpidrs(machine, g).to_vec(),
         pcpu_mpidr,
-        first_cpu: g.first_cpu,
+        cpu_ids: g.cpu_ids.clone(),
         power: alloc::vec![Power::Off; cpus],
         pending: alloc::vec![None; cpus],
         boot: layout,
@@ -348,8 +347,8 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
     VMS_COUNT.store(vms.len(), core::sync::atomic::Ordering::Relaxed);
     let others: Vec<(u32, u32, String)> = vms
         .iter()
-        .filter(|v| v.first_cpu != 0)
-        .map(|v| (v.first_cpu, v.pcpu_mpidr[0] as u32, v.plan.name.clone()))
+        .filter(|v| !v.cpu_ids.contains(&0))
+        .map(|v| (v.cpu_ids[0], v.pcpu_mpidr[0] as u32, v.plan.name.clone()))
         .collect();
     *VMS.lock() = vms;
     for (cpu, mpidr, name) in others {

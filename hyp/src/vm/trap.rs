@@ -123,7 +123,7 @@ fn psci_call(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame) -> A
             let mut f = TrapFrame { r: [0; 13], lr_usr: 0, elr: entry.raw() as u32, spsr: guest::SPSR_SVC_MASKED };
             f.r[0] = context;
             vm.pending[vcpu] = Some(f);
-            After::StartCpu(vm.pcpu_mpidr[vcpu] as u32, vm.first_cpu + vcpu as u32, index, vcpu)
+            After::StartCpu(vm.pcpu_mpidr[vcpu] as u32, vm.cpu_ids[vcpu], index, vcpu)
         }
         Action::StopVcpu => {
             defmt::info!("vm: {=str}: vCPU {=usize} off", vm.name(), caller);
