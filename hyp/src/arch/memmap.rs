@@ -58,6 +58,34 @@ impl PageStore for VmemmapStore {
         // SAFETY: as in `page`; `&mut self` makes this the only reference.
         Some(unsafe { &mut *p })
     }
+
+    fn fill(&mut self, start: u32, end: u32, page: Page) -> bool {
+        let Some(records) = self.run_mut(start, end) else { return false };
+        records.fill(page);
+        true
+    }
+
+    fn all(&self, start: u32, end: u32, f: &dyn Fn(&Page) -> bool) -> bool {
+        let Some(p) = self.run_ptr(start, end) else { return false };
+        // SAFETY: `run_ptr` checked that [start, end) lies in one present
+        // section, whose records are mapped and contiguous in the vmemmap.
+        let records = unsafe { core::slice::from_raw_parts(p, (end - start) as usize) };
+        records.iter().all(f)
+    }
+}
+
+impl VmemmapStore {
+    /// The first record of `[start, end)` when the run lies in one present section.
+    fn run_ptr(&self, start: u32, end: u32) -> Option<*mut Page> {
+        let per = carve_core::mm::page::PAGES_PER_SECTION as u32;
+        (end > start && (end - 1) / per == start / per).then(|| self.ptr(start)).flatten()
+    }
+
+    fn run_mut(&mut self, start: u32, end: u32) -> Option<&mut [Page]> {
+        let p = self.run_ptr(start, end)?;
+        // SAFETY: as in `all`; `&mut self` makes this the only reference to these records.
+        Some(unsafe { core::slice::from_raw_parts_mut(p, (end - start) as usize) })
+    }
 }
 
 /// The monitor's physical memory, once it is up.

@@ -347,9 +347,7 @@ impl<S: PageStore> Buddy<S> {
         let mut p = start.0;
         while p < end.0 {
             let order = self.fit(p, end.0);
-            for q in p..p + pages(order) {
-                self.set_rec(q, Page::tail())?;
-            }
+            self.mm.fill_pfns(p, p + pages(order), Page::tail()).map_err(|pfn| BuddyError::NoRecord { pfn })?;
             self.release(p, order)?;
             p += pages(order);
         }
@@ -377,6 +375,10 @@ impl<S: PageStore> Buddy<S> {
     }
 
     fn check_reserved(&self, start: u64, end: u64) -> Result<(), BuddyError> {
+        // One pass per section on the fast path; the slow one only names the culprit.
+        if self.mm.all_pfns(start, end, &|p| p.flags() == flags::RESERVED) {
+            return Ok(());
+        }
         for p in start..end {
             if self.rec(p)?.flags() != flags::RESERVED {
                 return Err(BuddyError::NotReserved { pfn: Pfn(p) });
@@ -390,9 +392,7 @@ impl<S: PageStore> Buddy<S> {
         let mut p = start;
         while p < end {
             let order = self.fit(p, end);
-            for q in p + 1..p + pages(order) {
-                self.set_rec(q, Page::tail())?;
-            }
+            self.mm.fill_pfns(p + 1, p + pages(order), Page::tail()).map_err(|pfn| BuddyError::NoRecord { pfn })?;
             let mut head = Page::tail();
             head.set_flags(flags::HEAD);
             head.set_order(order);

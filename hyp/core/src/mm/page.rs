@@ -516,6 +516,18 @@ pub trait PageStore {
     fn page(&self, index: u32) -> Option<&Page>;
     /// The record at `index`, for writing.
     fn page_mut(&mut self, index: u32) -> Option<&mut Page>;
+
+    /// Sets every record in `[start, end)` (one section at most) to `page`;
+    /// `false` if one is missing. Stores over plain memory override this with
+    /// one slice write: it is the boot path's cost per page.
+    fn fill(&mut self, start: u32, end: u32, page: Page) -> bool {
+        (start..end).all(|i| self.page_mut(i).map(|p| *p = page).is_some())
+    }
+
+    /// Whether every record in `[start, end)` (one section at most) exists and satisfies `f`.
+    fn all(&self, start: u32, end: u32, f: &dyn Fn(&Page) -> bool) -> bool {
+        (start..end).all(|i| self.page(i).is_some_and(f))
+    }
 }
 
 /// Page records on the heap, one boxed array per present section: the host's
@@ -572,11 +584,49 @@ impl<S: PageStore> MemMap<S> {
     pub fn new(sections: Sections, mut store: S) -> Result<MemMap<S>, MemMapError> {
         for sec in (0..sections.nr_sections()).filter(|&s| sections.is_present(s)) {
             let first = sec * PAGES_PER_SECTION as u32;
-            for idx in first..first + PAGES_PER_SECTION as u32 {
-                *store.page_mut(idx).ok_or(MemMapError::Unbacked { pfn: sections.pfn_at(idx) })? = Page::reserved();
+            if !store.fill(first, first + PAGES_PER_SECTION as u32, Page::reserved()) {
+                // Name the first record that is missing.
+                let idx = (first..first + PAGES_PER_SECTION as u32).find(|&i| store.page(i).is_none()).unwrap_or(first);
+                return Err(MemMapError::Unbacked { pfn: sections.pfn_at(idx) });
             }
         }
         Ok(MemMap { sections, store })
+    }
+
+    /// Calls `f(first_index, end_index)` for each run of `[start, end)` that
+    /// lies in one section; `Err(pfn)` at the first frame with no record.
+    fn by_section(&self, start: u64, end: u64, mut f: impl FnMut(u32, u32) -> bool) -> Result<(), Pfn> {
+        let mut p = start;
+        while p < end {
+            let idx = self.sections.index_of(Pfn(p)).ok_or(Pfn(p))?;
+            let in_sec = PAGES_PER_SECTION - u64::from(idx) % PAGES_PER_SECTION;
+            let n = in_sec.min(end - p) as u32;
+            if !f(idx, idx + n) {
+                return Err(Pfn(p));
+            }
+            p += u64::from(n);
+        }
+        Ok(())
+    }
+
+    /// Sets the records of frames `[start, end)` to `page`; `Err` at the first frame without one.
+    pub fn fill_pfns(&mut self, start: u64, end: u64, page: Page) -> Result<(), Pfn> {
+        let mut runs = alloc::vec::Vec::new();
+        self.by_section(start, end, |a, b| {
+            runs.push((a, b));
+            true
+        })?;
+        for (a, b) in runs {
+            if !self.store.fill(a, b, page) {
+                return Err(self.sections.pfn_at(a));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether every frame in `[start, end)` has a record satisfying `f`.
+    pub fn all_pfns(&self, start: u64, end: u64, f: &dyn Fn(&Page) -> bool) -> bool {
+        self.by_section(start, end, |a, b| self.store.all(a, b, f)).is_ok()
     }
 
     /// The sections the database covers.
