@@ -7,11 +7,9 @@
 //! program the test writes.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::thread;
 
 /// Seconds QEMU may run before `timeout` stops it (status 124).
 const TIMEOUT_S: u32 = 120;
@@ -48,16 +46,6 @@ fn run_script(name: &str) -> String {
         .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
     assert!(out.status.success(), "scripts/{name} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The monitor ELF, built once per test process by `scripts/build`.
-fn monitor_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let elf = PathBuf::from(run_script("build").trim());
-        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
-        elf
-    })
 }
 
 /// A stub's flat image, all built once per test process by `scripts/build-stubs`.
@@ -215,7 +203,6 @@ fn number_after(line: &str, key: &str) -> u64 {
 /// Builds the machine for `guests` (`smp` CPUs), runs the monitor with the
 /// guests' kernels loaded at their module addresses and returns the run.
 fn run_guests(name: &str, smp: u32, guests: &[Guest]) -> Run {
-    let elf = monitor_elf();
     let dir = test_dir(name);
     let dtb = compile(&dir, &machine_dts(smp, guests));
     let mut args: Vec<String> = vec!["-dtb".into(), dtb.display().to_string()];
@@ -226,48 +213,15 @@ fn run_guests(name: &str, smp: u32, guests: &[Guest]) -> Run {
     if smp > 1 {
         args.extend(["-smp".into(), smp.to_string()]);
     }
-    let mut qemu = Command::new(tool("timeout"))
-        .args(["--kill-after=5", &TIMEOUT_S.to_string()])
-        .arg(tool("qemu-system-arm"))
-        .args(["-M", MACHINE, "-cpu", "cortex-a15", "-m", &MEM_MIB.to_string()])
-        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.join("uart.log").display()))
-        .arg("-kernel")
-        .arg(elf)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu-system-arm");
-    let frames = qemu.stdout.take().expect("QEMU's stdout is piped");
-    let mut qemu_err = qemu.stderr.take().expect("QEMU's stderr is piped");
-    let qemu_err = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = qemu_err.read_to_string(&mut text);
-        text
-    });
-    let decoded = Command::new(tool("defmt-print"))
-        .arg("-e")
-        .arg(elf)
-        .stdin(Stdio::from(frames))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start defmt-print")
-        .wait_with_output()
-        .expect("read defmt-print's output");
-    let status = qemu.wait().expect("wait for QEMU");
-    let run = Run {
-        name: name.to_string(),
-        status: status.code(),
-        log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
-        qemu_stderr: qemu_err.join().unwrap_or_default(),
-        decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
-    };
-    std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
-    run
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let qemu = carve_tests::Qemu { binary: "qemu-system-arm", machine: MACHINE, mem_mib: MEM_MIB };
+    Run::from(carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S))
+}
+
+impl From<carve_tests::Run> for Run {
+    fn from(r: carve_tests::Run) -> Run {
+        Run { name: r.name, status: r.status, log: r.log, qemu_stderr: r.qemu_stderr, decoder_stderr: r.decoder_stderr }
+    }
 }
 
 // --- the tests ------------------------------------------------------------------------

@@ -14,11 +14,9 @@
 //! are plain Rust; the last tests here check them on the host.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-use std::thread;
 
 use carve_core::addr::PhysRange;
 use carve_core::dt::Machine;
@@ -289,7 +287,6 @@ struct Options<'a> {
 
 /// Runs the monitor with `dtb`, the guests' stubs loaded at their module addresses.
 fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &Options<'_>) -> Run {
-    let elf = monitor_elf();
     let dir = test_dir(name);
     let mut args: Vec<String> = vec!["-dtb".into(), dtb.display().to_string()];
     let loads = guests.iter().map(|g| (stub(g.stub).to_path_buf(), g.module)).chain(opts.blobs.iter().cloned());
@@ -303,48 +300,19 @@ fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &Options<'_>) -> 
     if opts.icount {
         args.extend(["-icount".into(), "shift=0".into()]);
     }
-    let mut qemu = Command::new(tool("timeout"))
-        .args(["--kill-after=5", &TIMEOUT_S.to_string()])
-        .arg(tool(if opts.aarch64 { "qemu-system-aarch64" } else { "qemu-system-arm" }))
-        .args(["-M", MACHINE, "-cpu", "cortex-a15", "-m", &MEM_MIB.to_string()])
-        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.join("uart.log").display()))
-        .arg("-kernel")
-        .arg(elf)
-        .args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu-system-arm");
-    let frames = qemu.stdout.take().expect("QEMU's stdout is piped");
-    let mut qemu_err = qemu.stderr.take().expect("QEMU's stderr is piped");
-    let qemu_err = thread::spawn(move || {
-        let mut text = String::new();
-        let _ = qemu_err.read_to_string(&mut text);
-        text
-    });
-    let decoded = Command::new(tool("defmt-print"))
-        .arg("-e")
-        .arg(elf)
-        .stdin(Stdio::from(frames))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start defmt-print")
-        .wait_with_output()
-        .expect("read defmt-print's output");
-    let status = qemu.wait().expect("wait for QEMU");
-    let run = Run {
-        name: name.to_string(),
-        status: status.code(),
-        log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
-        qemu_stderr: qemu_err.join().unwrap_or_default(),
-        decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let qemu = carve_tests::Qemu {
+        binary: if opts.aarch64 { "qemu-system-aarch64" } else { "qemu-system-arm" },
+        machine: MACHINE,
+        mem_mib: MEM_MIB,
     };
-    std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
-    run
+    Run::from(carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S))
+}
+
+impl From<carve_tests::Run> for Run {
+    fn from(r: carve_tests::Run) -> Run {
+        Run { name: r.name, status: r.status, log: r.log, qemu_stderr: r.qemu_stderr, decoder_stderr: r.decoder_stderr }
+    }
 }
 
 /// Builds the machine for `guests`, runs it and returns the run.

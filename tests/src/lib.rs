@@ -146,7 +146,22 @@ impl Run {
 /// the log decoded by defmt-print. `dir` keeps the UART output and the run's
 /// log (`log.txt`). Runs of one test process never overlap.
 pub fn run_monitor(dir: &Path, name: &str, machine: &str, extra: &[&str], timeout_s: u32) -> Run {
-    let qemu = tool("qemu-system-arm");
+    run_qemu(dir, name, &Qemu { binary: "qemu-system-arm", machine, mem_mib: 1280 }, extra, timeout_s)
+}
+
+/// Which QEMU runs the monitor, on which machine, with how much RAM.
+pub struct Qemu<'a> {
+    /// `qemu-system-arm`, or `qemu-system-aarch64` (the same `virt` machine and
+    /// Cortex-A15) where RAM above 4 GiB matters.
+    pub binary: &'a str,
+    pub machine: &'a str,
+    pub mem_mib: u64,
+}
+
+/// [`run_monitor`] with the QEMU binary and RAM size chosen by the caller.
+pub fn run_qemu(dir: &Path, name: &str, q: &Qemu<'_>, extra: &[&str], timeout_s: u32) -> Run {
+    let machine = q.machine;
+    let qemu = tool(q.binary);
     let decoder = tool("defmt-print");
     let timeout = tool("timeout");
     let elf = monitor_elf();
@@ -159,7 +174,7 @@ pub fn run_monitor(dir: &Path, name: &str, machine: &str, extra: &[&str], timeou
     let mut qemu = Command::new(timeout)
         .args(["--kill-after=5", &timeout_s.to_string()])
         .arg(qemu)
-        .args(["-M", machine, "-cpu", "cortex-a15", "-m", "1280"])
+        .args(["-M", machine, "-cpu", "cortex-a15", "-m", &q.mem_mib.to_string()])
         .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
         .arg("-serial")
         .arg(format!("file:{}", uart.display()))
