@@ -22,7 +22,6 @@ pub const AFF_ON_PENDING: i32 = 2;
 /// MIGRATE_INFO_TYPE: "Trusted OS is not present or does not require migration", as r0 reads back.
 pub const MIGRATE_NOT_REQUIRED: i32 = carve_abi::psci::MIGRATE_NOT_REQUIRED as i32;
 
-
 /// The name of a PSCI/carve status, for messages.
 pub fn status_name(code: i32) -> &'static str {
     match code {
