@@ -32,6 +32,25 @@ impl Extent {
     }
 }
 
+/// The part of a guest's RAM that free pages of a CMA pool back (DESIGN.md,
+/// piece 5): `size` bytes at IPA `ipa`, the top of the guest's dense range.
+/// Which pages is decided at run time, page by page, and may change while the
+/// guest runs (a contiguous allocation moves them), so the plan names only
+/// the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Movable {
+    /// The pool: the name of a `reusable` `shared-dma-pool` carveout, as in [`super::Plan::carveouts`].
+    pub pool: String,
+    pub ipa: Ipa,
+    pub size: u64,
+}
+
+impl Movable {
+    pub fn ipa_range(&self) -> IpaRange {
+        IpaRange { base: self.ipa, size: self.size }
+    }
+}
+
 /// What the plan decided for one guest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GuestPlan {
@@ -47,8 +66,13 @@ pub struct GuestPlan {
     /// [`Machine::cpus`]) each vCPU runs on, in vCPU order: `carve,cpu-ids`
     /// when the guest names them, else the lowest CPUs no other guest has.
     pub cpu_ids: Vec<u32>,
-    /// In IPA order, contiguous from `ipa_base`.
+    /// In IPA order, contiguous from `ipa_base`, covering all of the guest's
+    /// RAM but its movable part.
     pub extents: Vec<Extent>,
+    /// The top of the guest's RAM backed by free pages of a CMA pool
+    /// (`memory-region` + `carve,movable-memory`), chosen at run time; `None`
+    /// when the guest asks for none.
+    pub movable: Option<Movable>,
     /// The guest as the tree describes it (`None` for a `--guest` what-if).
     pub desc: Option<Guest>,
 }
@@ -150,7 +174,7 @@ pub fn place(
         let extents = choose_extents(&mut free, base, size)
             .ok_or_else(|| PlanError::new(name.as_str(), too_big(size, available, carveouts, ram, config, &plans)))?;
         let first_cpu = cpu_ids.first().copied().unwrap_or(0);
-        plans.push(GuestPlan { name, ipa_base: base, size, cpus, first_cpu, cpu_ids, extents, desc });
+        plans.push(GuestPlan { name, ipa_base: base, size, cpus, first_cpu, cpu_ids, extents, movable: None, desc });
     }
     Ok((plans, free))
 }

@@ -24,7 +24,7 @@ use crate::addr::{Address, Ipa, PhysRange, VirtAddr, SIZE_1G};
 use crate::dt::Machine;
 
 pub use carveouts::Carveout;
-pub use guests::{Extent, GuestPlan};
+pub use guests::{Extent, GuestPlan, Movable};
 pub use layout::{LinearRun, MonitorLayout, VmallocRange};
 pub use ranges::RangeSet;
 pub use verify::verify;
