@@ -634,6 +634,8 @@ pub enum MapError {
     OutOfMemory { regime: &'static str },
     /// `input` (the lowest such address in the range) is not mapped.
     NotMapped { regime: &'static str, input: u64 },
+    /// `input` is mapped by a block of `level` (1 or 2), not by a 4 KiB page.
+    NotAPage { regime: &'static str, input: u64, level: u8 },
 }
 
 impl fmt::Display for MapError {
@@ -651,6 +653,9 @@ impl fmt::Display for MapError {
             Self::AlreadyMapped { regime, input } => write!(f, "{regime}: {input:#x} is already mapped"),
             Self::OutOfMemory { regime } => write!(f, "{regime}: out of memory for translation tables"),
             Self::NotMapped { regime, input } => write!(f, "{regime}: {input:#x} is not mapped"),
+            Self::NotAPage { regime, input, level } => {
+                write!(f, "{regime}: {input:#x} is mapped by a level-{level} block, not a 4 KiB page")
+            }
         }
     }
 }
@@ -877,6 +882,54 @@ impl<R: Regime> PageTable<R> {
             mem.free_table(table, 1);
         }
         Ok(())
+    }
+
+    /// Points the 4 KiB page that maps `input` at `pa` with `attrs`, in place:
+    /// the way a movable page is write-protected and then moved (CMA).
+    ///
+    /// `input` must be mapped by a level-3 page (a block is refused as
+    /// [`MapError::NotAPage`]: splitting it is [`Self::unmap`]'s job). When the
+    /// output address stays, only the attributes change, which needs no
+    /// break-before-make: the new descriptor is written and the page's TLB
+    /// entries invalidated. When it moves, break-before-make (Arm ARM
+    /// B3.10.1): the entry is made invalid, the TLB invalidated, then the new
+    /// descriptor written (an invalid entry is never held in a TLB, so nothing
+    /// more is needed). Allocates nothing, so it cannot run out of memory.
+    pub fn remap_page<M: TableMemory + ?Sized>(
+        &mut self,
+        mem: &mut M,
+        input: R::Input,
+        pa: PhysAddr,
+        attrs: Attrs,
+    ) -> Result<(), MapError> {
+        let start = input.as_u64();
+        self.check(start, Some(pa.as_u64()), PAGE_SIZE)?;
+        let mut node = self.root_node();
+        loop {
+            let index = node.index(start);
+            match R::decode_desc(node.level, mem.read(node.table, index)) {
+                Desc::Invalid => return Err(MapError::NotMapped { regime: R::NAME, input: start }),
+                Desc::Leaf(old) if node.level == LAST_LEVEL => {
+                    let leaf = R::encode_desc(node.level, Desc::Leaf(pa)) | R::encode_leaf(attrs);
+                    if old != pa {
+                        mem.write(node.table, index, R::encode_desc(node.level, Desc::Invalid));
+                        mem.invalidate_tlb(R::KIND, self.root, start, PAGE_SIZE);
+                        mem.write(node.table, index, leaf);
+                    } else {
+                        mem.write(node.table, index, leaf);
+                        mem.invalidate_tlb(R::KIND, self.root, start, PAGE_SIZE);
+                    }
+                    return Ok(());
+                }
+                Desc::Leaf(_) => {
+                    return Err(MapError::NotAPage { regime: R::NAME, input: start, level: node.level })
+                }
+                Desc::Table(_) if node.level >= LAST_LEVEL => {
+                    return Err(MapError::NotMapped { regime: R::NAME, input: start })
+                }
+                Desc::Table(next) => node = node.child(index, next),
+            }
+        }
     }
 
     /// Where `input` goes, or `None` if it is not mapped.
@@ -1351,6 +1404,87 @@ mod tests {
         // Normal RW 1 GiB block at PA 4 GiB sits in the root: index IPA[39:30].
         pt.map(&mut mem, ipa(0x80_0000_0000), pa(0x1_0000_0000), SIZE_1G, Attrs::ram()).unwrap();
         assert_eq!(mem.read(pt.root(), 512), 0x0000_0001_0000_07fd);
+    }
+
+    /// Table memory that records descriptor writes and TLB invalidations in order.
+    struct Recorder {
+        mem: VecMemory,
+        events: Vec<(&'static str, u64)>,
+    }
+
+    impl TableMemory for Recorder {
+        fn alloc_table(&mut self, pages: usize) -> Option<PhysAddr> {
+            self.mem.alloc_table(pages)
+        }
+        fn free_table(&mut self, table: PhysAddr, pages: usize) {
+            self.mem.free_table(table, pages)
+        }
+        fn read(&self, table: PhysAddr, index: usize) -> u64 {
+            self.mem.read(table, index)
+        }
+        fn write(&mut self, table: PhysAddr, index: usize, value: u64) {
+            self.events.push(("write", value));
+            self.mem.write(table, index, value)
+        }
+        fn invalidate_tlb(&mut self, _regime: RegimeKind, _root: PhysAddr, input: u64, size: u64) {
+            assert_eq!(size, PAGE_SIZE);
+            self.events.push(("tlbi", input));
+        }
+    }
+
+    #[test]
+    fn remap_page_protects_in_place_and_moves_with_break_before_make() {
+        let mut rec = Recorder { mem: VecMemory::default(), events: Vec::new() };
+        let mut pt = PageTable::<Stage2>::new(&mut rec).unwrap();
+        pt.map(&mut rec, ipa(0x4000_0000), pa(0x8000_0000), SIZE_2M, Attrs::ram()).unwrap();
+        pt.map(&mut rec, ipa(0x4020_0000), pa(0x9000_0000), 4 * PAGE_SIZE, Attrs::ram()).unwrap();
+        let pages = rec.mem.pages_in_use();
+        rec.events.clear();
+
+        // Write-protect: same output, one write, then the TLB.
+        let ro = Attrs { access: Access::ReadOnly, ..Attrs::ram() };
+        pt.remap_page(&mut rec, ipa(0x4020_1000), pa(0x9000_1000), ro).unwrap();
+        let t = pt.translate(&rec, ipa(0x4020_1000)).unwrap();
+        assert_eq!((t.pa, t.attrs, t.level), (pa(0x9000_1000), ro, 3));
+        assert_eq!(rec.events.len(), 2);
+        assert_eq!(rec.events[0].0, "write");
+        assert_eq!(rec.events[1], ("tlbi", 0x4020_1000));
+
+        // Move: invalid, TLB, new descriptor.
+        rec.events.clear();
+        pt.remap_page(&mut rec, ipa(0x4020_1000), pa(0xab_0000_0000), Attrs::ram()).unwrap();
+        assert_eq!(rec.events[0], ("write", 0));
+        assert_eq!(rec.events[1], ("tlbi", 0x4020_1000));
+        assert_eq!(rec.events[2].0, "write");
+        assert_eq!(rec.events.len(), 3);
+        let t = pt.translate(&rec, ipa(0x4020_1abc)).unwrap();
+        assert_eq!((t.pa, t.attrs), (pa(0xab_0000_0abc), Attrs::ram()));
+        // The neighbours are untouched, and nothing was allocated.
+        assert_eq!(pt.translate(&rec, ipa(0x4020_0000)).unwrap().pa, pa(0x9000_0000));
+        assert_eq!(pt.translate(&rec, ipa(0x4020_2000)).unwrap().pa, pa(0x9000_2000));
+        assert_eq!(rec.mem.pages_in_use(), pages);
+
+        // Refusals leave the table as it was.
+        rec.events.clear();
+        assert_eq!(
+            pt.remap_page(&mut rec, ipa(0x4000_1000), pa(0x1000), Attrs::ram()),
+            Err(MapError::NotAPage { regime: "stage-2", input: 0x4000_1000, level: 2 })
+        );
+        assert_eq!(
+            pt.remap_page(&mut rec, ipa(0x4020_4000), pa(0x1000), Attrs::ram()),
+            Err(MapError::NotMapped { regime: "stage-2", input: 0x4020_4000 })
+        );
+        assert_eq!(
+            pt.remap_page(&mut rec, ipa(0x5000_0000), pa(0x1000), Attrs::ram()),
+            Err(MapError::NotMapped { regime: "stage-2", input: 0x5000_0000 })
+        );
+        assert!(matches!(
+            pt.remap_page(&mut rec, ipa(0x4020_1000), pa(0x1234), Attrs::ram()),
+            Err(MapError::Unaligned { .. })
+        ));
+        assert!(rec.events.is_empty());
+        pt.destroy(&mut rec);
+        assert_eq!(rec.mem.pages_in_use(), 0);
     }
 
     #[test]
