@@ -182,13 +182,9 @@ impl CmaPool {
         })
     }
 
-    /// A pool for every `reusable` `shared-dma-pool` carveout of `plan`.
+    /// A pool for every `reusable` `shared-dma-pool` carveout of `plan` ([`crate::plan::Carveout::is_cma_pool`]).
     pub fn from_plan<S: PageStore>(plan: &Plan, buddy: &mut Buddy<S>) -> Result<Vec<CmaPool>, CmaError> {
-        plan.carveouts
-            .iter()
-            .filter(|c| c.reusable && !c.no_map && c.compatible.as_deref() == Some(SHARED_DMA_POOL))
-            .map(|c| CmaPool::new(&c.name, c.range, buddy))
-            .collect()
+        plan.carveouts.iter().filter(|c| c.is_cma_pool()).map(|c| CmaPool::new(&c.name, c.range, buddy)).collect()
     }
 
     /// The carveout's node name.
@@ -393,6 +389,50 @@ impl CmaPool {
         Ok(va)
     }
 
+    /// Undoes `a` when its migrations stopped after the first `done` (those
+    /// pages moved; the rest did not): every page not moved is lent again to
+    /// its guest at its IPA (the guest still maps it), the fresh page meant
+    /// for it goes back to `buddy`, and the rest of the range is free again.
+    /// Returns the virtual range, if the allocation had one, for the caller to
+    /// free. On an error nothing changes.
+    pub fn abort_contig<S: PageStore>(
+        &mut self,
+        buddy: &mut Buddy<S>,
+        a: &CmaAllocation,
+        done: usize,
+    ) -> Result<Option<VirtRange>, CmaError> {
+        if !self.allocations.iter().any(|(r, _)| *r == a.range) {
+            return Err(CmaError::NotAllocated { pa: a.range.base });
+        }
+        let undo = a.migrations.get(done..).unwrap_or(&[]);
+        for m in undo {
+            if !a.range.contains(m.from.raw_addr()) {
+                return Err(CmaError::NotLent { pfn: m.from });
+            }
+        }
+        // Every fresh page must be a guest's order-0 block, so the frees below cannot fail.
+        for m in undo {
+            match buddy.block_of(m.to) {
+                Some(b) if b.order == 0 && b.owner == Owner::Guest(m.vmid) => {}
+                _ => return Err(CmaError::NotLent { pfn: m.to }),
+            }
+        }
+        for m in undo {
+            buddy.free(m.to, 0).map_err(CmaError::Migration)?;
+        }
+        let va = self.free_contig(buddy, a.range.base)?;
+        let mm = buddy.memmap_mut();
+        for m in undo {
+            set_bit(&mut self.lent, m.from.0 - self.base, true);
+            if let Some(r) = mm.page_mut(m.from) {
+                r.set_flags(flags::RESERVED | flags::CMA | flags::LENT);
+                r.set_owner(Owner::Guest(m.vmid));
+                r.set_ipa_pfn((m.ipa.raw() / PAGE_SIZE) as u32);
+            }
+        }
+        Ok(va)
+    }
+
     /// Checks the pool against its page records: bitmaps disjoint, every page
     /// flagged CMA, `LENT` exactly on lent pages (each with a guest owner),
     /// allocations exactly the allocated pages.
@@ -564,6 +604,32 @@ mod tests {
         assert_eq!(pool.free_contig(&mut buddy, a.range.base), Ok(Some(va)));
         v.free(va.base).unwrap();
         assert_eq!(v.free_bytes(), v.total());
+    }
+
+    #[test]
+    fn abort_puts_unmoved_pages_back_with_their_guests() {
+        let (mut buddy, mut pool) = setup();
+        pool.lend(&mut buddy, 1024, 2, Ipa::new(0x8000_0000)).unwrap();
+        let free = buddy.free_pages();
+        let a = pool.alloc_contig(&mut buddy, 256, 256, None).unwrap();
+        assert_eq!(a.migrations.len(), 256);
+        // The first 100 moved; the rest did not.
+        assert_eq!(pool.abort_contig(&mut buddy, &a, 100), Ok(None));
+        assert_eq!(buddy.free_pages(), free - 100, "the 100 moved pages stay the guest's");
+        assert_eq!(pool.lent_pages(), 1024 - 100);
+        assert_eq!(pool.free_pages(), 100);
+        assert_eq!(pool.contig_pages(), 0);
+        for m in &a.migrations[100..] {
+            assert_eq!(pool.lent_to(&buddy, m.from), Some((2, m.ipa)));
+        }
+        for m in &a.migrations[..100] {
+            assert!(!pool.is_lent(m.from));
+            assert_eq!(buddy.block_of(m.to).unwrap().owner, Owner::Guest(2));
+        }
+        pool.check(&buddy).unwrap();
+        buddy.check().unwrap();
+        // Twice is refused.
+        assert_eq!(pool.abort_contig(&mut buddy, &a, 100), Err(CmaError::NotAllocated { pa: a.range.base }));
     }
 
     #[derive(Clone, Debug)]
