@@ -20,6 +20,8 @@ mod arch;
 #[cfg(target_arch = "arm")]
 mod boot;
 #[cfg(target_arch = "arm")]
+mod cma;
+#[cfg(target_arch = "arm")]
 mod log;
 #[cfg(target_arch = "arm")]
 mod mm;
@@ -199,7 +201,12 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
             semihost::exit(ExitCode::MmuSetup)
         }
     };
+    cma::init(&plan);
     mm::log_meminfo(&plan, &figures);
+    if mm::selftest_has(machine.bootargs.as_deref(), "cma") {
+        defmt::info!("cma: test calls enabled (carve.selftest=cma)");
+        cma::enable_test_calls();
+    }
     if mm::selftest_requested(machine.bootargs.as_deref()) {
         let ok = mm::selftest(&plan, &figures);
         if plan.guests.is_empty() {

@@ -50,6 +50,14 @@ pub fn log_plan(machine: &Machine, plan: &Plan) {
                 e.size / MIB
             );
         }
+        if let Some(m) = &g.movable {
+            defmt::info!(
+                "map:   IPA {=u64:#011x} -> CMA pool {=str}, {=u64} KiB movable (lent page by page at run time)",
+                m.ipa.as_u64(),
+                m.pool.as_str(),
+                m.size / 1024
+            );
+        }
     }
     defmt::info!("map: monitor free RAM {=u64} MiB", plan.monitor_free.total() / MIB);
     let l = &plan.monitor;

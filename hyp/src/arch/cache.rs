@@ -11,7 +11,7 @@ use aarch32_cpu::register::{
     BpIAll, Ccsidr, Clidr, Csselr, Ctr, Dccimvac, Dccisw, Dccmvac, Dccsw, Dcisw, Iciallu, SysRegRead, SysRegWrite,
 };
 
-use super::regs::{Tlbiallh, Tlbiallhis, Tlbiallnsnhis, Tlbimvahis};
+use super::regs::{Tlbiallh, Tlbiallhis, Tlbiallis, Tlbiallnsnhis, Tlbimvahis, Vttbr};
 
 pub use aarch32_cpu::asm::{dsb, isb};
 
@@ -192,5 +192,27 @@ pub fn tlb_invalidate_guests_all_is() {
     // SAFETY: invalidating TLB entries never changes memory; lost entries are refetched.
     unsafe { <Tlbiallnsnhis as SysRegWrite>::write_raw(0) };
     dsb();
+    isb();
+}
+
+/// Invalidates every CPU's TLB entries of one guest, stage 1 and 2, by its
+/// VMID: VTTBR is pointed at the guest (`vttbr`: its root and VMID), TLBIALLIS
+/// is issued, which in Hyp mode acts on that VMID only (Arm ARM B4.2.2), and
+/// VTTBR is put back. ARMv7 has no invalidation by IPA, so this is the
+/// narrowest operation after a change to one guest's stage-2 (the way
+/// KVM/ARM's `__kvm_tlb_flush_vmid` does it). Then DSB and ISB.
+pub fn tlb_invalidate_vmid_is(vttbr: u64) {
+    dsb(); // the table write is visible to every walker before the old entries go
+    let saved = Vttbr::read();
+    // SAFETY: VTTBR takes effect for PL1&0 only, never for the monitor running
+    // here in Hyp mode, and is put back before this returns to any guest;
+    // invalidating TLB entries never changes memory (lost entries are refetched).
+    unsafe {
+        Vttbr::write(vttbr);
+        isb();
+        <Tlbiallis as SysRegWrite>::write_raw(0);
+        dsb();
+        Vttbr::write(saved);
+    }
     isb();
 }

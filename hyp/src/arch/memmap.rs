@@ -156,12 +156,20 @@ pub struct HypTables<'a> {
     pool: &'a mut TablePool,
     mem: Option<&'a mut MemState>,
     owner: Owner,
+    /// For one guest's stage-2: its VTTBR, so TLB invalidation is by its VMID alone.
+    guest: Option<u64>,
 }
 
 impl<'a> HypTables<'a> {
     /// Table memory over `pool` and, if up, the buddy; new pages are `owner`'s.
     pub fn new(pool: &'a mut TablePool, mem: Option<&'a mut MemState>, owner: Owner) -> Self {
-        Self { pool, mem, owner }
+        Self { pool, mem, owner, guest: None }
+    }
+
+    /// Table memory for the stage-2 of the guest whose VTTBR is `vttbr`: its
+    /// TLB invalidations are by that VMID ([`cache::tlb_invalidate_vmid_is`]).
+    pub fn for_guest(pool: &'a mut TablePool, mem: Option<&'a mut MemState>, vttbr: u64) -> Self {
+        Self { pool, mem, owner: Owner::Stage2Tables, guest: Some(vttbr) }
     }
 
     fn va_of(&self, table: PhysAddr, index: usize) -> *mut u64 {
@@ -245,7 +253,10 @@ impl TableMemory for HypTables<'_> {
     }
 
     fn invalidate_tlb(&mut self, regime: RegimeKind, root: PhysAddr, input: u64, size: u64) {
-        self.pool.invalidate_tlb(regime, root, input, size)
+        match (regime, self.guest) {
+            (RegimeKind::Stage2, Some(vttbr)) => cache::tlb_invalidate_vmid_is(vttbr),
+            _ => self.pool.invalidate_tlb(regime, root, input, size),
+        }
     }
 }
 
@@ -277,4 +288,37 @@ pub fn zero_check(va: u32, len: usize) -> bool {
 pub fn read32(va: u32) -> u32 {
     // SAFETY: the caller ioremapped the register page at `va` (Device memory).
     unsafe { (va as usize as *const u32).read_volatile() }
+}
+
+/// Copies the 4 KiB page at `src` to `dst` through the linear map, or through
+/// `map`ped addresses (a CPU's fixmap slots) for pages outside lowmem; the
+/// caller passes the virtual addresses [`carve_core::mm::KmapAtomic`] gave.
+/// The source is cleaned and invalidated first (a guest running with its
+/// caches off wrote around the cache), the destination cleaned to the point
+/// of coherency after (the guest may read it with its caches off).
+pub fn copy_page_va(dst: u32, src: u32) {
+    let len = PAGE_SIZE as usize;
+    cache::clean_invalidate_dcache_range_poc(src as usize, len);
+    // SAFETY: the caller mapped both pages read/write Normal memory at these
+    // page-aligned addresses for the time of the call; they are distinct
+    // frames (a migration's source and a fresh buddy page), so they do not overlap.
+    unsafe { core::ptr::copy_nonoverlapping(src as usize as *const u32, dst as usize as *mut u32, len / 4) };
+    cache::clean_dcache_range_poc(dst as usize, len);
+}
+
+/// Fills `[va, va + len)` with the words `f(i)` (i: word index).
+pub fn fill_words(va: u32, len: usize, f: impl Fn(usize) -> u32) {
+    let p = va as usize as *mut u32;
+    for i in 0..len / 4 {
+        // SAFETY: the caller mapped [va, va + len) read/write normal memory it owns.
+        unsafe { p.add(i).write_volatile(f(i)) };
+    }
+    cache::clean_dcache_range_poc(va as usize, len);
+}
+
+/// Whether `[va, va + len)` holds the words `f(i)`.
+pub fn check_words(va: u32, len: usize, f: impl Fn(usize) -> u32) -> bool {
+    let p = va as usize as *const u32;
+    // SAFETY: the caller mapped [va, va + len) readable normal memory.
+    (0..len / 4).all(|i| unsafe { p.add(i).read_volatile() } == f(i))
 }

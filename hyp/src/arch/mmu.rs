@@ -141,7 +141,11 @@ impl TableMemory for TablePool {
             table.as_u64(),
             pages
         );
-        assert!((first..first + pages).all(|p| self.in_use(p)), "freeing {:#x}, which is not allocated", table.as_u64());
+        assert!(
+            (first..first + pages).all(|p| self.in_use(p)),
+            "freeing {:#x}, which is not allocated",
+            table.as_u64()
+        );
         (first..first + pages).for_each(|p| self.set(p, false));
     }
 
@@ -452,6 +456,16 @@ pub fn with_pool<R>(f: impl FnOnce(&mut dyn TableMemory) -> R) -> Option<R> {
     let mut guard = HYP_MAP.lock();
     let map = guard.as_mut()?;
     let mut tables = super::memmap::HypTables::new(&mut map.pool, mem.as_mut(), carve_core::mm::Owner::Stage2Tables);
+    Some(f(&mut tables))
+}
+
+/// As [`with_pool`], for the stage-2 of the guest whose VTTBR is `vttbr`:
+/// TLB invalidations are by its VMID alone.
+pub fn with_guest_tables<R>(vttbr: u64, f: impl FnOnce(&mut dyn TableMemory) -> R) -> Option<R> {
+    let mut mem = super::memmap::MEM.lock();
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut()?;
+    let mut tables = super::memmap::HypTables::for_guest(&mut map.pool, mem.as_mut(), vttbr);
     Some(f(&mut tables))
 }
 

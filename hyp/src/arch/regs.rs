@@ -166,3 +166,10 @@ tlbop!(
     /// TLBIALLNSNHIS: TLBIALLNSNH broadcast to the Inner Shareable domain (Arm ARM B4.1).
     Tlbiallnsnhis, op1 = 4, crn = 8, crm = 3, op2 = 4
 );
+
+tlbop!(
+    /// TLBIALLIS: invalidate the entire TLB, Inner Shareable. Executed in Hyp
+    /// mode it acts on the Non-secure PL1&0 entries of the VMID that VTTBR
+    /// holds, stage 1 and 2 (Arm ARM B4.2.2): invalidation by VMID.
+    Tlbiallis, op1 = 0, crn = 8, crm = 3, op2 = 0
+);

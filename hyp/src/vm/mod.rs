@@ -6,6 +6,11 @@
 //! interrupt controller: HCR.IMO/FMO stay clear). When several run, none is
 //! given a device: they share nothing. Every other access is a stage-2 fault.
 //!
+//! The movable part of a guest's RAM (a CMA pool's free pages, lent at build
+//! time) is mapped page by page, so a contiguous allocation can move one page
+//! at a time while the guest runs ([`crate::cma`]); [`Vm::movable`] keeps the
+//! frame behind each of its pages.
+//!
 //! Each vCPU runs on its own physical CPU: vCPU `v` of a guest on CPU
 //! `cpu_ids[v]` (the plan's, from `carve,cpu-ids` or the lowest free CPUs). The boot CPU (CPU 0) builds every guest, starts the first
 //! vCPU of each guest that lives on another CPU through the firmware's PSCI
@@ -64,6 +69,10 @@ pub struct Vm {
     pub testdev_reads: u32,
     /// Stopped for good (powered off, or stopped after a fault).
     pub done: Option<Ending>,
+    /// The frame behind page `i` of the plan's movable part (IPA `movable.ipa + i * 4 KiB`).
+    pub movable: Vec<u32>,
+    /// Stage-2 faults on a page being moved, retried once the move was done.
+    pub migration_waits: u64,
 }
 
 /// How a guest ended.
@@ -119,17 +128,35 @@ impl Vm {
         f
     }
 
-    /// The physical address of guest RAM at `ipa`, for `len` bytes within one extent.
+    /// Where guest RAM at `ipa` is, and how many bytes from there are
+    /// physically contiguous: to the end of its extent, or of its page in the
+    /// movable part.
+    pub fn ram_piece(&self, ipa: u64) -> Option<(u64, u64)> {
+        if let Some(e) = self.plan.extents.iter().find(|e| e.ipa_range().contains(ipa)) {
+            return Some((e.pa.as_u64() + (ipa - e.ipa.as_u64()), e.ipa.as_u64() + e.size - ipa));
+        }
+        let m = self.plan.movable.as_ref().filter(|m| m.ipa_range().contains(ipa))?;
+        let off = ipa - m.ipa.as_u64();
+        let frame = *self.movable.get((off / PAGE_SIZE) as usize)?;
+        Some((u64::from(frame) * PAGE_SIZE + off % PAGE_SIZE, PAGE_SIZE - off % PAGE_SIZE))
+    }
+
+    /// The physical address of guest RAM at `ipa`, for `len` bytes that are physically contiguous.
     pub fn ram_pa(&self, ipa: u64, len: u64) -> Option<u64> {
-        let e = self.plan.extents.iter().find(|e| e.ipa_range().contains(ipa))?;
-        let off = ipa - e.ipa.as_u64();
-        (off.checked_add(len)? <= e.size).then(|| e.pa.as_u64() + off)
+        let (pa, n) = self.ram_piece(ipa)?;
+        (len <= n).then_some(pa)
+    }
+
+    /// Index of the movable page at `ipa`, if it is one.
+    pub fn movable_index(&self, ipa: Ipa) -> Option<usize> {
+        let m = self.plan.movable.as_ref().filter(|m| m.ipa_range().contains(ipa.as_u64()))?;
+        Some(((ipa.as_u64() - m.ipa.as_u64()) / PAGE_SIZE) as usize)
     }
 }
 
 /// Calls `f(pa, offset, len)` for each physically contiguous piece of guest IPAs `[ipa, ipa + len)`.
 pub fn for_each_piece(
-    g: &GuestPlan,
+    vm: &Vm,
     ipa: u64,
     len: u64,
     mut f: impl FnMut(u64, u64, u64) -> Result<(), VmError>,
@@ -137,13 +164,9 @@ pub fn for_each_piece(
     let mut done = 0;
     while done < len {
         let at = ipa + done;
-        let e = g
-            .extents
-            .iter()
-            .find(|e| e.ipa_range().contains(at))
-            .ok_or_else(|| format!("{}: IPA {at:#x} is not guest RAM", g.name))?;
-        let n = (e.ipa.as_u64() + e.size - at).min(len - done);
-        f(e.pa.as_u64() + (at - e.ipa.as_u64()), done, n)?;
+        let (pa, n) = vm.ram_piece(at).ok_or_else(|| format!("{}: IPA {at:#x} is not guest RAM", vm.name()))?;
+        let n = n.min(len - done);
+        f(pa, done, n)?;
         done += n;
     }
     Ok(())
@@ -160,8 +183,10 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
     let kernel = desc.kernel.as_ref().ok_or_else(|| format!("{}: no kernel module", g.name))?;
     let ramdisk = desc.ramdisk.as_ref();
 
-    // Stage-2: RAM, then the devices the guest is given.
-    let stage2 = build_stage2(machine, g, devices)?;
+    // The movable part's pages, lent by their CMA pool; then stage-2: RAM, then the devices the guest is given.
+    let vmid = (index + 1) as u8;
+    let movable = crate::cma::lend(g, vmid)?;
+    let stage2 = build_stage2(machine, g, devices, &movable)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
         .map_err(|e| format!("{e}"))?;
     let opts = GuestDtbOptions { initrd: layout.initrd, bootargs: desc.bootargs.as_deref(), owned_carveouts: &[] };
@@ -180,7 +205,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         g.cpu_ids.iter().map(|&c| machine.cpus.get(c as usize).copied().unwrap_or(u64::from(c))).collect();
     let mut vm = Vm {
         plan: g.clone(),
-        vmid: (index + 1) as u8,
+        vmid,
         stage2,
         dtb,
         kernel: kernel.range,
@@ -196,6 +221,8 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         restarts: 0,
         testdev_reads: 0,
         done: None,
+        movable,
+        migration_waits: 0,
     };
     load_images(&vm)?;
     vm.power[0] = Power::OnPending;
@@ -203,12 +230,34 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
     Ok(vm)
 }
 
-fn build_stage2(machine: &Machine, g: &GuestPlan, devices: bool) -> Result<PageTable<Stage2>, VmError> {
+fn build_stage2(
+    machine: &Machine,
+    g: &GuestPlan,
+    devices: bool,
+    movable: &[u32],
+) -> Result<PageTable<Stage2>, VmError> {
     let mut stats = MapStats::default();
     let stage2 = mmu::with_pool(|pool| -> Result<PageTable<Stage2>, VmError> {
         let mut s2 = PageTable::<Stage2>::new(pool).map_err(|e| format!("{}: stage-2 root: {e}", g.name))?;
-        for e in &g.extents {
-            stats += s2.map(pool, e.ipa, e.pa, e.size, Attrs::ram()).map_err(|err| format!("{}: {err}", g.name))?;
+        let mut fill = || -> Result<(), VmError> {
+            for e in &g.extents {
+                stats += s2.map(pool, e.ipa, e.pa, e.size, Attrs::ram()).map_err(|err| format!("{}: {err}", g.name))?;
+            }
+            // Movable pages one by one, even where frames run on: each must stay a 4 KiB page to be moved alone.
+            if let Some(m) = &g.movable {
+                for (i, &frame) in movable.iter().enumerate() {
+                    let ipa = Ipa::from_u64(m.ipa.as_u64() + i as u64 * PAGE_SIZE)
+                        .ok_or_else(|| format!("{}: movable page {i} is past the IPA space", g.name))?;
+                    let pa = PhysAddr::new(u64::from(frame) * PAGE_SIZE);
+                    stats +=
+                        s2.map(pool, ipa, pa, PAGE_SIZE, Attrs::ram()).map_err(|err| format!("{}: {err}", g.name))?;
+                }
+            }
+            Ok(())
+        };
+        if let Err(e) = fill() {
+            s2.destroy(pool);
+            return Err(e);
         }
         if devices {
             for (what, r) in passthrough(machine) {
@@ -245,11 +294,11 @@ fn build_stage2(machine: &Machine, g: &GuestPlan, devices: bool) -> Result<PageT
 /// Copies kernel, initrd and DTB into the guest's RAM.
 fn load_images(vm: &Vm) -> Result<(), VmError> {
     let g = &vm.plan;
-    load(g, "kernel", vm.kernel, vm.boot.kernel)?;
+    load(vm, "kernel", vm.kernel, vm.boot.kernel)?;
     if let (Some(r), Some(at)) = (vm.ramdisk, vm.boot.initrd) {
-        load(g, "initrd", r, at)?;
+        load(vm, "initrd", r, at)?;
     }
-    for_each_piece(g, vm.boot.dtb.start(), vm.dtb.len() as u64, |pa, off, n| {
+    for_each_piece(vm, vm.boot.dtb.start(), vm.dtb.len() as u64, |pa, off, n| {
         mmu::write_phys(pa, &vm.dtb[off as usize..(off + n) as usize]).map_err(|e| mmu_err("writing the guest DTB", e))
     })?;
     defmt::info!(
@@ -277,8 +326,9 @@ fn passthrough(machine: &Machine) -> Vec<(&'static str, PhysRange)> {
 }
 
 /// Copies a boot module from where the loader put it into guest RAM.
-fn load(g: &GuestPlan, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmError> {
-    for_each_piece(g, to.start(), from.size, |pa, off, n| {
+fn load(vm: &Vm, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmError> {
+    let g = &vm.plan;
+    for_each_piece(vm, to.start(), from.size, |pa, off, n| {
         mmu::copy_phys(pa, from.start() + off, n).map_err(|e| mmu_err(what, e))
     })?;
     defmt::info!(
@@ -300,10 +350,13 @@ pub fn restart(vm: &mut Vm, machine: &Machine) -> Result<TrapFrame, VmError> {
     }
     let devices = VMS_COUNT.load(core::sync::atomic::Ordering::Relaxed) == 1;
     // Tear the old stage-2 down first, so the new one gets the same pages back.
-    let old = core::mem::replace(&mut vm.stage2, build_stage2(machine, &vm.plan, devices)?);
+    let old = core::mem::replace(&mut vm.stage2, build_stage2(machine, &vm.plan, devices, &vm.movable)?);
     mmu::with_pool(|pool| old.destroy(pool));
     for e in &vm.plan.extents {
         zero_phys(e.pa.as_u64(), e.size).map_err(|err| mmu_err("zeroing guest RAM", err))?;
+    }
+    for &frame in &vm.movable {
+        zero_phys(u64::from(frame) * PAGE_SIZE, PAGE_SIZE).map_err(|err| mmu_err("zeroing guest RAM", err))?;
     }
     load_images(vm)?;
     vm.restarts += 1;
@@ -363,6 +416,9 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
 
 /// Runs whatever vCPU waits for physical CPU `cpu`; parks the CPU if none does.
 fn run_cpu(cpu: u32) -> ! {
+    if let Some(job) = crate::cma::take_job(cpu) {
+        crate::cma::run_job(job)
+    }
     let (regs, frame) = {
         let mut vms = VMS.lock();
         let Some((vm, vcpu)) = vms.iter_mut().find_map(|vm| vm.vcpu_on(cpu).map(|v| (vm, v))) else {

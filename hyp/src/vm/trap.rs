@@ -86,6 +86,10 @@ fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: 
                 frame.elr = frame.elr.wrapping_add(if hsr & HSR_IL != 0 { 4 } else { 2 });
             }
             let id = frame.r[0];
+            if id == hc::CMA_TEST_ALLOC {
+                frame.r[0] = crate::cma::test_alloc(vms, index, frame.r[1], frame.r[2], frame.r[3]) as u32;
+                return After::Resume;
+            }
             if hc::is_carve_call(id) {
                 frame.r[0] = carve_call(&mut vms[index], frame) as u32;
                 return After::Resume;
@@ -187,6 +191,8 @@ fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
             hc::INFO_RESTARTS => vm.restarts as i32,
             _ => hc::INVALID_PARAMETERS,
         },
+        hc::CMA_TEST_STATUS => crate::cma::test_status(vm, frame.r[1]),
+        hc::CMA_TEST_FREE => crate::cma::test_free(vm),
         hc::DUMP_MAP => {
             if let Some((machine, plan)) = PLAN.lock().as_ref() {
                 crate::report::log_plan(machine, plan);
@@ -209,6 +215,11 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After
         return After::Resume;
     }
     let write = data && hsr & (1 << 6) != 0;
+    if moved_meanwhile(vm, ipa, write) {
+        // A page that was being moved (CMA): its entry is switched now; the access goes again.
+        vm.migration_waits += 1;
+        return After::Resume;
+    }
     defmt::error!(
         "vm: {=str}: stage-2 {=str} abort at IPA {=u64:#012x} (not mapped for it), PC {=u32:#010x}, HSR {=u32:#010x}{=str}",
         vm.name(),
@@ -232,6 +243,21 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After
             After::Ended(super::mark_ended(vms, index, Ending::Faulted))
         }
     }
+}
+
+/// Whether the fault at `ipa` came from a movable page the monitor was moving
+/// (write-protected, or invalid for break-before-make) and the page is now
+/// mapped for the access: the mover held the guests' lock this trap waited on.
+fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool) -> bool {
+    let Some(at) = <carve_core::addr::Ipa as carve_core::addr::Address>::from_u64(ipa) else { return false };
+    if vm.movable_index(at).is_none() {
+        return false;
+    }
+    let vttbr = vm.vttbr();
+    let stage2 = &vm.stage2;
+    mmu::with_guest_tables(vttbr, |tm| stage2.translate(tm, at))
+        .flatten()
+        .is_some_and(|t| !write || t.attrs.access == carve_core::mm::table::Access::ReadWrite)
 }
 
 /// Emulates an access to the test device from the syndrome; `false` if it cannot (no valid ISS).
