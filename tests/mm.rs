@@ -118,6 +118,13 @@ fn lowmem_vmalloc_in_holes_ioremap_and_cycles() {
 /include/ "qemu-virt.dtsi"
 /include/ "carveouts-2.dtsi"
 / {
+    reserved-memory {
+        cma_pool: cma@70000000 {
+            compatible = "shared-dma-pool";
+            reusable;
+            reg = <0x0 0x70000000 0x0 0x01000000>;
+        };
+    };
     chosen {
         stdout-path = "/pl011@9000000";
     };
@@ -126,7 +133,7 @@ fn lowmem_vmalloc_in_holes_ioremap_and_cycles() {
     );
     let run = run("lowmem", "qemu-system-arm", 1280, &dtb, "carve.selftest=mm vmalloc=320M");
     run.assert_status(0);
-    for t in ["ioremap", "lowmem", "sparse", "cycles"] {
+    for t in ["ioremap", "lowmem", "sparse", "cycles", "cma"] {
         run.assert_logged(&format!("mm-selftest: {t}: PASS"));
     }
     run.assert_logged("PeriphID0 0x11");
@@ -140,8 +147,17 @@ fn lowmem_vmalloc_in_holes_ioremap_and_cycles() {
     let c = numbers(&run, "mm-selftest: cycles: free pages");
     // before, after buddy, after vmalloc, after S2 (then 64 MiB, 4 KiB); S2 table pages before, after
     assert!(c[..4].iter().all(|&n| n == c[0]) && c[6] == c[7], "cycles: {c:?}\n{}", run.context());
+    // (4, 5) CMA: 1,024 lent pages moved by a claim of the whole 16 MiB pool, with and without a
+    // mapping; then every count back where it was.
+    for (i, what) in ["with no mapping", "mapped in vmalloc"].iter().enumerate() {
+        let m = numbers(&run, &format!("4096 pages claimed{}{what}", if i == 0 { " " } else { ", " }));
+        assert_eq!(&m[..4], &[4096, 1024, 1024, 1024], "claimed, lent, moved, intact ({what})\n{}", run.context());
+    }
+    let f = numbers(&run, "mm-selftest: cma: free pages");
+    assert!(f.chunks(2).all(|p| p[0] == p[1]), "cma cycle counts {f:?}\n{}", run.context());
     run.assert_logged("mm-bench: buddy alloc+free:");
     run.assert_logged("mm-bench: vmalloc+vfree (1 page):");
+    run.assert_logged("mm-bench: CMA migration (unmapped):");
     run.assert_logged("mm-selftest: all PASS");
 }
 

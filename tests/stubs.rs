@@ -124,11 +124,13 @@ struct Guest {
     module: u64,
     stub: &'static str,
     inject: bool,
+    /// More properties of the guest node, each line tab-indented and `;`-ended.
+    props: &'static str,
 }
 
 impl Guest {
     fn new(name: &'static str, stub: &'static str, mib: u64, module: u64) -> Self {
-        Guest { name, mib, cpus: 1, module, stub, inject: false }
+        Guest { name, mib, cpus: 1, module, stub, inject: false, props: "" }
     }
 }
 
@@ -151,12 +153,13 @@ fn machine_dts(smp: u32, reserved: &str, guests: &[Guest]) -> String {
     for g in guests {
         let size = std::fs::metadata(stub(g.stub)).expect("stat the stub").len();
         s += &format!(
-            "\t\t{name} {{\n\t\t\tcompatible = \"carve,guest\";\n\t\t\t#address-cells = <1>;\n\t\t\t#size-cells = <1>;\n\t\t\tmemory = <0x0 {kib:#x}>;\n\t\t\tcpus = <{cpus}>;\n{inject}\t\t\tmodule@{m:x} {{\n\t\t\t\tcompatible = \"multiboot,kernel\", \"multiboot,module\";\n\t\t\t\treg = <{m:#x} {size:#x}>;\n\t\t\t}};\n\t\t}};\n",
+            "\t\t{name} {{\n\t\t\tcompatible = \"carve,guest\";\n\t\t\t#address-cells = <1>;\n\t\t\t#size-cells = <1>;\n\t\t\tmemory = <0x0 {kib:#x}>;\n\t\t\tcpus = <{cpus}>;\n{inject}{props}\t\t\tmodule@{m:x} {{\n\t\t\t\tcompatible = \"multiboot,kernel\", \"multiboot,module\";\n\t\t\t\treg = <{m:#x} {size:#x}>;\n\t\t\t}};\n\t\t}};\n",
             name = g.name,
             kib = g.mib * 1024,
             cpus = g.cpus,
             inject = if g.inject { "\t\t\tcarve,on-fault = \"inject\";\n" } else { "" },
             m = g.module,
+            props = g.props,
         );
     }
     s += "\t};\n};\n";
@@ -283,6 +286,8 @@ struct Options<'a> {
     aarch64: bool,
     /// More `-device loader` blobs: (file, address).
     blobs: &'a [(PathBuf, u64)],
+    /// The monitor's own bootargs (`-append`, which QEMU writes to `/chosen/bootargs`).
+    append: Option<&'a str>,
 }
 
 /// Runs the monitor with `dtb`, the guests' stubs loaded at their module addresses.
@@ -299,6 +304,9 @@ fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &Options<'_>) -> 
     }
     if opts.icount {
         args.extend(["-icount".into(), "shift=0".into()]);
+    }
+    if let Some(a) = opts.append {
+        args.extend(["-append".into(), a.into()]);
     }
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
     let qemu = carve_tests::Qemu {
@@ -544,6 +552,42 @@ fn restart_boots_fresh_three_times_without_leaking() {
 
 /// Parses a `trapcost: KIND loops=L ticks=T baseline=B freq=F` line into instructions per trap
 /// (under `-icount shift=0` one instruction is 1 ns; the counter ticks at F Hz).
+/// A 16 MiB CMA pool at 0x50000000, as `/reserved-memory`.
+const CMA_POOL: &str = "\treserved-memory {\n\t\t#address-cells = <2>;\n\t\t#size-cells = <2>;\n\t\tranges;\n\t\tcma_pool: cma@50000000 {\n\t\t\tcompatible = \"shared-dma-pool\";\n\t\t\treusable;\n\t\t\treg = <0x0 0x50000000 0x0 0x1000000>;\n\t\t};\n\t};\n";
+
+/// Test 4 of the monitor's memory: a contiguous allocation from a CMA pool
+/// whose pages back a running guest. The guest (24 MiB, its top 16 MiB
+/// movable from the 16 MiB pool) keeps checking and rewriting every word of
+/// its RAM while the monitor, on the other CPU, claims the whole pool and
+/// moves each of the guest's 4,096 pages in the way; afterwards the monitor
+/// finds its own poison intact in the allocation.
+#[test]
+fn cma_allocation_moves_a_running_guests_pages() {
+    let guests = [Guest {
+        props: "\t\t\tmemory-region = <&cma_pool>;\n\t\t\tcarve,movable-memory = <0x0 0x4000>;\n",
+        ..Guest::new("guest@0", "cma", 24, 0x4800_0000)
+    }];
+    let opts = Options { smp: 2, append: Some("carve.selftest=cma"), ..Options::default() };
+    let run = run_guests("cma", CMA_POOL, &guests, &opts);
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    // The plan and the lending: the top 16 MiB of the guest's IPA range from the pool, page by page.
+    run.assert_logged("map:   IPA 0x040800000 -> CMA pool cma@50000000, 16384 KiB movable");
+    run.assert_logged("cma: guest@0: 4096 pages (16384 KiB) of IPA 0x40800000.. lent from pool cma@50000000 (PA 0x50000000..0x51000000)");
+    let l = run.line("guest@0", "cma: bank ");
+    assert!(
+        l.starts_with("cma: bank 0x40000000+0x01800000, allocation of 4096 pages: 4096 guest pages moved, "),
+        "{l}\n{}",
+        run.context()
+    );
+    assert!(l.ends_with(", poison SUCCESS, 0 mismatches, PASS"), "{l}\n{}", run.context());
+    // It ran while the guest ran: the guest checked and rewrote at least a whole page of its RAM
+    // (in fact megabytes) between asking and the monitor being done.
+    assert!(number_after(l, "moved, ") >= 4, "nothing swept while the allocation ran: {l}\n{}", run.context());
+    run.assert_logged("kept the monitor's poison");
+    run.assert_logged("4096 guest pages moved (copy, stage-2 switch, TLB invalidation by VMID)");
+}
+
 fn instructions_per_trap(line: &str) -> f64 {
     let (loops, ticks, base, freq) = (
         number_after(line, "loops="),
