@@ -634,6 +634,31 @@ fn stub_abi_constants_match_the_monitor() {
     );
     assert_eq!(stub_abi::TESTDEV_MAGIC, hc::TESTDEV_MAGIC);
     assert_eq!(
+        [stub_abi::CMA_TEST_ALLOC, stub_abi::CMA_TEST_STATUS, stub_abi::CMA_TEST_FREE, stub_abi::CMA_MAP],
+        [hc::CMA_TEST_ALLOC, hc::CMA_TEST_STATUS, hc::CMA_TEST_FREE, hc::CMA_MAP]
+    );
+    assert_eq!(
+        [
+            stub_abi::CMA_STATUS_STATE,
+            stub_abi::CMA_STATUS_MOVED,
+            stub_abi::CMA_STATUS_WAITS,
+            stub_abi::CMA_STATUS_PAGES
+        ],
+        [hc::CMA_STATUS_STATE, hc::CMA_STATUS_MOVED, hc::CMA_STATUS_WAITS, hc::CMA_STATUS_PAGES]
+    );
+    // Distinct calls in carve's range, none taken by an older one.
+    let calls = [
+        hc::CONSOLE_WRITE,
+        hc::NOP,
+        hc::INFO,
+        hc::DUMP_MAP,
+        hc::CMA_TEST_ALLOC,
+        hc::CMA_TEST_STATUS,
+        hc::CMA_TEST_FREE,
+    ];
+    assert!(calls.iter().all(|&c| hc::is_carve_call(c)));
+    assert_eq!(calls.iter().collect::<std::collections::BTreeSet<_>>().len(), calls.len());
+    assert_eq!(
         [
             stub_abi::PSCI_VERSION,
             stub_abi::CPU_SUSPEND,
