@@ -52,6 +52,12 @@ pub enum HeaderError {
         version: u32,
         last_comp: u32,
     },
+    /// A block that ends past the bytes a loader mapped ([`Header::parse_in`]).
+    PastMapped {
+        block: &'static str,
+        end: u64,
+        mapped: usize,
+    },
     /// A block that starts or ends past `totalsize`, or overlaps the header.
     BlockOutOfBounds {
         block: &'static str,
@@ -98,6 +104,10 @@ impl fmt::Display for HeaderError {
                 f,
                 "FDT header: {block} block at offset {offset:#x} size {size:#x} lies outside the blob (totalsize {totalsize:#x})"
             ),
+            Self::PastMapped { block, end, mapped } => write!(
+                f,
+                "FDT header: {block} block ends at byte {end:#x}, past the {mapped:#x} bytes of it mapped"
+            ),
             Self::Misaligned { block, offset, align } => {
                 write!(f, "FDT header: {block} block offset {offset:#x} is not {align}-byte aligned")
             }
@@ -116,6 +126,33 @@ impl fmt::Display for HeaderError {
     }
 }
 
+/// The bytes from a blob's start that its blocks use: the end of the
+/// structure block, of the strings block or of the first memory-reservation
+/// entry, whichever is last, capped at `totalsize`. What a loader must map of a
+/// blob whose `totalsize` counts free space (QEMU pads its own to 1 MiB and a
+/// `-dtb` blob to twice its size). `header`: the blob's first 40 bytes or more;
+/// `None` if they are not an FDT header.
+pub fn used_len(header: &[u8]) -> Option<u32> {
+    if header.len() < HEADER_SIZE || be32(header, 0) != FDT_MAGIC {
+        return None;
+    }
+    let end = |off: usize, size: usize| u64::from(be32(header, off)) + u64::from(be32(header, size));
+    let last = end(8, 36).max(end(12, 32)).max(u64::from(be32(header, 16)) + 16).max(HEADER_SIZE as u64);
+    Some(last.min(u64::from(be32(header, 4))) as u32)
+}
+
+/// A copy of `prefix`, the first bytes of a blob `available` bytes long
+/// (checked as [`Header::parse_in`] checks it), whose `totalsize` says
+/// `prefix.len()`: a whole blob for the reader and the `fdt` crate, made from
+/// the part of a padded blob a loader mapped.
+pub fn trimmed(prefix: &[u8], available: usize) -> Result<Vec<u8>, HeaderError> {
+    Header::parse_in(prefix, available)?;
+    let mut copy = Vec::from(prefix);
+    let len = u32::try_from(copy.len()).map_err(|_| HeaderError::Truncated { len: copy.len() })?;
+    copy[4..8].copy_from_slice(&len.to_be_bytes());
+    Ok(copy)
+}
+
 fn be32(blob: &[u8], at: usize) -> u32 {
     // Callers check bounds first; a short read yields 0 rather than a panic.
     blob.get(at..at + 4).and_then(|b| b.try_into().ok()).map(u32::from_be_bytes).unwrap_or(0)
@@ -129,6 +166,14 @@ impl Header {
     /// Reads and validates the header of `blob`. On success every block the
     /// header names lies within `blob[..totalsize]`.
     pub fn parse(blob: &[u8]) -> Result<Self, HeaderError> {
+        Self::parse_in(blob, blob.len())
+    }
+
+    /// As [`Self::parse`], for `blob`, the first bytes of a blob `available`
+    /// bytes long of which a loader mapped only the part its blocks use
+    /// ([`used_len`]): `totalsize` must fit `available`, and every block must
+    /// lie inside `blob` too.
+    pub fn parse_in(blob: &[u8], available: usize) -> Result<Self, HeaderError> {
         if blob.len() < HEADER_SIZE {
             return Err(HeaderError::Truncated { len: blob.len() });
         }
@@ -147,8 +192,8 @@ impl Header {
             size_dt_strings: be32(blob, 32),
             size_dt_struct: be32(blob, 36),
         };
-        if (h.totalsize as usize) < HEADER_SIZE || h.totalsize as usize > blob.len() {
-            return Err(HeaderError::BadTotalSize { totalsize: h.totalsize, len: blob.len() });
+        if (h.totalsize as usize) < HEADER_SIZE || h.totalsize as usize > available.max(blob.len()) {
+            return Err(HeaderError::BadTotalSize { totalsize: h.totalsize, len: available.max(blob.len()) });
         }
         // Version 17 added size_dt_struct; 16 blobs written by old tools lack it,
         // and fdt 0.2 needs it, so carve asks for 17 unless the blob is also compatible with 16.
@@ -159,6 +204,8 @@ impl Header {
             let end = (offset as u64) + (size as u64);
             if (offset as usize) < HEADER_SIZE || end > h.totalsize as u64 {
                 Err(HeaderError::BlockOutOfBounds { block, offset, size, totalsize: h.totalsize })
+            } else if end > blob.len() as u64 {
+                Err(HeaderError::PastMapped { block, end, mapped: blob.len() })
             } else {
                 Ok(())
             }
@@ -229,6 +276,34 @@ mod tests {
             b.extend_from_slice(&w.to_be_bytes());
         }
         b
+    }
+
+    #[test]
+    fn a_padded_blob_is_read_from_its_used_part() {
+        let mut b = minimal(&[(0x4800_0000, 0x10_0000)]);
+        let used = b.len();
+        // Padding, as QEMU adds: totalsize 1 MiB, the blocks where they were.
+        b.resize(1 << 20, 0);
+        b[4..8].copy_from_slice(&(1u32 << 20).to_be_bytes());
+        assert_eq!(used_len(&b[..40]), Some(used as u32));
+        let t = trimmed(&b[..used], b.len()).unwrap();
+        let h = Header::parse(&t).unwrap();
+        assert_eq!(h.totalsize as usize, used);
+        assert_eq!(h.memreserve(&t).unwrap(), Header::parse(&b).unwrap().memreserve(&b).unwrap());
+        // Less than the used part is refused, naming the block.
+        assert_eq!(
+            trimmed(&b[..used - 4], b.len()),
+            Err(HeaderError::PastMapped { block: "structure", end: used as u64, mapped: used - 4 })
+        );
+        // A block past totalsize is refused as before, however much is mapped.
+        let mut bad = minimal(&[]);
+        let total = bad.len() as u32;
+        bad[36..40].copy_from_slice(&(total).to_be_bytes());
+        let used_bad = used_len(&bad).unwrap();
+        assert_eq!(used_bad, total, "capped at totalsize");
+        assert!(matches!(trimmed(&bad, bad.len()), Err(HeaderError::BlockOutOfBounds { block: "structure", .. })));
+        assert_eq!(used_len(&[0u8; 40]), None);
+        assert_eq!(used_len(&b[..39]), None);
     }
 
     #[test]
