@@ -26,6 +26,8 @@ pub struct Dtb {
     pub addr: u32,
     /// `totalsize`: the blob's length in bytes.
     pub size: u32,
+    /// The bytes its blocks use from the start (at most `size`): what the boot map maps.
+    pub used: u32,
     /// `version` and `last_comp_version`.
     pub version: u32,
     pub last_comp_version: u32,
@@ -107,5 +109,10 @@ pub fn check_dtb(addr: u32, image: (usize, usize)) -> Result<Dtb, DtbError> {
     if (addr as usize) < image.1 && image.0 < end as usize {
         return Err(DtbError::BadRange { addr, totalsize });
     }
-    Ok(Dtb { addr, size: totalsize, version, last_comp_version })
+    let mut bytes = [0u8; 4 * FDT_HEADER_WORDS];
+    for (chunk, w) in bytes.chunks_exact_mut(4).zip(header) {
+        chunk.copy_from_slice(&w.to_be_bytes());
+    }
+    let used = carve_core::dt::header::used_len(&bytes).unwrap_or(totalsize);
+    Ok(Dtb { addr, size: totalsize, used, version, last_comp_version })
 }

@@ -105,21 +105,20 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         dtb.last_comp_version
     );
 
-    match arch::mmu::enable_boot_map(&layout, (dtb.addr, dtb.size)) {
-        Ok(report) => defmt::info!("hyp: MMU on ({})", report),
+    let dtb_va = match arch::mmu::enable_boot_map(&layout, (dtb.addr, dtb.used)) {
+        Ok((report, va)) => {
+            defmt::info!("hyp: MMU on ({}); DTB's {=u32} used bytes at {=u32:#010x} (fixmap)", report, dtb.used, va);
+            va
+        }
         Err(e) => {
             defmt::error!("hyp: cannot turn the MMU on: {}", e);
-            semihost::exit(ExitCode::MmuSetup)
+            semihost::exit(if matches!(e, arch::mmu::MmuError::DtbTooLarge { .. }) {
+                ExitCode::BadDtb
+            } else {
+                ExitCode::MmuSetup
+            })
         }
-    }
-    // The DTB, read again through the new map.
-    match boot::check_dtb(dtb.addr, layout.image) {
-        Ok(again) if again == dtb => {}
-        _ => {
-            defmt::error!("hyp: the DTB reads differently with the MMU on");
-            semihost::exit(ExitCode::MmuSetup)
-        }
-    }
+    };
 
     if !arch::trap_selftest() {
         defmt::error!("hyp: trap self-test: registers came back wrong from HVC");
@@ -127,13 +126,26 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     }
     defmt::info!("hyp: trap path ok (HVC from Hyp mode: frame saved, handled, restored, eret)");
 
-    let blob = match arch::phys::dtb_bytes(dtb.addr, dtb.size, layout.image) {
-        Ok(b) => b,
+    // The tree's used part, read through the fixmap, copied to the heap as a
+    // whole blob; then the early window goes.
+    let early = arch::phys::dtb_bytes(dtb_va, dtb.used);
+    if early.get(4..8) != Some(&dtb.size.to_be_bytes()[..])
+        || early.get(..4) != Some(&boot::FDT_MAGIC.to_be_bytes()[..])
+    {
+        defmt::error!("hyp: the DTB reads differently with the MMU on");
+        semihost::exit(ExitCode::MmuSetup)
+    }
+    let blob: &'static [u8] = match carve_core::dt::header::trimmed(early, dtb.size as usize) {
+        Ok(copy) => alloc::vec::Vec::leak(copy),
         Err(e) => {
-            defmt::error!("hyp: DTB at {=u32:#010x}: {}", dtb.addr, e);
+            defmt::error!("dt: {}", defmt::Display2Format(&e));
             semihost::exit(ExitCode::BadDtb)
         }
     };
+    if let Err(e) = arch::mmu::unmap_early_dtb(dtb_va, dtb.used) {
+        defmt::error!("hyp: unmapping the early DT window: {}", e);
+        semihost::exit(ExitCode::MmuSetup)
+    }
     let tree = match carve_core::dt::Tree::parse(blob) {
         Ok(t) => t,
         Err(e) => {

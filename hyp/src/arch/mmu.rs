@@ -222,6 +222,8 @@ pub enum MmuError {
     Map { what: &'static str, error: MapError },
     /// A region's bounds are not in the 32-bit Hyp address space.
     BadRegion { what: &'static str, start: u64, end: u64 },
+    /// The device tree's used bytes do not fit the fixmap's early DT window.
+    DtbTooLarge { size: u64, max: u64 },
 }
 
 impl defmt::Format for MmuError {
@@ -234,6 +236,12 @@ impl defmt::Format for MmuError {
             Self::BadRegion { what, start, end } => {
                 defmt::write!(f, "{=str}: {=u64:#x}-{=u64:#x} is not a valid Hyp range", what, start, end)
             }
+            Self::DtbTooLarge { size, max } => defmt::write!(
+                f,
+                "the device tree's blocks take {=u64} bytes, more than the {=u64} of the fixmap's early DT window",
+                size,
+                max
+            ),
         }
     }
 }
@@ -283,8 +291,13 @@ fn map_identity(
 
 /// Builds the boot Hyp stage-1 map and turns the MMU and caches on.
 ///
-/// `dtb` is the blob's `(address, size)`, checked by the caller not to overlap the image.
-pub fn enable_boot_map(layout: &ImageLayout, dtb: (u32, u32)) -> Result<MapReport, MmuError> {
+/// The image and stacks are identity-mapped; the device tree is not: the
+/// part of it its blocks use (`dtb`: physical address and length, checked
+/// by the caller not to overlap the image) is mapped read-only in the
+/// fixmap's early DT window, before any allocator exists, so a blob anywhere
+/// in physical memory cannot collide with the linear map or vmalloc. Returns
+/// the report and the blob's virtual address.
+pub fn enable_boot_map(layout: &ImageLayout, dtb: (u32, u32)) -> Result<(MapReport, u32), MmuError> {
     let mut pool = TablePool::take().ok_or(MmuError::PoolTaken)?;
     let mut table = PageTable::<HypStage1>::new(&mut pool).map_err(|error| MmuError::Map { what: "root", error })?;
     let r = |(start, end): (usize, usize)| (start as u64, end as u64);
@@ -297,21 +310,25 @@ pub fn enable_boot_map(layout: &ImageLayout, dtb: (u32, u32)) -> Result<MapRepor
     for (start, end) in stack_ranges() {
         stats += map_identity(&mut table, &mut pool, "stack", r((start, end)), Attrs::ram_nx())?;
     }
-    let uart = u64::from(QEMU_VIRT_UART0);
-    stats += map_identity(&mut table, &mut pool, "UART", (uart, uart + PAGE_SIZE), Attrs::device())?;
-    let (dtb_addr, dtb_size) = (u64::from(dtb.0), u64::from(dtb.1));
-    stats += map_identity(&mut table, &mut pool, "DTB", (dtb_addr, dtb_addr + dtb_size), Attrs::rodata())?;
+    let fdt =
+        carve_core::mm::kmap::fixmap::fdt(PhysAddr::new(u64::from(dtb.0)), u64::from(dtb.1)).map_err(|e| match e {
+            carve_core::mm::KmapError::TooLarge { size, max } => MmuError::DtbTooLarge { size, max },
+            _ => MmuError::BadRegion { what: "DTB", start: u64::from(dtb.0), end: u64::from(dtb.0) + u64::from(dtb.1) },
+        })?;
+    stats += table
+        .map(&mut pool, fdt.va, fdt.pa, fdt.size, Attrs::rodata())
+        .map_err(|error| MmuError::Map { what: "DTB (fixmap)", error })?;
 
     let root = table.root().as_u64();
     // SAFETY: the tables map everything this CPU touches from here on (code,
-    // data, its stack, the fault stack, the DTB) at the addresses it uses now,
+    // data, its stack, the fault stack) at the addresses it uses now, and the DTB in the fixmap,
     // and every descriptor was cleaned to the point of coherency; the register
     // values are carve-core's documented HMAIR0/HTCR for these tables.
     unsafe { switch_on(root) };
 
     let report = MapReport { root, table_pages: pool.pages_in_use(), stats };
     *HYP_MAP.lock() = Some(HypMap { table, pool });
-    Ok(report)
+    Ok((report, fdt.target.raw()))
 }
 
 /// Programs the Hyp translation registers for the tables at `root` and sets
@@ -488,4 +505,15 @@ pub fn free_table_pages() -> Option<i32> {
         return Some(m.buddy.free_pages().min(i32::MAX as u64) as i32);
     }
     HYP_MAP.lock().as_ref().map(|m| POOL_PAGES as i32 - m.pool.pages_in_use() as i32)
+}
+
+/// Unmaps the fixmap's early DT window once the tree has been copied out of it.
+pub fn unmap_early_dtb(va: u32, len: u32) -> Result<(), MmuError> {
+    let first = u64::from(va) & !(PAGE_SIZE - 1);
+    let size = (u64::from(va) + u64::from(len)).next_multiple_of(PAGE_SIZE) - first;
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
+    map.table
+        .unmap(&mut map.pool, VirtAddr::new(first as u32), size)
+        .map_err(|error| MmuError::Map { what: "DTB (fixmap)", error })
 }

@@ -1,7 +1,8 @@
 //! Reading memory the loader handed over (the DTB) by its physical address.
 //!
-//! At boot the monitor runs with the MMU off, or with the identity map that
-//! `mmu.rs` builds, so a physical address is also the address to load from.
+//! At boot the monitor runs with the MMU off, so a physical address is also
+//! the address to load from; once the boot map is on, the DTB is read through
+//! the fixmap's early DT window instead.
 //! Nothing here knows yet where RAM is (that comes from the DTB itself): an
 //! address with nothing behind it makes the load take a synchronous external
 //! abort, which the fatal path (`vectors.rs`) reports and ends the run with.
@@ -40,17 +41,15 @@ pub fn read_be32(pa: u32, out: &mut [u32], image: (usize, usize)) -> Result<(), 
     Ok(())
 }
 
-/// The DTB as bytes, once the boot map has identity-mapped it read-only.
+/// The DTB's used bytes as the boot map's fixmap window shows them (`va`,
+/// `len`: what `mmu::enable_boot_map` mapped read-only and returned).
 ///
-/// `boot::check_dtb` has checked that `[pa, pa + len)` lies outside the image
-/// and `mmu::enable_boot_map` mapped exactly that range; nothing ever writes it.
-pub fn dtb_bytes(pa: u32, len: u32, image: (usize, usize)) -> Result<&'static [u8], PhysReadError> {
-    let end = pa.checked_add(len).ok_or(PhysReadError::Wraps)?;
-    if (pa as usize) < image.1 && image.0 < end as usize {
-        return Err(PhysReadError::OverlapsImage);
-    }
-    // SAFETY: the range is mapped (identity, read-only) by the boot map for the
-    // rest of the run, lies outside every Rust object, and is never written:
-    // a shared 'static slice of it cannot alias a mutable reference.
-    Ok(unsafe { core::slice::from_raw_parts(pa as usize as *const u8, len as usize) })
+/// The slice lives until `mmu::unmap_early_dtb`, which the caller runs only
+/// after copying the tree out, so it is never used past that point.
+pub fn dtb_bytes(va: u32, len: u32) -> &'static [u8] {
+    // SAFETY: [va, va + len) is mapped read-only (the fixmap's early DT
+    // window) and lies outside every Rust object; nothing writes it, so a
+    // shared slice cannot alias a mutable reference. The caller drops it
+    // before the window is unmapped.
+    unsafe { core::slice::from_raw_parts(va as usize as *const u8, len as usize) }
 }
