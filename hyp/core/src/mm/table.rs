@@ -921,9 +921,7 @@ impl<R: Regime> PageTable<R> {
                     }
                     return Ok(());
                 }
-                Desc::Leaf(_) => {
-                    return Err(MapError::NotAPage { regime: R::NAME, input: start, level: node.level })
-                }
+                Desc::Leaf(_) => return Err(MapError::NotAPage { regime: R::NAME, input: start, level: node.level }),
                 Desc::Table(_) if node.level >= LAST_LEVEL => {
                     return Err(MapError::NotMapped { regime: R::NAME, input: start })
                 }
