@@ -1,8 +1,9 @@
 //! `scripts/plan DTB [--guest SIZE]... [--json]`: carve's memory plan for any DTB.
 //!
-//! Prints the physical map (RAM, carveouts, the monitor, guest extents) and the
-//! monitor's Hyp virtual map, or the same as JSON. Exit status 0 with a plan,
-//! 1 with one line on stderr for a refusal, 2 for a usage error.
+//! Prints the physical map (RAM, carveouts, the monitor, guest extents), each
+//! guest's movable part (the CMA pool that backs it) and the monitor's Hyp
+//! virtual map, or the same as JSON. Exit status 0 with a plan, 1 with one
+//! line on stderr for a refusal, 2 for a usage error.
 
 mod report;
 

@@ -32,7 +32,15 @@ fn physical_rows(machine: &Machine, plan: &Plan) -> Vec<Row> {
         }
         let kind = if c.memreserve { "memreserve" } else { "carveout" };
         let flags = if flags.is_empty() { String::new() } else { format!(" ({})", flags.join(", ")) };
-        rows.push(Row { range: c.range, what: format!("{kind} {}{flags}", c.name) });
+        // A CMA pool's free pages back the guests' movable parts: say whose.
+        let lent: Vec<String> = plan
+            .guests
+            .iter()
+            .filter_map(|g| g.movable.as_ref().filter(|m| !c.memreserve && m.pool == c.name).map(|m| (g, m)))
+            .map(|(g, m)| format!("{} {}", g.name, Mib(m.size)))
+            .collect();
+        let lent = if lent.is_empty() { String::new() } else { format!("; movable RAM of {}", lent.join(", ")) };
+        rows.push(Row { range: c.range, what: format!("{kind} {}{flags}{lent}", c.name) });
     }
     rows.push(Row { range: plan.monitor_image, what: "monitor image".into() });
     for g in &machine.guests {
@@ -97,6 +105,17 @@ pub fn text(dtb: &str, machine: &Machine, plan: &Plan) -> String {
         for e in &g.extents {
             let _ =
                 writeln!(o, "    IPA {:#012x} -> PA {:#012x}  {:>9}", e.ipa.as_u64(), e.pa.as_u64(), size_str(e.size));
+        }
+        if let Some(m) = &g.movable {
+            let r = m.ipa_range();
+            let _ = writeln!(
+                o,
+                "    movable: IPA {:#012x} - {:#012x} ({}) from CMA pool {}",
+                r.start(),
+                r.end(),
+                Mib(m.size),
+                m.pool
+            );
         }
         if let Some(d) = &g.desc {
             if let Some(args) = &d.bootargs {
@@ -170,6 +189,7 @@ pub fn json(machine: &Machine, plan: &Plan) -> Value {
             "name": g.name, "ipa_base": g.ipa_base.as_u64(), "size": g.size,
             "cpus": g.cpus, "first_cpu": g.first_cpu, "cpu_ids": g.cpu_ids,
             "extents": g.extents.iter().map(|e| json!({"ipa": e.ipa.as_u64(), "pa": e.pa.as_u64(), "size": e.size})).collect::<Vec<_>>(),
+            "movable": g.movable.as_ref().map(|m| json!({"pool": m.pool, "ipa": m.ipa.as_u64(), "size": m.size})),
         })).collect::<Vec<_>>(),
         "monitor": {
             "page_offset": m.page_offset.as_u64(),

@@ -51,6 +51,8 @@ pub struct Reserved {
     pub compatible: Option<String>,
     /// From the header's memory reservation block rather than a node.
     pub memreserve: bool,
+    /// The node's `phandle` (else `linux,phandle`): what a guest's `memory-region` names it by.
+    pub phandle: Option<u32>,
 }
 
 /// A boot module of a guest (`multiboot,kernel`, `multiboot,ramdisk`, `multiboot,device-tree`).
@@ -59,6 +61,20 @@ pub struct Module {
     pub node: String,
     pub range: PhysRange,
     pub bootargs: Option<String>,
+}
+
+/// A guest's RAM partly backed by a CMA pool (DESIGN.md, piece 5): the
+/// guest node's `memory-region = <&pool>` and `carve,movable-memory = <hi lo>`
+/// (KiB, 64-bit in two cells, like `memory`). That much of the guest's
+/// `memory` (the top of its IPA range) is backed by free pages of the pool,
+/// chosen at run time; the plan checks that the node is a pool and that the
+/// guests naming it fit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MovableRequest {
+    /// The phandle `memory-region` gives: a `/reserved-memory` node's [`Reserved::phandle`].
+    pub region: u32,
+    /// Bytes: a whole number of 4 KiB pages, more than 0 and at most the guest's `memory`.
+    pub size: u64,
 }
 
 /// What the monitor does when a guest touches an IPA it was not given.
@@ -96,6 +112,8 @@ pub struct Guest {
     pub bootargs: Option<String>,
     /// `carve,on-fault = "stop" | "reset" | "inject"`.
     pub on_fault: FaultPolicy,
+    /// `memory-region` + `carve,movable-memory`: the part of `memory` a CMA pool backs.
+    pub movable: Option<MovableRequest>,
 }
 
 /// An MMIO device window, translated to a physical address.
@@ -301,6 +319,7 @@ impl Machine {
                     reusable: node.has_prop("reusable"),
                     compatible: node.first_string("compatible").map(String::from),
                     memreserve: false,
+                    phandle: phandle(node)?,
                 });
             }
         }
@@ -322,6 +341,7 @@ impl Machine {
                 reusable: false,
                 compatible: None,
                 memreserve: true,
+                phandle: None,
             });
         }
         Ok(())
@@ -540,6 +560,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
             ))
         }
     };
+    let movable = movable(node, memory)?;
     let cells = node.cells()?;
     let mut g = Guest {
         name: node.name.clone(),
@@ -553,6 +574,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         device_tree: None,
         bootargs: node.str_prop("bootargs")?.map(String::from),
         on_fault,
+        movable,
     };
     for m in &node.children {
         let slot = if m.is_compatible("multiboot,kernel") {
@@ -589,6 +611,89 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         *slot = Some(Module { node: m.path.clone(), range, bootargs });
     }
     Ok(g)
+}
+
+/// A node's `phandle`, else its `linux,phandle` (older dtc wrote both): one cell.
+fn phandle(node: &Node<'_>) -> Result<Option<u32>, DtError> {
+    for prop in ["phandle", "linux,phandle"] {
+        let Some(v) = node.prop(prop) else { continue };
+        let &[a, b, c, d] = v else {
+            return Err(DtError::prop(
+                &node.path,
+                prop,
+                format!("{} bytes, expected one 4-byte cell (the node's phandle)", v.len()),
+            ));
+        };
+        return Ok(Some(u32::from_be_bytes([a, b, c, d])));
+    }
+    Ok(None)
+}
+
+/// `memory-region = <&pool>` with `carve,movable-memory = <hi lo>` (KiB): both
+/// or neither. Whether the phandle names a CMA pool, and whether the pool has
+/// room, is the plan's question (it knows the carveouts and the other guests).
+fn movable(node: &Node<'_>, memory: u64) -> Result<Option<MovableRequest>, DtError> {
+    let region = match node.prop("memory-region") {
+        None => None,
+        Some(&[a, b, c, d]) => Some(u32::from_be_bytes([a, b, c, d])),
+        Some(v) if !v.is_empty() && v.len().is_multiple_of(4) => {
+            return Err(DtError::prop(
+                &node.path,
+                "memory-region",
+                format!("{} phandles; a guest's movable memory comes from one pool", v.len() / 4),
+            ))
+        }
+        Some(v) => {
+            return Err(DtError::prop(
+                &node.path,
+                "memory-region",
+                format!("{} bytes, expected one 4-byte cell (the phandle of a /reserved-memory pool)", v.len()),
+            ))
+        }
+    };
+    let kib = node.u64_prop("carve,movable-memory")?;
+    let (region, kib) = match (region, kib) {
+        (None, None) => return Ok(None),
+        (Some(region), None) => {
+            return Err(DtError::prop(
+                &node.path,
+                "memory-region",
+                format!(
+                    "names a pool (phandle {region:#x}) but carve,movable-memory is missing: say how many KiB of the guest's memory it backs"
+                ),
+            ))
+        }
+        (None, Some(kib)) => {
+            return Err(DtError::prop(
+                &node.path,
+                "carve,movable-memory",
+                format!("{kib} KiB, but no memory-region names the CMA pool that backs it"),
+            ))
+        }
+        (Some(region), Some(kib)) => (region, kib),
+    };
+    if kib == 0 {
+        return Err(DtError::prop(
+            &node.path,
+            "carve,movable-memory",
+            "0 KiB: leave it and memory-region out for a guest without movable memory",
+        ));
+    }
+    if !kib.is_multiple_of(4) {
+        return Err(DtError::prop(
+            &node.path,
+            "carve,movable-memory",
+            format!("{kib} KiB is not a whole number of 4 KiB pages"),
+        ));
+    }
+    let size = kib.checked_mul(1024).filter(|&b| b <= memory).ok_or_else(|| {
+        DtError::prop(
+            &node.path,
+            "carve,movable-memory",
+            format!("{kib} KiB is more than the guest's memory ({} KiB)", memory / 1024),
+        )
+    })?;
+    Ok(Some(MovableRequest { region, size }))
 }
 
 /// `carve,cpu-ids`: one cell per vCPU, no CPU twice. Whether each names a CPU

@@ -12,5 +12,5 @@ pub mod write;
 #[cfg(test)]
 mod tests;
 
-pub use machine::{Machine, Reserved, ReservedKind};
+pub use machine::{Machine, MovableRequest, Reserved, ReservedKind};
 pub use tree::{DtError, Tree};

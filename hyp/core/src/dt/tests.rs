@@ -350,3 +350,128 @@ fn a_huge_string_list_is_not_collected() {
         .to_string()
         .contains("1048576 strings; carve reads lists of up to 256"));
 }
+
+#[test]
+fn reserved_nodes_keep_their_phandles() {
+    let b = blob(|w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("cma@50000000").unwrap();
+            w.property_string("compatible", "shared-dma-pool").unwrap();
+            w.property_null("reusable").unwrap();
+            w.property_array_u64("reg", &[0x5000_0000, 0x400_0000]).unwrap();
+            w.property_u32("phandle", 0x11).unwrap();
+            w.end_node(n).unwrap();
+            let n = w.begin_node("old@58000000").unwrap();
+            w.property_array_u64("reg", &[0x5800_0000, 0x10_0000]).unwrap();
+            w.property_u32("linux,phandle", 0x12).unwrap();
+            w.end_node(n).unwrap();
+            let n = w.begin_node("none@59000000").unwrap();
+            w.property_array_u64("reg", &[0x5900_0000, 0x10_0000]).unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    let m = Machine::from_dtb(&b).unwrap();
+    let ph: Vec<Option<u32>> = m.reserved.iter().map(|r| r.phandle).collect();
+    assert_eq!(ph, [Some(0x11), Some(0x12), None]);
+
+    let b = blob(|w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("cma@50000000").unwrap();
+            w.property_array_u64("reg", &[0x5000_0000, 0x400_0000]).unwrap();
+            w.property_u64("phandle", 0x11).unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    assert_eq!(
+        err(&b),
+        "/reserved-memory/cma@50000000: phandle: 8 bytes, expected one 4-byte cell (the node's phandle)"
+    );
+    let b = blob(|w| {
+        reserved_memory(w, |w| {
+            let n = w.begin_node("cma@50000000").unwrap();
+            w.property_array_u64("reg", &[0x5000_0000, 0x400_0000]).unwrap();
+            w.property_null("linux,phandle").unwrap();
+            w.end_node(n).unwrap();
+        })
+    });
+    assert_eq!(
+        err(&b),
+        "/reserved-memory/cma@50000000: linux,phandle: 0 bytes, expected one 4-byte cell (the node's phandle)"
+    );
+}
+
+#[test]
+fn a_guest_asks_for_movable_memory_from_a_pool() {
+    use super::machine::MovableRequest;
+    // The guest has 64 MiB (0x10000 KiB); 32 MiB (0x8000 KiB) of it from the pool with phandle 0x11.
+    let m = Machine::from_dtb(&guest_blob(|w| {
+        w.property_u32("memory-region", 0x11).unwrap();
+        w.property_array_u32("carve,movable-memory", &[0, 0x8000]).unwrap();
+    }))
+    .unwrap();
+    assert_eq!(m.guests[0].movable, Some(MovableRequest { region: 0x11, size: 32 << 20 }));
+    // One cell, like `memory`; all of the guest's memory.
+    let m = Machine::from_dtb(&guest_blob(|w| {
+        w.property_u32("memory-region", 0x11).unwrap();
+        w.property_u32("carve,movable-memory", 0x10000).unwrap();
+    }))
+    .unwrap();
+    assert_eq!(m.guests[0].movable, Some(MovableRequest { region: 0x11, size: 64 << 20 }));
+    assert_eq!(Machine::from_dtb(&guest_blob(|_| {})).unwrap().guests[0].movable, None);
+}
+
+#[test]
+fn movable_memory_refusals_name_the_property_and_the_numbers() {
+    let with = |region: Option<&[u32]>, kib: Option<&[u32]>| {
+        err(&guest_blob(|w| {
+            if let Some(r) = region {
+                w.property_array_u32("memory-region", r).unwrap();
+            }
+            if let Some(k) = kib {
+                w.property_array_u32("carve,movable-memory", k).unwrap();
+            }
+        }))
+    };
+    assert_eq!(
+        with(None, Some(&[0, 0x8000])),
+        "/chosen/guest@0: carve,movable-memory: 32768 KiB, but no memory-region names the CMA pool that backs it"
+    );
+    assert_eq!(
+        with(Some(&[0x11]), None),
+        "/chosen/guest@0: memory-region: names a pool (phandle 0x11) but carve,movable-memory is missing: \
+         say how many KiB of the guest's memory it backs"
+    );
+    assert_eq!(
+        with(Some(&[0x11]), Some(&[0, 0])),
+        "/chosen/guest@0: carve,movable-memory: 0 KiB: leave it and memory-region out for a guest without movable memory"
+    );
+    assert_eq!(
+        with(Some(&[0x11]), Some(&[0, 0x401])),
+        "/chosen/guest@0: carve,movable-memory: 1025 KiB is not a whole number of 4 KiB pages"
+    );
+    assert_eq!(
+        with(Some(&[0x11]), Some(&[0, 0x10004])),
+        "/chosen/guest@0: carve,movable-memory: 65540 KiB is more than the guest's memory (65536 KiB)"
+    );
+    assert_eq!(
+        with(Some(&[0x11]), Some(&[0x4000_0000, 0, 0])),
+        "/chosen/guest@0: carve,movable-memory: 12 bytes, expected one or two cells"
+    );
+    assert_eq!(
+        with(Some(&[0x11, 0x12]), Some(&[0, 0x8000])),
+        "/chosen/guest@0: memory-region: 2 phandles; a guest's movable memory comes from one pool"
+    );
+    let b = guest_blob(|w| {
+        w.property("memory-region", &[0, 0x11]).unwrap();
+        w.property_array_u32("carve,movable-memory", &[0, 0x8000]).unwrap();
+    });
+    assert_eq!(
+        err(&b),
+        "/chosen/guest@0: memory-region: 2 bytes, expected one 4-byte cell (the phandle of a /reserved-memory pool)"
+    );
+    // KiB that overflow bytes are more than any memory.
+    assert_eq!(
+        with(Some(&[0x11]), Some(&[0xffff_ffff, 0xffff_fffc])),
+        "/chosen/guest@0: carve,movable-memory: 18446744073709551612 KiB is more than the guest's memory (65536 KiB)"
+    );
+}

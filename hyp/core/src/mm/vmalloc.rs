@@ -466,6 +466,7 @@ mod tests {
             reusable: false,
             compatible: None,
             memreserve: false,
+            phandle: None,
         };
         let m = Machine {
             ram: vec![RamBank {

@@ -135,6 +135,7 @@ mod tests {
             reusable: false,
             compatible: None,
             memreserve: false,
+            phandle: None,
         };
         let m = Machine {
             ram: vec![RamBank { node: "/memory".into(), range: PhysRange::from_raw(0x4000_0000, 1280 * MIB).unwrap() }],

@@ -30,6 +30,38 @@ pub struct Carveout {
 }
 
 impl Carveout {
+    /// Whether the contiguous allocator makes a pool of it: `reusable`, not
+    /// `no-map`, `compatible = "shared-dma-pool"`. These are the carveouts
+    /// [`crate::mm::CmaPool::from_plan`] takes, and the only ones a guest's
+    /// movable memory ([`super::Movable`]) may come from.
+    pub fn is_cma_pool(&self) -> bool {
+        self.reusable && !self.no_map && self.compatible.as_deref() == Some(crate::mm::cma::SHARED_DMA_POOL)
+    }
+
+    /// Why it is not a CMA pool, e.g. `no-map, not reusable, no compatible`; empty when it is one.
+    pub fn not_a_pool_because(&self) -> String {
+        let mut why: Vec<String> = Vec::new();
+        if self.no_map {
+            why.push("no-map".into());
+        }
+        if !self.reusable {
+            why.push("not reusable".into());
+        }
+        match self.compatible.as_deref() {
+            Some(crate::mm::cma::SHARED_DMA_POOL) => {}
+            Some(other) => why.push(format!("compatible {other:?}")),
+            None => why.push("no compatible".into()),
+        }
+        why.join(", ")
+    }
+
+    /// The bytes of the whole 4 KiB pages inside its range (what a CMA pool over it holds).
+    pub fn whole_pages(&self) -> u64 {
+        let start = self.range.start().next_multiple_of(crate::addr::PAGE_SIZE);
+        let end = self.range.end() & !(crate::addr::PAGE_SIZE - 1);
+        end.saturating_sub(start)
+    }
+
     fn conflicts_with(&self, other: &Carveout) -> bool {
         (self.no_map && other.reusable) || (self.reusable && other.no_map)
     }

@@ -13,7 +13,7 @@ use alloc::vec::Vec;
 
 use super::{Carveout, PlanConfig, PlanError, RangeSet, DEFAULT_IPA_BASE};
 use crate::addr::{Address, Ipa, IpaRange, Mib, PhysAddr, PhysRange, Size, PAGE_SIZE, SIZE_1G, SIZE_2M};
-use crate::dt::machine::{Guest, Machine};
+use crate::dt::machine::{Guest, Machine, MovableRequest};
 
 /// One piece of a guest's RAM: `size` bytes at IPA `ipa` backed at `pa`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,7 +92,15 @@ impl GuestPlan {
         self.cpu_ids.iter().position(|&c| c == cpu)
     }
 
-    /// The physical address behind `ipa`, if it is guest RAM.
+    /// The bytes of RAM the extents back: [`Self::size`] less the movable part.
+    pub fn fixed_size(&self) -> u64 {
+        self.size.saturating_sub(self.movable.as_ref().map_or(0, |m| m.size))
+    }
+
+    /// The physical address behind `ipa`, if an extent backs it. `None` for
+    /// IPAs outside the guest's RAM, and for those in its movable part
+    /// ([`Self::movable`]): which pool page backs those is decided at run
+    /// time, and may change while the guest runs; the plan does not know it.
     pub fn pa_of(&self, ipa: Ipa) -> Option<PhysAddr> {
         self.extents
             .iter()
@@ -109,6 +117,7 @@ struct Wanted {
     /// `carve,cpu-ids`, checked against the machine's CPUs and the other guests'.
     cpu_ids: Option<Vec<u32>>,
     ipa_base: Option<Ipa>,
+    movable: Option<MovableRequest>,
     desc: Option<Guest>,
 }
 
@@ -131,18 +140,19 @@ pub fn place(
             cpus: g.cpus,
             cpu_ids: g.cpu_ids.clone(),
             ipa_base: g.ipa_base,
+            movable: g.movable,
             desc: Some(g.clone()),
         })
         .collect();
     for (i, size) in config.extra_guests.iter().enumerate() {
         let name = format!("guest@{}", machine.guests.len() + i);
-        wanted.push(Wanted { name, size: *size, cpus: 1, cpu_ids: None, ipa_base: None, desc: None });
+        wanted.push(Wanted { name, size: *size, cpus: 1, cpu_ids: None, ipa_base: None, movable: None, desc: None });
     }
     check_modules(machine, ram, carveouts, config.require_kernel)?;
     let mut owner = claim_named_cpus(machine, &wanted)?;
 
     let mut plans: Vec<GuestPlan> = Vec::new();
-    for Wanted { name, size, cpus, cpu_ids, ipa_base, desc } in wanted {
+    for Wanted { name, size, cpus, cpu_ids, ipa_base, movable, desc } in wanted {
         if size % PAGE_SIZE != 0 {
             return Err(PlanError::new(
                 name,
@@ -167,16 +177,121 @@ pub fn place(
             return Err(PlanError::new(name, format!("carve,ipa-base {base} is not 4 KiB aligned")));
         }
         check_devices(&name, machine, &ipa)?;
+        let movable = match movable {
+            Some(req) => Some(movable_part(machine, ram, carveouts, &plans, &name, &ipa, req)?),
+            None => None,
+        };
+        // Only the fixed part comes out of free RAM: the pool's pages back the rest.
+        let fixed = size - movable.as_ref().map_or(0, |m| m.size);
         let available = free.total().saturating_sub(config.monitor_min_free);
-        if size > available {
-            return Err(PlanError::new(name, too_big(size, available, carveouts, ram, config, &plans)));
+        let too_big = || too_big(fixed, movable.as_ref(), available, carveouts, ram, config, &plans);
+        if fixed > available {
+            return Err(PlanError::new(name, too_big()));
         }
-        let extents = choose_extents(&mut free, base, size)
-            .ok_or_else(|| PlanError::new(name.as_str(), too_big(size, available, carveouts, ram, config, &plans)))?;
+        let extents = choose_extents(&mut free, base, fixed).ok_or_else(|| PlanError::new(name.as_str(), too_big()))?;
         let first_cpu = cpu_ids.first().copied().unwrap_or(0);
-        plans.push(GuestPlan { name, ipa_base: base, size, cpus, first_cpu, cpu_ids, extents, movable: None, desc });
+        plans.push(GuestPlan { name, ipa_base: base, size, cpus, first_cpu, cpu_ids, extents, movable, desc });
     }
     Ok((plans, free))
+}
+
+/// The guest's movable part, once `req` passes: the phandle names one
+/// `/reserved-memory` node, planned as one carveout inside RAM that is a CMA
+/// pool ([`Carveout::is_cma_pool`]), whose whole pages hold this guest's
+/// movable bytes and those of the `earlier` guests naming it. The part is the
+/// top `req.size` bytes of the guest's IPA range `ipa`.
+fn movable_part(
+    machine: &Machine,
+    ram: &RangeSet,
+    carveouts: &[Carveout],
+    earlier: &[GuestPlan],
+    name: &str,
+    ipa: &IpaRange,
+    req: MovableRequest,
+) -> Result<Movable, PlanError> {
+    let ph = req.region;
+    // The reader refuses these; a machine built in code may still ask.
+    if req.size == 0 || !req.size.is_multiple_of(PAGE_SIZE) || req.size > ipa.size {
+        return Err(PlanError::new(
+            name,
+            format!(
+                "carve,movable-memory {} is not a whole number of 4 KiB pages from 4 KiB up to its memory {}",
+                Size(req.size),
+                Size(ipa.size)
+            ),
+        ));
+    }
+    let mut nodes = machine.reserved.iter().filter(|r| r.phandle == Some(ph));
+    let Some(node) = nodes.next() else {
+        return Err(PlanError::new(
+            name,
+            format!(
+                "memory-region <{ph:#x}> names no enabled /reserved-memory node: movable memory comes from a CMA pool there"
+            ),
+        ));
+    };
+    if let Some(other) = nodes.next() {
+        return Err(PlanError::new(
+            name,
+            format!(
+                "memory-region <{ph:#x}> is ambiguous: /reserved-memory nodes {} and {} both have that phandle",
+                node.name, other.name
+            ),
+        ));
+    }
+    let ranges: Vec<&Carveout> = carveouts.iter().filter(|c| !c.memreserve && c.name == node.name).collect();
+    let &[pool] = ranges.as_slice() else {
+        return Err(PlanError::new(
+            name,
+            format!(
+                "memory-region <{ph:#x}> names {}, which has {} ranges: a CMA pool that backs guest RAM is one",
+                node.name,
+                ranges.len()
+            ),
+        ));
+    };
+    if !pool.is_cma_pool() {
+        return Err(PlanError::new(
+            name,
+            format!(
+                "memory-region <{ph:#x}> names {} ({}), which is not a CMA pool: movable memory needs a reusable shared-dma-pool without no-map",
+                pool.name,
+                pool.not_a_pool_because()
+            ),
+        ));
+    }
+    if !ram.contains_range(&pool.range) {
+        return Err(PlanError::new(
+            name,
+            format!(
+                "memory-region <{ph:#x}> names {} at {}, which is not all RAM: a CMA pool's pages back guest RAM",
+                pool.name, pool.range
+            ),
+        ));
+    }
+    let capacity = pool.whole_pages();
+    let sharing: Vec<(&str, u64)> = earlier
+        .iter()
+        .filter_map(|g| g.movable.as_ref().filter(|m| m.pool == pool.name).map(|m| (g.name.as_str(), m.size)))
+        .collect();
+    let taken: u64 = sharing.iter().map(|(_, s)| s).sum();
+    if taken + req.size > capacity {
+        let mut msg = format!(
+            "its movable {} does not fit in the CMA pool {}: {} of whole pages",
+            Size(req.size),
+            pool.name,
+            Size(capacity)
+        );
+        if !sharing.is_empty() {
+            let each: Vec<String> = sharing.iter().map(|(g, s)| format!("{g} {}", Size(*s))).collect();
+            msg.push_str(&format!(", of which earlier guests take {} ({})", Size(taken), each.join(", ")));
+        }
+        return Err(PlanError::new(name, msg));
+    }
+    let at = Ipa::from_u64(ipa.end() - req.size).ok_or_else(|| {
+        PlanError::new(name, format!("its movable part at IPA {:#x} is past the IPA space", ipa.end() - req.size))
+    })?;
+    Ok(Movable { pool: pool.name.clone(), ipa: at, size: req.size })
 }
 
 /// The machine's CPUs: its `/cpus` nodes, or one when it lists none (a guest
@@ -229,9 +344,11 @@ fn take_free_cpus(owner: &mut [Option<String>], name: &str, cpus: u32) -> Result
     Ok(ids)
 }
 
-/// `wants 2048 MiB, 1536 MiB free after carveouts (a@1 56 MiB, ...)`.
+/// `wants 2048 MiB, 1536 MiB free after carveouts (a@1 56 MiB, ...)`; `size`
+/// is what the extents must back (the guest's RAM less its `movable` part).
 fn too_big(
     size: u64,
+    movable: Option<&Movable>,
     available: u64,
     carveouts: &[Carveout],
     ram: &RangeSet,
@@ -250,13 +367,17 @@ fn too_big(
         taken.truncate(5);
         taken.push(format!("and {rest} more"));
     }
-    let mut msg = format!("wants {}, {} free after carveouts", Mib(size), Mib(available));
+    let mut msg = format!("wants {}", Mib(size));
+    if let Some(m) = movable {
+        msg.push_str(&format!(" (besides {} movable from {})", Mib(m.size), m.pool));
+    }
+    msg.push_str(&format!(", {} free after carveouts", Mib(available)));
     if !taken.is_empty() {
         msg.push_str(&format!(" ({})", taken.join(", ")));
     }
     msg.push_str(&format!(", the monitor (image and {} kept free)", Mib(config.monitor_min_free)));
     if !earlier.is_empty() {
-        let g: Vec<String> = earlier.iter().map(|g| format!("{} {}", g.name, Mib(g.size))).collect();
+        let g: Vec<String> = earlier.iter().map(|g| format!("{} {}", g.name, Mib(g.fixed_size()))).collect();
         msg.push_str(&format!(" and earlier guests ({})", g.join(", ")));
     }
     msg

@@ -8,8 +8,8 @@ use proptest::prelude::*;
 
 use super::layout::VmallocSource;
 use super::*;
-use crate::addr::{PhysAddr, SIZE_2M, SIZE_4G};
-use crate::dt::machine::{Guest, Module, RamBank, Reserved, ReservedKind};
+use crate::addr::{Ipa, PhysAddr, SIZE_2M, SIZE_4G};
+use crate::dt::machine::{Guest, Module, MovableRequest, RamBank, Reserved, ReservedKind};
 
 const MIB: u64 = 1 << 20;
 
@@ -25,6 +25,7 @@ fn carve(name: &str, base: u64, size: u64, no_map: bool, reusable: bool) -> Rese
         reusable,
         compatible: None,
         memreserve: false,
+        phandle: None,
     }
 }
 
@@ -142,6 +143,7 @@ fn dynamic_carveout_goes_high_inside_its_ranges() {
         reusable: false,
         compatible: None,
         memreserve: false,
+        phandle: None,
     });
     let p = plan(&m, &what_if(&[])).unwrap();
     let d = p.carveouts.iter().find(|c| c.name == "dyn@0").unwrap();
@@ -225,6 +227,7 @@ fn modules_are_kept_out_and_checked() {
         device_tree: None,
         bootargs: Some("console=ttyAMA0".into()),
         on_fault: Default::default(),
+        movable: None,
     });
     let p = plan(&m, &PlanConfig::default()).unwrap();
     verify(&p).unwrap();
@@ -269,6 +272,7 @@ fn small_guest(n: u32, cpus: u32, cpu_ids: Option<Vec<u32>>, kernel: u64) -> Gue
         device_tree: None,
         bootargs: None,
         on_fault: Default::default(),
+        movable: None,
     }
 }
 
@@ -460,6 +464,265 @@ proptest! {
                 let total: u64 = leaves.iter().map(|l| l.size).sum();
                 prop_assert_eq!(total, g.size);
             }
+        }
+    }
+}
+
+// Movable memory: a guest's RAM partly backed by a CMA pool (`memory-region` + `carve,movable-memory`).
+
+/// A `reusable` `shared-dma-pool` at `base` with phandle `ph`.
+fn cma_pool(name: &str, base: u64, size: u64, ph: u32) -> Reserved {
+    Reserved { compatible: Some("shared-dma-pool".into()), phandle: Some(ph), ..carve(name, base, size, false, true) }
+}
+
+/// A guest of `mib` MiB whose top `movable_mib` come from the pool with phandle `ph`.
+fn movable_guest(n: u32, mib: u64, movable_mib: u64, ph: u32, kernel: u64) -> Guest {
+    let movable = (movable_mib > 0).then_some(MovableRequest { region: ph, size: movable_mib * MIB });
+    Guest { memory: mib * MIB, movable, ..small_guest(n, 1, None, kernel) }
+}
+
+/// dts/virt-cma-guest.dts at `-m 1024`: a 64 MiB pool at 0x50000000 (phandle
+/// 1), a dynamic 32 MiB no-map region in 0x60000000..0x80000000 (phandle 2).
+fn virt_cma(guests: Vec<Guest>) -> Machine {
+    let dsp = Reserved {
+        name: "dsp-pool".into(),
+        kind: ReservedKind::Dynamic {
+            size: 32 * MIB,
+            alignment: 4 * MIB,
+            alloc_ranges: vec![PhysRange::from_raw(0x6000_0000, 0x2000_0000).unwrap()],
+        },
+        phandle: Some(2),
+        ..carve("dsp-pool", 0, 1, true, false)
+    };
+    Machine {
+        ram: vec![bank(0x4000_0000, 1024 * MIB)],
+        reserved: vec![cma_pool("cma@50000000", 0x5000_0000, 64 * MIB, 1), dsp],
+        cpus: vec![0, 1],
+        guests,
+        ..Machine::default()
+    }
+}
+
+fn movable_of(p: &Plan, g: usize) -> &Movable {
+    p.guests[g].movable.as_ref().expect("a movable part")
+}
+
+#[test]
+fn a_movable_part_is_the_top_of_the_guest_and_not_extents() {
+    let p = plan(&virt_cma(vec![movable_guest(0, 512, 32, 1, 0x4800_0000)]), &PlanConfig::default()).unwrap();
+    verify(&p).unwrap();
+    let g = &p.guests[0];
+    // The IPA range is the whole 512 MiB; extents back the low 480 MiB, the pool the top 32 MiB.
+    assert_eq!((g.ipa_base, g.size), (DEFAULT_IPA_BASE, 512 * MIB));
+    assert_eq!(g.ipa_range().end(), 0x6000_0000);
+    assert_eq!(g.fixed_size(), 480 * MIB);
+    assert_eq!(g.extents.iter().map(|e| e.size).sum::<u64>(), 480 * MIB);
+    assert_eq!(g.extents.last().map(|e| e.ipa.as_u64() + e.size), Some(0x5e00_0000));
+    assert_eq!(*movable_of(&p, 0), Movable { pool: "cma@50000000".into(), ipa: Ipa::new(0x5e00_0000), size: 32 * MIB });
+    assert_eq!(movable_of(&p, 0).ipa_range().end(), 0x6000_0000);
+    // No extent takes the pool's pages; the movable IPAs have no planned PA.
+    let pool = p.carveouts.iter().find(|c| c.name == "cma@50000000").unwrap();
+    assert!(pool.is_cma_pool() && pool.whole_pages() == 64 * MIB);
+    assert!(g.extents.iter().all(|e| !e.pa_range().overlaps(&pool.range)));
+    assert!(g.pa_of(Ipa::new(0x5dff_f000)).is_some());
+    assert_eq!(g.pa_of(Ipa::new(0x5e00_0000)), None);
+    assert_eq!(g.pa_of(Ipa::new(0x5fff_f000)), None);
+    // The RAM left to the monitor is 32 MiB more than with the whole guest in extents.
+    let whole = plan(&virt_cma(vec![movable_guest(0, 512, 0, 1, 0x4800_0000)]), &PlanConfig::default()).unwrap();
+    assert!(whole.guests[0].movable.is_none());
+    assert_eq!(p.monitor_free.total(), whole.monitor_free.total() + 32 * MIB);
+}
+
+#[test]
+fn only_the_fixed_part_counts_against_free_ram() {
+    // 1024 MiB less the pool (64), dsp-pool (32), the monitor (8) and the kernel module (8): 912 MiB
+    // free, 896 MiB once the monitor keeps its 16 MiB. A 928 MiB guest fits only with 32 MiB movable.
+    let e = plan(&virt_cma(vec![movable_guest(0, 928, 0, 1, 0x4800_0000)]), &PlanConfig::default()).unwrap_err();
+    assert!(e.to_string().starts_with("guest@0: wants 928 MiB, 896 MiB free after carveouts"), "{e}");
+    let p = plan(&virt_cma(vec![movable_guest(0, 928, 32, 1, 0x4800_0000)]), &PlanConfig::default()).unwrap();
+    verify(&p).unwrap();
+    assert_eq!(p.guests[0].fixed_size(), 896 * MIB);
+    // Too big even so: the refusal counts the fixed part and names the movable one.
+    let e = plan(&virt_cma(vec![movable_guest(0, 960, 32, 1, 0x4800_0000)]), &PlanConfig::default()).unwrap_err();
+    assert!(
+        e.to_string().starts_with(
+            "guest@0: wants 928 MiB (besides 32 MiB movable from cma@50000000), 896 MiB free after carveouts"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn guests_sharing_a_pool_must_fit_in_its_pages() {
+    let two = |a: u64, b: u64| {
+        virt_cma(vec![movable_guest(0, 128, a, 1, 0x4800_0000), movable_guest(1, 128, b, 1, 0x4900_0000)])
+    };
+    let p = plan(&two(32, 32), &PlanConfig::default()).unwrap();
+    verify(&p).unwrap();
+    assert_eq!(movable_of(&p, 0).pool, movable_of(&p, 1).pool);
+    assert_eq!(movable_of(&p, 1).ipa, Ipa::new(0x4000_0000 + 96 * MIB));
+    let e = plan(&two(32, 48), &PlanConfig::default()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "guest@1: its movable 48 MiB does not fit in the CMA pool cma@50000000: 64 MiB of whole pages, \
+         of which earlier guests take 32 MiB (guest@0 32 MiB)"
+    );
+    // One guest alone asking for more than the pool.
+    let e = plan(&virt_cma(vec![movable_guest(0, 128, 96, 1, 0x4800_0000)]), &PlanConfig::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "guest@0: its movable 96 MiB does not fit in the CMA pool cma@50000000: 64 MiB of whole pages"
+    );
+    // A pool of partial pages holds only its whole ones.
+    let mut m = virt_cma(vec![movable_guest(0, 128, 64, 1, 0x4800_0000)]);
+    m.reserved[0] = cma_pool("cma@50000800", 0x5000_0800, 64 * MIB, 1);
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert!(e.ends_with("does not fit in the CMA pool cma@50000800: 65532 KiB of whole pages"), "{e}");
+}
+
+#[test]
+fn a_dynamic_pool_backs_movable_memory() {
+    let mut m = virt_cma(vec![movable_guest(0, 256, 16, 3, 0x4800_0000)]);
+    m.reserved.push(Reserved {
+        name: "linux,cma".into(),
+        kind: ReservedKind::Dynamic {
+            size: 16 * MIB,
+            alignment: 4 * MIB,
+            alloc_ranges: vec![PhysRange::from_raw(0x4000_0000, 0x1000_0000).unwrap()],
+        },
+        ..cma_pool("linux,cma", 0, 1, 3)
+    });
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    verify(&p).unwrap();
+    let pool = p.carveouts.iter().find(|c| c.name == "linux,cma").unwrap();
+    assert!(pool.dynamic && pool.is_cma_pool());
+    assert_eq!(pool.range, PhysRange::from_raw(0x4f00_0000, 16 * MIB).unwrap());
+    assert_eq!(*movable_of(&p, 0), Movable { pool: "linux,cma".into(), ipa: Ipa::new(0x4f00_0000), size: 16 * MIB });
+}
+
+#[test]
+fn movable_memory_from_what_is_no_pool_is_refused() {
+    let refusal = |m: Machine| plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    let e = refusal(virt_cma(vec![movable_guest(0, 256, 16, 7, 0x4800_0000)]));
+    assert_eq!(
+        e,
+        "guest@0: memory-region <0x7> names no enabled /reserved-memory node: movable memory comes from a CMA pool there"
+    );
+    let e = refusal(virt_cma(vec![movable_guest(0, 256, 16, 2, 0x4800_0000)]));
+    assert_eq!(
+        e,
+        "guest@0: memory-region <0x2> names dsp-pool (no-map, not reusable, no compatible), which is not a CMA pool: \
+         movable memory needs a reusable shared-dma-pool without no-map"
+    );
+    // Reusable, but not a shared-dma-pool.
+    let mut m = virt_cma(vec![movable_guest(0, 256, 16, 1, 0x4800_0000)]);
+    m.reserved[0].compatible = Some("acme,pool".into());
+    assert!(refusal(m).contains("names cma@50000000 (compatible \"acme,pool\"), which is not a CMA pool"));
+    // A node of two ranges.
+    let mut m = virt_cma(vec![movable_guest(0, 256, 16, 1, 0x4800_0000)]);
+    m.reserved[0].kind = ReservedKind::Static(vec![
+        PhysRange::from_raw(0x5000_0000, 32 * MIB).unwrap(),
+        PhysRange::from_raw(0x5400_0000, 32 * MIB).unwrap(),
+    ]);
+    assert_eq!(
+        refusal(m),
+        "guest@0: memory-region <0x1> names cma@50000000, which has 2 ranges: a CMA pool that backs guest RAM is one"
+    );
+    // A pool partly outside RAM.
+    let mut m = virt_cma(vec![movable_guest(0, 256, 16, 1, 0x4800_0000)]);
+    m.reserved[0] = cma_pool("cma@7e000000", 0x7e00_0000, 64 * MIB, 1);
+    assert_eq!(
+        refusal(m),
+        "guest@0: memory-region <0x1> names cma@7e000000 at 0x7e000000-0x82000000, which is not all RAM: \
+         a CMA pool's pages back guest RAM"
+    );
+    // Two nodes with one phandle.
+    let mut m = virt_cma(vec![movable_guest(0, 256, 16, 1, 0x4800_0000)]);
+    m.reserved[1].phandle = Some(1);
+    assert!(refusal(m).contains("memory-region <0x1> is ambiguous: /reserved-memory nodes cma@50000000 and dsp-pool"));
+    // What the reader refuses, built in code: more movable than memory.
+    let m = virt_cma(vec![movable_guest(0, 16, 32, 1, 0x4800_0000)]);
+    assert!(refusal(m).starts_with("guest@0: carve,movable-memory 32 MiB is not a whole number of 4 KiB pages"));
+}
+
+#[test]
+fn verify_checks_the_movable_promises() {
+    let m = virt_cma(vec![movable_guest(0, 128, 32, 1, 0x4800_0000), movable_guest(1, 128, 32, 1, 0x4900_0000)]);
+    let good = plan(&m, &PlanConfig::default()).unwrap();
+    verify(&good).unwrap();
+    let broken = |f: &dyn Fn(&mut Plan)| {
+        let mut p = good.clone();
+        f(&mut p);
+        verify(&p).unwrap_err()
+    };
+    // guest@0: extents for IPA 0x40000000-0x46000000, movable 0x46000000-0x48000000.
+    let e = broken(&|p| p.guests[0].movable.as_mut().unwrap().ipa = Ipa::new(0x4600_1000));
+    assert_eq!(e, "guest@0: movable part at IPA 0x46001000 does not follow the extents, which end at 0x46000000");
+    let e = broken(&|p| p.guests[0].movable.as_mut().unwrap().size = 16 * MIB);
+    assert_eq!(e, "guest@0: extents cover 0x6000000 bytes, the guest has 0x7000000 besides its movable 0x1000000");
+    let e = broken(&|p| p.guests[0].movable = None);
+    assert_eq!(e, "guest@0: extents cover 0x6000000 bytes, the guest has 0x8000000");
+    let e = broken(&|p| p.guests[0].movable.as_mut().unwrap().size = 256 * MIB);
+    assert_eq!(e, "guest@0: movable part of 0x10000000 bytes, the guest has 0x8000000");
+    let e = broken(&|p| {
+        p.guests[0].size += 0x800;
+        p.guests[0].movable.as_mut().unwrap().size += 0x800;
+    });
+    assert_eq!(e, "guest@0: movable part of 0x2000800 bytes is not whole pages");
+    let e = broken(&|p| p.guests[1].movable.as_mut().unwrap().pool = "dsp-pool".into());
+    assert!(e.starts_with("guest@1: movable pool dsp-pool 0x") && e.ends_with(" is not a CMA pool inside RAM"), "{e}");
+    let e = broken(&|p| p.guests[0].movable.as_mut().unwrap().pool = "nowhere".into());
+    assert_eq!(e, "guest@0: movable pool nowhere is 0 carveout(s), not one");
+    let e = broken(&|p| {
+        p.carveouts.iter_mut().find(|c| c.name == "cma@50000000").unwrap().range =
+            PhysRange::from_raw(0x5000_0000, 48 * MIB).unwrap();
+    });
+    assert_eq!(e, "guests' movable parts take 0x4000000 bytes of pool cma@50000000, which has 0x3000000");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    /// Guests with movable parts from one pool: a plan that verifies, whose
+    /// extents map through stage-2 exactly the fixed part and whose pool holds
+    /// every movable part; or a refusal naming a guest.
+    #[test]
+    fn movable_parts_plan_soundly(
+        pool_mib in 1u64..128,
+        guests in proptest::collection::vec((1u64..192, 0u64..64), 1..3),
+    ) {
+        use crate::mm::{Attrs, PageTable, Stage2, VecMemory};
+        let guests: Vec<Guest> = guests
+            .iter()
+            .enumerate()
+            .map(|(i, &(mib, mv))| movable_guest(i as u32, mib, mv.min(mib), 1, 0x4800_0000 + i as u64 * 0x100_0000))
+            .collect();
+        let mut m = virt_cma(guests);
+        m.reserved[0] = cma_pool("cma@50000000", 0x5000_0000, pool_mib * MIB, 1);
+        match plan(&m, &PlanConfig::default()) {
+            Ok(p) => {
+                prop_assert_eq!(verify(&p), Ok(()));
+                let lent: u64 = p.guests.iter().filter_map(|g| g.movable.as_ref()).map(|mv| mv.size).sum();
+                prop_assert!(lent <= pool_mib * MIB);
+                for (g, want) in p.guests.iter().zip(&m.guests) {
+                    prop_assert_eq!(g.size, want.memory);
+                    prop_assert_eq!(g.movable.as_ref().map(|mv| mv.size), want.movable.map(|r| r.size));
+                    let mut mem = VecMemory::default();
+                    let mut s2 = PageTable::<Stage2>::new(&mut mem).unwrap();
+                    for e in &g.extents {
+                        s2.map(&mut mem, e.ipa, e.pa, e.size, Attrs::ram()).unwrap();
+                    }
+                    let mut mapped = 0;
+                    s2.for_each_leaf(&mem, |l| mapped += l.size);
+                    prop_assert_eq!(mapped, g.fixed_size());
+                    if let Some(mv) = &g.movable {
+                        prop_assert_eq!(mv.ipa.as_u64() + mv.size, g.ipa_range().end());
+                        prop_assert!(s2.translate(&mem, mv.ipa).is_none());
+                        prop_assert_eq!(g.pa_of(mv.ipa), None);
+                    }
+                }
+            }
+            Err(e) => prop_assert!(e.subject.starts_with("guest@"), "{}", e),
         }
     }
 }

@@ -6,10 +6,11 @@
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use super::layout::VmallocSource;
 use super::{Plan, RangeSet};
-use crate::addr::{Address, PhysRange, SIZE_2M};
+use crate::addr::{Address, IpaRange, PhysRange, SIZE_2M};
 
 /// `Ok` when every invariant holds; else the first one broken.
 pub fn verify(plan: &Plan) -> Result<(), String> {
@@ -22,7 +23,13 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
         return Err(format!("the monitor image {} overlaps a carveout", plan.monitor_image));
     }
     taken.insert(plan.monitor_image);
+    // Movable bytes lent from each pool, by pool name.
+    let mut lent: Vec<(&str, u64)> = Vec::new();
     for g in &plan.guests {
+        let movable = g.movable.as_ref().map_or(0, |m| m.size);
+        let Some(fixed) = g.size.checked_sub(movable) else {
+            return Err(format!("{}: movable part of {movable:#x} bytes, the guest has {:#x}", g.name, g.size));
+        };
         let mut cursor = g.ipa_base.as_u64();
         let mut total = 0u64;
         for e in &g.extents {
@@ -46,8 +53,38 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
             cursor += e.size;
             total += e.size;
         }
-        if total != g.size {
-            return Err(format!("{}: extents cover {total:#x} bytes, the guest has {:#x}", g.name, g.size));
+        if total != fixed {
+            return Err(match g.movable {
+                None => format!("{}: extents cover {total:#x} bytes, the guest has {:#x}", g.name, g.size),
+                Some(_) => format!(
+                    "{}: extents cover {total:#x} bytes, the guest has {fixed:#x} besides its movable {movable:#x}",
+                    g.name
+                ),
+            });
+        }
+        if let Some(m) = &g.movable {
+            // The rest of the guest's range, from a pool that is one CMA pool carveout inside RAM.
+            if m.size == 0 || m.size % 4096 != 0 {
+                return Err(format!("{}: movable part of {:#x} bytes is not whole pages", g.name, m.size));
+            }
+            if m.ipa.as_u64() != cursor || IpaRange::new(m.ipa, m.size).is_none() {
+                return Err(format!(
+                    "{}: movable part at IPA {:#x} does not follow the extents, which end at {cursor:#x}",
+                    g.name,
+                    m.ipa.as_u64()
+                ));
+            }
+            let pools: Vec<_> = plan.carveouts.iter().filter(|c| !c.memreserve && c.name == m.pool).collect();
+            let [pool] = pools.as_slice() else {
+                return Err(format!("{}: movable pool {} is {} carveout(s), not one", g.name, m.pool, pools.len()));
+            };
+            if !pool.is_cma_pool() || !ram.contains_range(&pool.range) {
+                return Err(format!("{}: movable pool {} {} is not a CMA pool inside RAM", g.name, m.pool, pool.range));
+            }
+            match lent.iter_mut().find(|(p, _)| *p == m.pool) {
+                Some((_, n)) => *n += m.size,
+                None => lent.push((m.pool.as_str(), m.size)),
+            }
         }
         if let Some(d) = &g.desc {
             for m in [&d.kernel, &d.ramdisk, &d.device_tree].into_iter().flatten() {
@@ -55,6 +92,12 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                     return Err(format!("{}: RAM overlaps its module {}", g.name, m.node));
                 }
             }
+        }
+    }
+    for (name, bytes) in lent {
+        let capacity = plan.carveouts.iter().find(|c| !c.memreserve && c.name == name).map_or(0, |c| c.whole_pages());
+        if bytes > capacity {
+            return Err(format!("guests' movable parts take {bytes:#x} bytes of pool {name}, which has {capacity:#x}"));
         }
     }
     for r in plan.monitor_free.ranges() {
