@@ -21,73 +21,18 @@ use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use carve_core::addr::{Address, PhysAddr, PhysRange, VirtAddr, VirtRange, PAGE_SIZE};
-use carve_core::mm::kmap::fixmap::FIX_MAX_CPUS;
+use carve_core::addr::{Address, PhysAddr, PhysRange, VirtRange, PAGE_SIZE};
 use carve_core::mm::table::Access;
-use carve_core::mm::{Attrs, CmaAllocation, KmapAtomic, Migration, PageTable, Pfn, Stage2};
-use carve_core::plan::{GuestPlan, Plan};
+use carve_core::mm::{Attrs, CmaAllocation, Migration, PageTable, Pfn, Stage2};
+use carve_core::plan::GuestPlan;
 use carve_core::vm::hypercall as hc;
 use spin::Mutex;
 
 use crate::arch;
 use crate::arch::memmap::{self, MEM};
 use crate::arch::mmu;
-use crate::mm::{CMA, VMALLOC};
+use crate::mm::{copy_page, with_page, CMA, VMALLOC};
 use crate::vm::{self, Vm, VmError};
-
-/// Each CPU's atomic kmap slots (its fixmap pages), for copying pages outside lowmem.
-static KMAP: [Mutex<Option<KmapAtomic>>; FIX_MAX_CPUS as usize] = [const { Mutex::new(None) }; FIX_MAX_CPUS as usize];
-
-/// Sets up every CPU's atomic kmap slots (after `mm::init`).
-pub fn init(plan: &Plan) {
-    for (cpu, slot) in KMAP.iter().enumerate() {
-        *slot.lock() = KmapAtomic::new(cpu as u32, &plan.monitor).ok();
-    }
-}
-
-fn this_cpu() -> u32 {
-    arch::mpidr() & 0xff
-}
-
-fn map_fix(va: VirtAddr, pa: PhysAddr) -> Result<(), String> {
-    let mut mem = MEM.lock();
-    mmu::with_hyp_table(mem.as_mut(), |t, tm| t.map(tm, va, pa, PAGE_SIZE, Attrs::ram_nx()))
-        .ok_or("no Hyp map")?
-        .map(|_| ())
-        .map_err(|e| format!("kmap_atomic: {e}"))
-}
-
-fn unmap_fix(va: VirtAddr) -> Result<(), String> {
-    let mut mem = MEM.lock();
-    mmu::with_hyp_table(mem.as_mut(), |t, tm| t.unmap(tm, va, PAGE_SIZE))
-        .ok_or("no Hyp map")?
-        .map_err(|e| format!("kunmap_atomic: {e}"))
-}
-
-/// Runs `f` on the virtual address of page `pfn`: its linear address in
-/// lowmem, else one of this CPU's fixmap slots for the time of the call (the
-/// way Linux's `kmap_atomic` reaches highmem). Calls nest (a copy maps two).
-pub fn with_page<R>(pfn: Pfn, f: impl FnOnce(u32) -> R) -> Result<R, String> {
-    let slots = KMAP.get(this_cpu() as usize).ok_or("no kmap_atomic slots for this CPU")?;
-    let a = slots.lock().as_mut().ok_or("kmap_atomic is not set up")?.push(pfn).map_err(|e| format!("{e}"))?;
-    if let Some(pa) = a.map {
-        if let Err(e) = map_fix(a.va, pa) {
-            let _ = slots.lock().as_mut().map(|k| k.pop(a.va));
-            return Err(e);
-        }
-    }
-    let r = f(a.va.raw());
-    let popped = slots.lock().as_mut().ok_or("kmap_atomic is not set up")?.pop(a.va).map_err(|e| format!("{e}"))?;
-    if let Some(va) = popped {
-        unmap_fix(va)?;
-    }
-    Ok(r)
-}
-
-/// Copies page `src` to page `dst`.
-pub fn copy_page(dst: Pfn, src: Pfn) -> Result<(), String> {
-    with_page(src, |s| with_page(dst, |d| memmap::copy_page_va(d, s)))?
-}
 
 /// Lends the movable part of guest `g` (VMID `vmid`) from its pool: the frame behind each of its pages.
 pub fn lend(g: &GuestPlan, vmid: u8) -> Result<alloc::vec::Vec<u32>, VmError> {

@@ -213,7 +213,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
             semihost::exit(ExitCode::MmuSetup)
         }
     };
-    cma::init(&plan);
+    mm::init_kmap_atomic(&plan);
     mm::log_meminfo(&plan, &figures);
     if mm::selftest_has(machine.bootargs.as_deref(), "cma") {
         defmt::info!("cma: test calls enabled (carve.selftest=cma)");

@@ -14,6 +14,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use carve_core::addr::{Address, PhysAddr, PhysRange, VirtAddr, PAGE_SIZE};
+use carve_core::mm::kmap::fixmap::FIX_MAX_CPUS;
 use carve_core::mm::page::{backing_bytes, vmemmap_backing};
 use carve_core::mm::{
     Attrs, CmaPool, KmapAtomic, MemMap, Owner, PageTable, Pfn, Pkmap, Sections, Stage2, VmKind, Vmalloc,
@@ -82,6 +83,108 @@ pub fn init(plan: &Plan) -> Result<Figures, String> {
     *VMALLOC.lock() = Some(Vmalloc::new(&plan.monitor));
     *CMA.lock() = cma;
     Ok(Figures { init_ticks: arch::counter().wrapping_sub(t0), ..figures })
+}
+
+/// Each CPU's atomic kmap slots (its fixmap pages), for copying pages outside lowmem.
+static KMAP: [Mutex<Option<KmapAtomic>>; FIX_MAX_CPUS as usize] = [const { Mutex::new(None) }; FIX_MAX_CPUS as usize];
+
+/// Sets up every CPU's atomic kmap slots (after [`init`]).
+pub fn init_kmap_atomic(plan: &Plan) {
+    for (cpu, slot) in KMAP.iter().enumerate() {
+        *slot.lock() = KmapAtomic::new(cpu as u32, &plan.monitor).ok();
+    }
+}
+
+fn this_cpu() -> u32 {
+    arch::mpidr() & 0xff
+}
+
+fn map_fix(va: VirtAddr, pa: PhysAddr) -> Result<(), String> {
+    let mut mem = MEM.lock();
+    mmu::with_hyp_table(mem.as_mut(), |t, tm| t.map(tm, va, pa, PAGE_SIZE, Attrs::ram_nx()))
+        .ok_or("no Hyp map")?
+        .map(|_| ())
+        .map_err(|e| format!("kmap_atomic: {e}"))
+}
+
+fn unmap_fix(va: VirtAddr) -> Result<(), String> {
+    let mut mem = MEM.lock();
+    mmu::with_hyp_table(mem.as_mut(), |t, tm| t.unmap(tm, va, PAGE_SIZE))
+        .ok_or("no Hyp map")?
+        .map_err(|e| format!("kunmap_atomic: {e}"))
+}
+
+/// Runs `f` on the virtual address of page `pfn`: its linear address in
+/// lowmem, else one of this CPU's fixmap slots for the time of the call (the
+/// way Linux's `kmap_atomic` reaches highmem). Calls nest (a copy maps two).
+pub fn with_page<R>(pfn: Pfn, f: impl FnOnce(u32) -> R) -> Result<R, String> {
+    let slots = KMAP.get(this_cpu() as usize).ok_or("no kmap_atomic slots for this CPU")?;
+    let a = slots.lock().as_mut().ok_or("kmap_atomic is not set up")?.push(pfn).map_err(|e| format!("{e}"))?;
+    if let Some(pa) = a.map {
+        if let Err(e) = map_fix(a.va, pa) {
+            let _ = slots.lock().as_mut().map(|k| k.pop(a.va));
+            return Err(e);
+        }
+    }
+    let r = f(a.va.raw());
+    let popped = slots.lock().as_mut().ok_or("kmap_atomic is not set up")?.pop(a.va).map_err(|e| format!("{e}"))?;
+    if let Some(va) = popped {
+        unmap_fix(va)?;
+    }
+    Ok(r)
+}
+
+/// Copies page `src` to page `dst`.
+pub fn copy_page(dst: Pfn, src: Pfn) -> Result<(), String> {
+    with_page(src, |s| with_page(dst, |d| memmap::copy_page_va(d, s)))?
+}
+
+/// Calls `f(bytes, offset)` on each page-sized piece of physical `[pa, pa + len)`,
+/// reached through [`with_page`]; what `f` writes is cleaned to the point of
+/// coherency (a guest may read it with its caches off).
+pub fn for_each_phys_page(pa: u64, len: u64, mut f: impl FnMut(&mut [u8], u64)) -> Result<(), String> {
+    let mut done = 0u64;
+    while done < len {
+        let at = pa + done;
+        let off = (at % PAGE_SIZE) as u32;
+        let n = (PAGE_SIZE - u64::from(off)).min(len - done);
+        with_page(Pfn(at / PAGE_SIZE), |va| memmap::with_bytes(va + off, n as usize, |b| f(b, done)))?;
+        done += n;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` at physical `pa`.
+pub fn write_phys(pa: u64, bytes: &[u8]) -> Result<(), String> {
+    for_each_phys_page(pa, bytes.len() as u64, |b, off| b.copy_from_slice(&bytes[off as usize..off as usize + b.len()]))
+}
+
+/// Reads physical `[pa, pa + out.len())` into `out`.
+pub fn read_phys(pa: u64, out: &mut [u8]) -> Result<(), String> {
+    let len = out.len() as u64;
+    for_each_phys_page(pa, len, |b, off| out[off as usize..off as usize + b.len()].copy_from_slice(b))
+}
+
+/// Zeroes physical `[pa, pa + len)`.
+pub fn zero_phys(pa: u64, len: u64) -> Result<(), String> {
+    for_each_phys_page(pa, len, |b, _| b.fill(0))
+}
+
+/// Copies `len` bytes from physical `src` to physical `dst`, a page of each at a time.
+pub fn copy_phys(dst: u64, src: u64, len: u64) -> Result<(), String> {
+    let mut done = 0u64;
+    while done < len {
+        let (s, d) = (src + done, dst + done);
+        let (so, dof) = ((s % PAGE_SIZE) as u32, (d % PAGE_SIZE) as u32);
+        let n = (PAGE_SIZE - u64::from(so)).min(PAGE_SIZE - u64::from(dof)).min(len - done) as usize;
+        with_page(Pfn(s / PAGE_SIZE), |sva| {
+            with_page(Pfn(d / PAGE_SIZE), |dva| {
+                memmap::with_bytes(sva + so, n, |from| memmap::with_bytes(dva + dof, n, |to| to.copy_from_slice(from)))
+            })
+        })??;
+        done += n as u64;
+    }
+    Ok(())
 }
 
 /// Instructions for `ticks` of the counter, under `-icount shift=0` (one instruction per ns).
@@ -527,8 +630,7 @@ fn test_cma() -> bool {
             let ipa = carve_core::addr::Ipa::new(IPA + i as u64 * PAGE_SIZE);
             let pa = p.addr().unwrap_or(PhysAddr::new(0));
             ok &= mmu::with_pool(|tm| s2.map(tm, ipa, pa, PAGE_SIZE, Attrs::ram()).is_ok()) == Some(true);
-            ok &= crate::cma::with_page(*p, |va| memmap::fill_words(va, PAGE_SIZE as usize, |w| seed(i) ^ w as u32))
-                .is_ok();
+            ok &= with_page(*p, |va| memmap::fill_words(va, PAGE_SIZE as usize, |w| seed(i) ^ w as u32)).is_ok();
         }
         // Claim the whole pool: every lent page moves.
         let t0 = arch::counter();
@@ -542,8 +644,7 @@ fn test_cma() -> bool {
             let pfn = Pfn::of(t.pa);
             moved_to.push(pfn);
             let good =
-                crate::cma::with_page(pfn, |va| memmap::check_words(va, PAGE_SIZE as usize, |w| seed(i) ^ w as u32))
-                    == Ok(true);
+                with_page(pfn, |va| memmap::check_words(va, PAGE_SIZE as usize, |w| seed(i) ^ w as u32)) == Ok(true);
             patterns += u32::from(good);
         }
         match &a {

@@ -80,7 +80,7 @@ pub fn log_plan(machine: &Machine, plan: &Plan) {
         );
     }
     defmt::info!("vmap: {=u32:#010x} vmemmap ({=u64} MiB)", l.vmemmap.base.raw(), l.vmemmap.size / MIB);
-    defmt::info!("vmap: {=u32:#010x} pkmap / physical window ({=u64} MiB)", l.pkmap.base.raw(), l.pkmap.size / MIB);
+    defmt::info!("vmap: {=u32:#010x} pkmap ({=u64} MiB)", l.pkmap.base.raw(), l.pkmap.size / MIB);
     defmt::info!("vmap: {=u32:#010x} fixmap", l.fixmap.base.raw());
     defmt::info!(
         "vmap: lowmem {=u64} MiB (without holes: {=u64} MiB), highmem {=u64} MiB, vmalloc {=u64} MiB ({=u64} MiB in holes)",

@@ -322,3 +322,16 @@ pub fn check_words(va: u32, len: usize, f: impl Fn(usize) -> u32) -> bool {
     // SAFETY: the caller mapped [va, va + len) readable normal memory.
     (0..len / 4).all(|i| unsafe { p.add(i).read_volatile() } == f(i))
 }
+
+/// Runs `f` on the `len` bytes at `va`, then cleans them to the point of
+/// coherency (a guest with its caches off, or a device, sees what `f` wrote).
+pub fn with_bytes<R>(va: u32, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    // SAFETY: the caller mapped [va, va + len) read/write Normal memory for the
+    // time of the call (a page through `mm::with_page`), outside every Rust
+    // object; nothing else references it meanwhile (this CPU's kmap slot, or
+    // guest RAM the monitor alone touches here).
+    let bytes = unsafe { core::slice::from_raw_parts_mut(va as usize as *mut u8, len) };
+    let r = f(bytes);
+    cache::clean_dcache_range_poc(va as usize, len);
+    r
+}

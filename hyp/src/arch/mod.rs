@@ -4,7 +4,7 @@
 //! - [`vectors`]: the HVBAR table, the guest trap frame, the fatal-exception report.
 //! - [`regs`]: the Hyp registers and TLB operations aarch32-cpu lacks.
 //! - [`cache`]: barriers, cache and TLB maintenance.
-//! - [`mmu`]: translation-table memory, the boot Hyp stage-1 map, the linear map and the physical window.
+//! - [`mmu`]: translation-table memory, the boot Hyp stage-1 map (the DTB in the fixmap) and the linear map.
 //! - [`guest`]: the virtualization registers, entering a guest, firmware PSCI calls.
 //! - [`phys`]: reading loader-provided memory (the DTB) by physical address.
 //! - [`heap`]: the global allocator.

@@ -172,10 +172,6 @@ pub fn for_each_piece(
     Ok(())
 }
 
-fn mmu_err(what: &str, e: mmu::MmuError) -> VmError {
-    format!("{what}: {e:?}")
-}
-
 /// Builds guest `index` of the plan: stage-2, images and DTB in its RAM.
 /// `devices` says whether it is given the UART and the GIC.
 pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, devices: bool) -> Result<Vm, VmError> {
@@ -299,7 +295,8 @@ fn load_images(vm: &Vm) -> Result<(), VmError> {
         load(vm, "initrd", r, at)?;
     }
     for_each_piece(vm, vm.boot.dtb.start(), vm.dtb.len() as u64, |pa, off, n| {
-        mmu::write_phys(pa, &vm.dtb[off as usize..(off + n) as usize]).map_err(|e| mmu_err("writing the guest DTB", e))
+        crate::mm::write_phys(pa, &vm.dtb[off as usize..(off + n) as usize])
+            .map_err(|e| format!("writing the guest DTB: {e}"))
     })?;
     defmt::info!(
         "vm: {=str}: DTB {=usize} bytes at IPA {=u64:#010x}",
@@ -329,7 +326,7 @@ fn passthrough(machine: &Machine) -> Vec<(&'static str, PhysRange)> {
 fn load(vm: &Vm, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmError> {
     let g = &vm.plan;
     for_each_piece(vm, to.start(), from.size, |pa, off, n| {
-        mmu::copy_phys(pa, from.start() + off, n).map_err(|e| mmu_err(what, e))
+        crate::mm::copy_phys(pa, from.start() + off, n).map_err(|e| format!("{what}: {e}"))
     })?;
     defmt::info!(
         "vm: {=str}: {=str} {=u64} bytes from PA {=u64:#010x} to IPA {=u64:#010x}",
@@ -353,10 +350,11 @@ pub fn restart(vm: &mut Vm, machine: &Machine) -> Result<TrapFrame, VmError> {
     let old = core::mem::replace(&mut vm.stage2, build_stage2(machine, &vm.plan, devices, &vm.movable)?);
     mmu::with_pool(|pool| old.destroy(pool));
     for e in &vm.plan.extents {
-        zero_phys(e.pa.as_u64(), e.size).map_err(|err| mmu_err("zeroing guest RAM", err))?;
+        crate::mm::zero_phys(e.pa.as_u64(), e.size).map_err(|err| format!("zeroing guest RAM: {err}"))?;
     }
     for &frame in &vm.movable {
-        zero_phys(u64::from(frame) * PAGE_SIZE, PAGE_SIZE).map_err(|err| mmu_err("zeroing guest RAM", err))?;
+        crate::mm::zero_phys(u64::from(frame) * PAGE_SIZE, PAGE_SIZE)
+            .map_err(|err| format!("zeroing guest RAM: {err}"))?;
     }
     load_images(vm)?;
     vm.restarts += 1;
@@ -370,16 +368,6 @@ pub fn restart(vm: &mut Vm, machine: &Machine) -> Result<TrapFrame, VmError> {
 
 /// How many guests run (the device pass-through decision depends on it).
 pub static VMS_COUNT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
-fn zero_phys(pa: u64, len: u64) -> Result<(), mmu::MmuError> {
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(mmu::WINDOW_SLOT_SIZE as u64) as usize;
-        mmu::with_phys(1, pa + done, n, |b| b.fill(0))?;
-        done += n as u64;
-    }
-    Ok(())
-}
 
 /// Builds every guest of the plan, starts those on other CPUs, runs the one on this CPU.
 pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {

@@ -178,7 +178,7 @@ fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
             }
             let mut buf = [0u8; hc::CONSOLE_MAX as usize];
             let n = len as usize;
-            if mmu::with_phys(0, pa, n, |b| buf[..n].copy_from_slice(b)).is_err() {
+            if crate::mm::read_phys(pa, &mut buf[..n]).is_err() {
                 return hc::INVALID_ADDRESS;
             }
             let text = core::str::from_utf8(&buf[..n]).unwrap_or("(not UTF-8)");
