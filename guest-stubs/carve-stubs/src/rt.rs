@@ -460,3 +460,32 @@ pub fn read_dt(dtb: u32, f: impl FnMut(crate::fdt::Reg<'_>)) -> Result<(), crate
     let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, total) };
     crate::fdt::Fdt::new(blob)?.for_each_reg(f)
 }
+
+/// Why [`ram_bank`] found no bank.
+pub enum BankError {
+    /// The DTB at this address could not be read.
+    Dtb(u32, crate::fdt::Error),
+    /// The DTB at this address has no non-empty memory node.
+    NoMemory(u32),
+}
+
+impl core::fmt::Display for BankError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Dtb(at, e) => write!(f, "DTB at {}: {}", crate::Hex((*at).into()), e),
+            Self::NoMemory(at) => write!(f, "no memory node in the DTB at {}", crate::Hex((*at).into())),
+        }
+    }
+}
+
+/// The guest's RAM: the first non-empty memory node of the DTB at `dtb`, as `(base, size)`.
+pub fn ram_bank(dtb: u32) -> Result<(u64, u64), BankError> {
+    let mut bank = None;
+    read_dt(dtb, |r| {
+        if r.is_memory && r.size > 0 && bank.is_none() {
+            bank = Some((r.base, r.size));
+        }
+    })
+    .map_err(|e| BankError::Dtb(dtb, e))?;
+    bank.ok_or(BankError::NoMemory(dtb))
+}

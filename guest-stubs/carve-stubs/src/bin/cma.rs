@@ -89,15 +89,7 @@ mod stub {
 
     fn main(dtb: u32) -> ! {
         let vmid = hvc::info(abi::INFO_VMID);
-        let mut bank = None;
-        if let Err(e) = rt::read_dt(dtb, |r| {
-            if r.is_memory && r.size > 0 && bank.is_none() {
-                bank = Some((r.base, r.size));
-            }
-        }) {
-            fail(format_args!("DTB at {}: {}", Hex(dtb.into()), e));
-        }
-        let Some((base, size)) = bank else { fail(format_args!("no memory node in the DTB at {}", Hex(dtb.into()))) };
+        let (base, size) = rt::ram_bank(dtb).unwrap_or_else(|e| fail(format_args!("{e}")));
         let end = base.saturating_add(size);
         let (img_start, img_end) = rt::image();
         if end > 0xffff_f000 || !(base <= u64::from(img_start) && u64::from(img_end) <= end) {
