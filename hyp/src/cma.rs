@@ -254,6 +254,7 @@ pub fn enable_test_calls() {
 }
 
 /// `CMA_TEST_ALLOC` from `vm` (the guests' lock is held): starts the job on a free CPU.
+#[inline(never)] // off the hot trap path
 pub fn test_alloc(vms: &[Vm], caller: usize, pages: u32, align: u32, flags: u32) -> i32 {
     let vm = &vms[caller];
     let mut test = TEST.lock();
@@ -355,6 +356,7 @@ pub fn run_job(job: Job) -> ! {
 }
 
 /// `CMA_TEST_STATUS(what)` for `vm`.
+#[inline(never)] // off the hot trap path
 pub fn test_status(vm: &Vm, what: u32) -> i32 {
     let test = TEST.lock();
     if !test.enabled {
@@ -375,6 +377,7 @@ pub fn test_status(vm: &Vm, what: u32) -> i32 {
 }
 
 /// `CMA_TEST_FREE` from `vm`: checks the poison, frees the allocation.
+#[inline(never)] // off the hot trap path
 pub fn test_free(vm: &Vm) -> i32 {
     let mut test = TEST.lock();
     if !test.enabled {

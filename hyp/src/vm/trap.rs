@@ -111,6 +111,7 @@ fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: 
     }
 }
 
+#[inline(never)] // off the HVC fast path: keeps carve calls short
 fn psci_call(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame) -> After {
     let call = Call::decode([frame.r[0], frame.r[1], frame.r[2], frame.r[3]]);
     let vm = &mut vms[index];
@@ -166,25 +167,32 @@ fn restart_or_end(vms: &mut [Vm], index: usize, frame: &mut TrapFrame) -> After 
     }
 }
 
+/// `CONSOLE_WRITE(ipa, len)`: the guest's bytes, gathered piece by piece
+/// (they may cross from one movable page to another), logged with its name.
+#[inline(never)] // off the hot trap path
+fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
+    let (ipa, len) = (u64::from(frame.r[1]), frame.r[2].min(hc::CONSOLE_MAX));
+    if len == 0 {
+        return if vm.ram_pa(ipa, 1).is_some() { 0 } else { hc::INVALID_ADDRESS };
+    }
+    let mut buf = [0u8; hc::CONSOLE_MAX as usize];
+    let n = len as usize;
+    let read = super::for_each_piece(vm, ipa, u64::from(len), |pa, off, k| {
+        crate::mm::read_phys(pa, &mut buf[off as usize..(off + k) as usize])
+    });
+    if read.is_err() {
+        return hc::INVALID_ADDRESS;
+    }
+    let text = core::str::from_utf8(&buf[..n]).unwrap_or("(not UTF-8)");
+    defmt::info!("{=str}: {=str}", vm.name(), text.trim_end_matches('\n'));
+    n as i32
+}
+
 /// carve's own calls (see carve_core::vm::hypercall).
 fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
     match frame.r[0] {
         hc::NOP => hc::SUCCESS,
-        hc::CONSOLE_WRITE => {
-            let (ipa, len) = (u64::from(frame.r[1]), frame.r[2].min(hc::CONSOLE_MAX));
-            let Some(pa) = vm.ram_pa(ipa, u64::from(len)) else { return hc::INVALID_ADDRESS };
-            if len == 0 {
-                return 0;
-            }
-            let mut buf = [0u8; hc::CONSOLE_MAX as usize];
-            let n = len as usize;
-            if crate::mm::read_phys(pa, &mut buf[..n]).is_err() {
-                return hc::INVALID_ADDRESS;
-            }
-            let text = core::str::from_utf8(&buf[..n]).unwrap_or("(not UTF-8)");
-            defmt::info!("{=str}: {=str}", vm.name(), text.trim_end_matches('\n'));
-            n as i32
-        }
+        hc::CONSOLE_WRITE => console_write(vm, frame),
         hc::INFO => match frame.r[1] {
             hc::INFO_FREE_TABLE_PAGES => mmu::free_table_pages().unwrap_or(-1),
             hc::INFO_VMID => i32::from(vm.vmid),
@@ -248,6 +256,7 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After
 /// Whether the fault at `ipa` came from a movable page the monitor was moving
 /// (write-protected, or invalid for break-before-make) and the page is now
 /// mapped for the access: the mover held the guests' lock this trap waited on.
+#[inline(never)] // off the hot trap path
 fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool) -> bool {
     let Some(at) = <carve_core::addr::Ipa as carve_core::addr::Address>::from_u64(ipa) else { return false };
     if vm.movable_index(at).is_none() {
