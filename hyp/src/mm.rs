@@ -660,10 +660,12 @@ fn test_cma() -> bool {
                     patterns
                 );
                 defmt::info!(
-                    "mm-bench: CMA migration ({=str}): {=u64} instructions a page ({=u32} pages, the claim included)",
+                    "mm-bench: CMA migration ({=str}): {=u64} instructions a page ({=u32} pages, the claim included); the claim alone {=u64} instructions a page moved, the moves alone {=u64}",
                     if map { "mapped" } else { "unmapped" },
                     instructions(ticks) / u64::from(moved),
-                    a.moved
+                    a.moved,
+                    instructions(a.claim_ticks) / u64::from(moved),
+                    instructions(a.ticks - a.claim_ticks) / u64::from(moved)
                 );
                 ok &= a.moved as usize == lent.len() && a.va.is_some() == map;
                 ok &= crate::cma::free(a).is_ok();
