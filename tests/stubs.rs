@@ -525,6 +525,12 @@ fn hypercall_answers_follow_psci_and_the_carve_abi() {
     assert!(!run.log.contains("this tail must not be printed"), "{}", run.context());
     // vCPU 1 ran and turned itself off twice.
     assert_eq!(run.log.matches("vm: guest@0: vCPU 1 off").count(), 2, "{}", run.context());
+    // DUMP_MAP logged the map and the counters again, after the guest started.
+    let started = run.log.find("vm: guest@0: vCPU 0 on CPU").expect("the guest started");
+    let after = &run.log[started..];
+    for needle in ["map: guest@0: 16 MiB at IPA", "mm: MemTotal:", "mm: owner guest VMID 1:", "mm: VmallocTotal:"] {
+        assert!(after.contains(needle), "no {needle:?} after the guest started\n{}", run.context());
+    }
 }
 
 /// restart: SYSTEM_RESET three times; each boot has zeroed RAM and sees the same free table pages.

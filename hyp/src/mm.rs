@@ -32,6 +32,9 @@ pub static VMALLOC: Mutex<Option<Vmalloc>> = Mutex::new(None);
 /// The CMA pools of the plan.
 pub static CMA: Mutex<Vec<CmaPool>> = Mutex::new(Vec::new());
 
+/// What [`init`] found, kept for [`log_meminfo`] on a guest's `DUMP_MAP`.
+pub static FIGURES: Mutex<Option<Figures>> = Mutex::new(None);
+
 /// What [`init`] found, for the log and the self-tests.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Figures {
@@ -82,7 +85,9 @@ pub fn init(plan: &Plan) -> Result<Figures, String> {
     *MEM.lock() = Some(MemState { buddy, lowmem: plan.monitor.lowmem.clone() });
     *VMALLOC.lock() = Some(Vmalloc::new(&plan.monitor));
     *CMA.lock() = cma;
-    Ok(Figures { init_ticks: arch::counter().wrapping_sub(t0), ..figures })
+    let figures = Figures { init_ticks: arch::counter().wrapping_sub(t0), ..figures };
+    *FIGURES.lock() = Some(figures);
+    Ok(figures)
 }
 
 /// Each CPU's atomic kmap slots (its fixmap pages), for copying pages outside lowmem.
@@ -223,6 +228,9 @@ pub fn log_meminfo(plan: &Plan, f: &Figures) {
             (v.total() - v.free_bytes()) / 1024,
             v.largest_free() / 1024
         );
+        for line in v.vmallocinfo() {
+            defmt::info!("mm: vmallocinfo: {=str}", line.as_str());
+        }
     }
     defmt::info!(
         "mm: vmemmap: {=u64} bytes backed for {=u64} present pages ({=u64} bytes of RAM present)",

@@ -204,6 +204,11 @@ fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
         hc::DUMP_MAP => {
             if let Some((machine, plan)) = PLAN.lock().as_ref() {
                 crate::report::log_plan(machine, plan);
+                // The counters too: /proc/meminfo's, the owners', the CMA pools', vmallocinfo.
+                let figures = *crate::mm::FIGURES.lock();
+                if let Some(f) = figures {
+                    crate::mm::log_meminfo(plan, &f);
+                }
             }
             hc::SUCCESS
         }
