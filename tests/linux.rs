@@ -272,3 +272,23 @@ fn guest_backed_above_4gib_sees_one_dense_bank() {
     b.assert_markers();
     b.assert_dense_view();
 }
+
+/// A 512 MiB guest whose top 32 MiB are movable pages of a CMA pool
+/// (`dts/virt-cma-guest.dts`, `-m 1024`): lent page by page and mapped 4 KiB
+/// at a time, they boot Linux like any RAM, and the guest sees one bank of
+/// 512 MiB (less what Linux itself reserves).
+#[test]
+fn guest_with_movable_memory_from_a_cma_pool_boots() {
+    let b = boot("cma-guest", &["--dts", "dts/virt-cma-guest.dts", "-m", "1024"]);
+    b.assert_powered_off();
+    b.assert_markers();
+    assert!(
+        b.monitor_log.contains("cma: guest@0: 8192 pages (32768 KiB) of IPA 0x5e000000.. lent from pool cma@50000000"),
+        "the monitor did not lend the movable part\n{}",
+        b.context()
+    );
+    let (low, high) = (b.kb("LowTotal"), b.kb("HighTotal"));
+    // 512 MiB less the kernel image and Linux's own reservations: as the dense 768 MiB boot is to its RAM.
+    assert!((490_000..=512 * 1024).contains(&low), "LowTotal {low} kB\n{}", b.context());
+    assert_eq!(high, 0, "HighTotal {high} kB\n{}", b.context());
+}
