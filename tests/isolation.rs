@@ -6,10 +6,10 @@
 //! guest's kernel is either one of the stubs (`scripts/build-stubs`) or a raw
 //! program the test writes.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
+
+use carve_tests::{number_after, repo_root, stub, tool};
 
 /// Seconds QEMU may run before `timeout` stops it (status 124).
 const TIMEOUT_S: u32 = 120;
@@ -18,50 +18,6 @@ const MACHINE: &str = "virt,virtualization=on";
 const MEM_MIB: u64 = 1280;
 const RAM_BASE: u64 = 0x4000_0000;
 const MIB: u64 = 1 << 20;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
-}
-
-/// `name` on PATH or in cargo's bin directory (where `cargo install` puts defmt-print).
-fn tool(name: &str) -> PathBuf {
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|home| home.join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(cargo_bin)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed (not on PATH, not in ~/.cargo/bin): run scripts/setup"))
-}
-
-/// Runs a build script that prints on stdout; returns its stdout.
-fn run_script(name: &str) -> String {
-    let script = repo_root().join("scripts").join(name);
-    let out = Command::new(&script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "scripts/{name} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A stub's flat image, all built once per test process by `scripts/build-stubs`.
-fn stub(name: &str) -> PathBuf {
-    static STUBS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
-    let stubs = STUBS.get_or_init(|| {
-        run_script("build-stubs")
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
-            .collect()
-    });
-    let path = stubs.get(name).unwrap_or_else(|| panic!("scripts/build-stubs built no stub `{name}`: {stubs:?}"));
-    assert!(path.is_file(), "scripts/build-stubs printed {}, which is not a file", path.display());
-    path.clone()
-}
 
 /// A test's working directory.
 fn test_dir(name: &str) -> PathBuf {
@@ -189,17 +145,6 @@ impl Run {
     }
 }
 
-/// The number after `key` in `line` (decimal, or hex with 0x).
-fn number_after(line: &str, key: &str) -> u64 {
-    let rest = line.split_once(key).unwrap_or_else(|| panic!("{key:?} not in {line:?}")).1;
-    let tok: String = rest.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
-    match tok.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => tok.parse(),
-    }
-    .unwrap_or_else(|e| panic!("no number after {key:?} in {line:?}: {e}"))
-}
-
 /// Builds the machine for `guests` (`smp` CPUs), runs the monitor with the
 /// guests' kernels loaded at their module addresses and returns the run.
 fn run_guests(name: &str, smp: u32, guests: &[Guest]) -> Run {
@@ -254,7 +199,7 @@ fn a_faulting_guest_is_stopped_and_the_other_runs_on() {
             kib: 64 * 1024,
             cpus: 1,
             module: 0x4900_0000,
-            kernel: stub("memtest"),
+            kernel: stub("memtest").to_path_buf(),
             on_fault: "stop",
         },
     ];
@@ -324,7 +269,7 @@ fn probe2_fetch_cache_maintenance_and_stores_outside_ram_are_refused() {
         kib: 16 * 1024,
         cpus: 1,
         module: 0x4800_0000,
-        kernel: stub("probe2"),
+        kernel: stub("probe2").to_path_buf(),
         on_fault: "inject",
     }];
     let run = run_guests("probe2", 1, &guests);

@@ -18,7 +18,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
+
+use carve_tests::{find_tool, monitor_elf, repo_root};
 
 /// Seconds each boot may take before `timeout` stops QEMU (status 124).
 const TIMEOUT_S: u32 = 60;
@@ -30,10 +32,6 @@ const LOWTOTAL_TOLERANCE_PCT: f64 = 1.0;
 /// Held while QEMU runs, so the tests boot one after the other.
 static QEMU: Mutex<()> = Mutex::new(());
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
-}
-
 /// Where scripts/setup caches the kernel and busybox (`$CARVE_CACHE`, as in scripts/lib.sh).
 fn cache_dir() -> PathBuf {
     std::env::var_os("CARVE_CACHE").map(PathBuf::from).unwrap_or_else(|| repo_root().join(".cache"))
@@ -41,12 +39,7 @@ fn cache_dir() -> PathBuf {
 
 /// Whether `name` is an executable on PATH or in cargo's bin directory.
 fn have_tool(name: &str) -> bool {
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|home| home.join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain(cargo_bin).any(|dir| dir.join(name).is_file())
+    find_tool(name).is_some()
 }
 
 /// Fails (never skips) unless everything a boot needs is installed and cached.
@@ -63,27 +56,6 @@ fn require_setup() {
         }
     }
     assert!(missing.is_empty(), "missing: {}: run scripts/setup", missing.join(", "));
-}
-
-/// The monitor ELF, built once per test process by `scripts/build`.
-fn monitor_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let build = repo_root().join("scripts/build");
-        let out = Command::new(&build)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", build.display()));
-        assert!(
-            out.status.success(),
-            "scripts/build failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let elf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
-        elf
-    })
 }
 
 /// One boot of the guest under the monitor.

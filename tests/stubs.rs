@@ -13,14 +13,13 @@
 //! The stubs' own FDT reader and their copy of the monitor's ABI constants
 //! are plain Rust; the last tests here check them on the host.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::process::Command;
 
 use carve_core::addr::PhysRange;
 use carve_core::dt::Machine;
 use carve_core::plan::{self, MonitorImage, PlanConfig};
+use carve_tests::{monitor_elf, number_after, repo_root, stub, tool};
 
 #[path = "../guest-stubs/carve-stubs/src/abi.rs"]
 #[allow(dead_code)]
@@ -40,60 +39,6 @@ const GUEST_MIB: u64 = 64;
 /// What the probe test plants outside every guest; the probe must never see it.
 const MARKER: &[u8; 16] = b"CARVE-SECRET-MRK";
 const MIB: u64 = 1 << 20;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
-}
-
-/// `name` on PATH or in cargo's bin directory (where `cargo install` puts defmt-print).
-fn tool(name: &str) -> PathBuf {
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
-        .map(|home| home.join("bin"));
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(cargo_bin)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| panic!("{name} is not installed (not on PATH, not in ~/.cargo/bin): run scripts/setup"))
-}
-
-/// Runs a build script that prints on stdout; returns its stdout.
-fn run_script(name: &str) -> String {
-    let script = repo_root().join("scripts").join(name);
-    let out = Command::new(&script)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
-    assert!(out.status.success(), "scripts/{name} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The monitor ELF, built once per test process by `scripts/build`.
-fn monitor_elf() -> &'static Path {
-    static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let elf = PathBuf::from(run_script("build").trim());
-        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
-        elf
-    })
-}
-
-/// A stub's flat image, all built once per test process by `scripts/build-stubs`.
-fn stub(name: &str) -> &'static Path {
-    static STUBS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
-    let stubs = STUBS.get_or_init(|| {
-        run_script("build-stubs")
-            .lines()
-            .filter_map(|l| l.split_once(' '))
-            .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
-            .collect()
-    });
-    let path = stubs.get(name).unwrap_or_else(|| panic!("scripts/build-stubs built no stub `{name}`: {stubs:?}"));
-    assert!(path.is_file(), "scripts/build-stubs printed {}, which is not a file", path.display());
-    path
-}
 
 /// The address range `[lowest, highest)` the ELF's loadable segments take in memory (page-rounded).
 fn elf_span(path: &Path) -> (u64, u64) {
@@ -264,17 +209,6 @@ impl Run {
 fn hex(s: &str) -> u64 {
     let t = s.trim_end_matches([',', ')', ':']);
     u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("not hex: {s:?}: {e}"))
-}
-
-/// The number after `key` in `line` (decimal, or hex with 0x).
-fn number_after(line: &str, key: &str) -> u64 {
-    let rest = line.split_once(key).unwrap_or_else(|| panic!("{key:?} not in {line:?}")).1;
-    let tok: String = rest.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
-    match tok.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16),
-        None => tok.parse(),
-    }
-    .unwrap_or_else(|e| panic!("no number after {key:?} in {line:?}: {e}"))
 }
 
 /// QEMU options of one run.

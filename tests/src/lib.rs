@@ -3,6 +3,7 @@
 //! A missing tool fails the test that needs it with a pointer to
 //! `scripts/setup`: nothing here lets a test skip itself into a pass.
 
+use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -21,18 +22,57 @@ pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// `name` on PATH or in cargo's bin directory (where `cargo install` puts defmt-print).
-pub fn tool(name: &str) -> PathBuf {
+/// `name` on PATH or in cargo's bin directory (where `cargo install` puts defmt-print), if it is there.
+pub fn find_tool(name: &str) -> Option<PathBuf> {
     let cargo_bin = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .map(|home| home.join("bin"));
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(cargo_bin)
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
+    std::env::split_paths(&path).chain(cargo_bin).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+}
+
+/// `name` on PATH or in cargo's bin directory; a missing tool fails the test with a pointer to `scripts/setup`.
+pub fn tool(name: &str) -> PathBuf {
+    find_tool(name)
         .unwrap_or_else(|| panic!("{name} is not installed (not on PATH, not in ~/.cargo/bin): run scripts/setup"))
+}
+
+/// Runs a build script that prints on stdout (`scripts/NAME`); returns its stdout.
+pub fn run_script(name: &str) -> String {
+    let script = repo_root().join("scripts").join(name);
+    let out = Command::new(&script)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(out.status.success(), "scripts/{name} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A guest stub's flat image, all built once per test process by `scripts/build-stubs`.
+pub fn stub(name: &str) -> &'static Path {
+    static STUBS: OnceLock<BTreeMap<String, PathBuf>> = OnceLock::new();
+    let stubs = STUBS.get_or_init(|| {
+        run_script("build-stubs")
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+            .collect()
+    });
+    let path = stubs.get(name).unwrap_or_else(|| panic!("scripts/build-stubs built no stub `{name}`: {stubs:?}"));
+    assert!(path.is_file(), "scripts/build-stubs printed {}, which is not a file", path.display());
+    path
+}
+
+/// The number after `key` in `line` (decimal, or hex with 0x).
+pub fn number_after(line: &str, key: &str) -> u64 {
+    let rest = line.split_once(key).unwrap_or_else(|| panic!("{key:?} not in {line:?}")).1;
+    let tok: String = rest.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+    match tok.strip_prefix("0x") {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => tok.parse(),
+    }
+    .unwrap_or_else(|e| panic!("no number after {key:?} in {line:?}: {e}"))
 }
 
 /// Compiles `dts` into `dtb` with dtc, includes from `dts/` (as `scripts/plan` does).
