@@ -228,7 +228,7 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After
         return After::Resume;
     }
     let write = data && hsr & (1 << 6) != 0;
-    if moved_meanwhile(vm, ipa, write) {
+    if moved_meanwhile(vm, ipa, write, hsr) {
         // A page that was being moved (CMA): its entry is switched now; the access goes again.
         vm.migration_waits += 1;
         return After::Resume;
@@ -258,11 +258,17 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After
     }
 }
 
-/// Whether the fault at `ipa` came from a movable page the monitor was moving
+/// Whether the fault at `ipa` (syndrome `hsr`) came from a movable page the monitor was moving
 /// (write-protected, or invalid for break-before-make) and the page is now
 /// mapped for the access: the mover held the guests' lock this trap waited on.
 #[inline(never)] // off the hot trap path
-fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool) -> bool {
+fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool, hsr: u32) -> bool {
+    // Only a translation fault (the entry invalid for break-before-make, FSC
+    // 0b0001LL) or a permission fault (write-protected for the copy, 0b0011LL)
+    // comes from a move; any other status is a real fault.
+    if !matches!(hsr & 0x3c, 0x04 | 0x0c) {
+        return false;
+    }
     let Some(at) = <carve_core::addr::Ipa as carve_core::addr::Address>::from_u64(ipa) else { return false };
     if vm.movable_index(at).is_none() {
         return false;
