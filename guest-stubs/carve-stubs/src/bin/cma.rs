@@ -7,7 +7,8 @@
 //! that `carve.selftest=cma` enables) for a contiguous allocation of the
 //! whole pool, mapped in the monitor's vmalloc space. The monitor runs it on
 //! another physical CPU and moves each of this guest's pages in the way;
-//! meanwhile the stub keeps sweeping its RAM: each sweep checks round `r` and
+//! meanwhile the stub keeps sweeping its RAM, downwards (the monitor moves
+//! pages upwards, so the two cross): each sweep checks round `r` and
 //! writes round `r + 1`. When the monitor says it is done, two more sweeps
 //! and a last check run, then `CMA_TEST_FREE` has the monitor check that its
 //! own poison in the allocation is intact (a write through a stale mapping
@@ -49,9 +50,11 @@ mod stub {
         during: &mut u64,
     ) -> u64 {
         let mut bad = 0u64;
-        for &(start, end) in ranges {
-            let mut a = start;
-            while a < end {
+        // Downwards: the monitor moves pages upwards, so each sweep crosses its path.
+        for &(start, end) in ranges.iter().rev() {
+            let mut a = end;
+            while a > start {
+                a -= 4;
                 if *running && a % CHUNK == 0 {
                     *running = status(abi::CMA_STATUS_STATE) == 1;
                 }
@@ -77,7 +80,6 @@ mod stub {
                     // SAFETY: as above.
                     unsafe { (a as *mut u32).write_volatile(pattern(a, seed, round + 1)) };
                 }
-                a += 4;
             }
         }
         bad
