@@ -7,9 +7,8 @@
 //! program the test writes.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use carve_tests::{number_after, repo_root, stub, tool};
+use carve_tests::{number_after, stub, Run};
 
 /// Seconds QEMU may run before `timeout` stops it (status 124).
 const TIMEOUT_S: u32 = 120;
@@ -77,73 +76,11 @@ fn compile(dir: &Path, dts: &str) -> PathBuf {
     let src = dir.join("machine.dts");
     let dtb = dir.join("machine.dtb");
     std::fs::write(&src, dts).expect("write the DTS");
-    let out = Command::new(tool("dtc"))
-        .args(["-q", "-I", "dts", "-O", "dtb", "-i"])
-        .arg(repo_root().join("dts"))
-        .arg("-o")
-        .arg(&dtb)
-        .arg(&src)
-        .output()
-        .expect("run dtc");
-    assert!(out.status.success(), "dtc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    carve_tests::dtc(&src, &dtb);
     dtb
 }
 
 // --- runs -----------------------------------------------------------------------------
-
-/// One QEMU run: its exit status and the decoded log.
-struct Run {
-    name: String,
-    status: Option<i32>,
-    log: String,
-    qemu_stderr: String,
-    decoder_stderr: String,
-}
-
-impl Run {
-    fn context(&self) -> String {
-        format!(
-            "run `{}`: QEMU exit status {:?}\n--- decoded log ---\n{}--- QEMU stderr ---\n{}--- defmt-print stderr ---\n{}",
-            self.name, self.status, self.log, self.qemu_stderr, self.decoder_stderr
-        )
-    }
-
-    fn assert_status(&self, want: i32) {
-        assert_ne!(self.status, Some(124), "QEMU did not exit within {TIMEOUT_S} s\n{}", self.context());
-        assert_eq!(self.status, Some(want), "unexpected exit status\n{}", self.context());
-    }
-
-    fn assert_logged(&self, needle: &str) {
-        assert!(self.log.contains(needle), "the log lacks {needle:?}\n{}", self.context());
-    }
-
-    /// The index of the one log line containing `needle` (panics on none or several).
-    fn line_index(&self, needle: &str) -> usize {
-        let found: Vec<usize> =
-            self.log.lines().enumerate().filter(|(_, l)| l.contains(needle)).map(|(i, _)| i).collect();
-        assert_eq!(found.len(), 1, "want one log line with {needle:?}, got {}\n{}", found.len(), self.context());
-        found[0]
-    }
-
-    /// What guest `guest` printed: the text after `<guest>: ` on the monitor's lines.
-    fn console(&self, guest: &str) -> Vec<&str> {
-        let prefix = format!(" {guest}: ");
-        self.log.lines().filter_map(|l| l.split_once(&prefix).map(|(_, text)| text)).collect()
-    }
-
-    /// The one console line of `guest` that starts with `start`.
-    fn line(&self, guest: &str, start: &str) -> &str {
-        let found: Vec<&str> = self.console(guest).into_iter().filter(|l| l.starts_with(start)).collect();
-        assert_eq!(found.len(), 1, "want one line of {guest} starting {start:?}, got {found:?}\n{}", self.context());
-        found[0]
-    }
-
-    /// Asserts that `guest` printed no line with FAIL in it.
-    fn assert_no_fail(&self, guest: &str) {
-        let fails: Vec<&str> = self.console(guest).into_iter().filter(|l| l.contains("FAIL")).collect();
-        assert!(fails.is_empty(), "{guest} reported failures: {fails:#?}\n{}", self.context());
-    }
-}
 
 /// Builds the machine for `guests` (`smp` CPUs), runs the monitor with the
 /// guests' kernels loaded at their module addresses and returns the run.
@@ -160,13 +97,7 @@ fn run_guests(name: &str, smp: u32, guests: &[Guest]) -> Run {
     }
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
     let qemu = carve_tests::Qemu { binary: "qemu-system-arm", machine: MACHINE, mem_mib: MEM_MIB };
-    Run::from(carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S))
-}
-
-impl From<carve_tests::Run> for Run {
-    fn from(r: carve_tests::Run) -> Run {
-        Run { name: r.name, status: r.status, log: r.log, qemu_stderr: r.qemu_stderr, decoder_stderr: r.decoder_stderr }
-    }
+    carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S)
 }
 
 // --- the tests ------------------------------------------------------------------------

@@ -14,12 +14,11 @@
 //! are plain Rust; the last tests here check them on the host.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use carve_core::addr::PhysRange;
 use carve_core::dt::Machine;
 use carve_core::plan::{self, MonitorImage, PlanConfig};
-use carve_tests::{monitor_elf, number_after, repo_root, stub, tool};
+use carve_tests::{monitor_elf, number_after, stub, Run};
 
 #[path = "../guest-stubs/carve-stubs/src/abi.rs"]
 #[allow(dead_code)]
@@ -123,87 +122,33 @@ fn compile(dir: &Path, dts: &str) -> (PathBuf, Vec<u8>) {
     let src = dir.join("machine.dts");
     let dtb = dir.join("machine.dtb");
     std::fs::write(&src, dts).expect("write the DTS");
-    let out = Command::new(tool("dtc"))
-        .args(["-q", "-I", "dts", "-O", "dtb", "-i"])
-        .arg(repo_root().join("dts"))
-        .arg("-o")
-        .arg(&dtb)
-        .arg(&src)
-        .output()
-        .expect("run dtc");
-    assert!(out.status.success(), "dtc failed on {}:\n{}", src.display(), String::from_utf8_lossy(&out.stderr));
+    carve_tests::dtc(&src, &dtb);
     let bytes = std::fs::read(&dtb).expect("read the DTB");
     (dtb, bytes)
 }
 
 // --- runs -----------------------------------------------------------------------------
 
-/// One QEMU run: its exit status and the decoded log.
-struct Run {
-    name: String,
-    status: Option<i32>,
-    log: String,
-    qemu_stderr: String,
-    decoder_stderr: String,
-}
-
-impl Run {
-    fn context(&self) -> String {
-        format!(
-            "run `{}`: QEMU exit status {:?}\n--- decoded log ---\n{}--- QEMU stderr ---\n{}--- defmt-print stderr ---\n{}",
-            self.name, self.status, self.log, self.qemu_stderr, self.decoder_stderr
-        )
-    }
-
-    fn assert_status(&self, want: i32) {
-        assert_ne!(self.status, Some(124), "QEMU did not exit within {TIMEOUT_S} s\n{}", self.context());
-        assert_eq!(self.status, Some(want), "unexpected exit status\n{}", self.context());
-    }
-
-    fn assert_logged(&self, needle: &str) {
-        assert!(self.log.contains(needle), "the log lacks {needle:?}\n{}", self.context());
-    }
-
-    /// What guest `guest` printed: the text after `<guest>: ` on the monitor's lines.
-    fn console(&self, guest: &str) -> Vec<&str> {
-        let prefix = format!(" {guest}: ");
-        self.log.lines().filter_map(|l| l.split_once(&prefix).map(|(_, text)| text)).collect()
-    }
-
-    /// The one console line of `guest` that starts with `start`.
-    fn line(&self, guest: &str, start: &str) -> &str {
-        let found: Vec<&str> = self.console(guest).into_iter().filter(|l| l.starts_with(start)).collect();
-        assert_eq!(found.len(), 1, "want one line of {guest} starting {start:?}, got {found:?}\n{}", self.context());
-        found[0]
-    }
-
-    /// Asserts that `guest` printed no line with FAIL in it.
-    fn assert_no_fail(&self, guest: &str) {
-        let fails: Vec<&str> = self.console(guest).into_iter().filter(|l| l.contains("FAIL")).collect();
-        assert!(fails.is_empty(), "{guest} reported failures: {fails:#?}\n{}", self.context());
-    }
-
-    /// The stage-2 extents the monitor logged for `guest`: (IPA, PA, size).
-    fn extents(&self, guest: &str) -> Vec<(u64, u64, u64)> {
-        let mut out = Vec::new();
-        let mut current = false;
-        for l in self.log.lines() {
-            if let Some(rest) = l.split_once("map: ").map(|(_, r)| r) {
-                if let Some(name) = rest.split(':').next().filter(|n| n.starts_with("guest")) {
-                    current = name == guest;
-                } else if let Some(e) = rest.trim_start().strip_prefix("IPA ") {
-                    // "IPA 0x040000000 -> PA 0x080000000 64 MiB"
-                    let w: Vec<&str> = e.split_whitespace().collect();
-                    if current && w.len() >= 5 {
-                        out.push((hex(w[0]), hex(w[3]), w[4].parse::<u64>().expect("MiB") * MIB));
-                    }
-                } else {
-                    current = false;
+/// The stage-2 extents the monitor logged for `guest`: (IPA, PA, size).
+fn extents(run: &Run, guest: &str) -> Vec<(u64, u64, u64)> {
+    let mut out = Vec::new();
+    let mut current = false;
+    for l in run.log.lines() {
+        if let Some(rest) = l.split_once("map: ").map(|(_, r)| r) {
+            if let Some(name) = rest.split(':').next().filter(|n| n.starts_with("guest")) {
+                current = name == guest;
+            } else if let Some(e) = rest.trim_start().strip_prefix("IPA ") {
+                // "IPA 0x040000000 -> PA 0x080000000 64 MiB"
+                let w: Vec<&str> = e.split_whitespace().collect();
+                if current && w.len() >= 5 {
+                    out.push((hex(w[0]), hex(w[3]), w[4].parse::<u64>().expect("MiB") * MIB));
                 }
+            } else {
+                current = false;
             }
         }
-        out
     }
+    out
 }
 
 fn hex(s: &str) -> u64 {
@@ -248,13 +193,7 @@ fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &Options<'_>) -> 
         machine: MACHINE,
         mem_mib: MEM_MIB,
     };
-    Run::from(carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S))
-}
-
-impl From<carve_tests::Run> for Run {
-    fn from(r: carve_tests::Run) -> Run {
-        Run { name: r.name, status: r.status, log: r.log, qemu_stderr: r.qemu_stderr, decoder_stderr: r.decoder_stderr }
-    }
+    carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S)
 }
 
 /// Builds the machine for `guests`, runs it and returns the run.
@@ -306,7 +245,7 @@ fn two_guests_run_memtest_at_once_in_disjoint_memory() {
     let (vmid1, seed1) = check_memtest(&run, "guest@1");
     assert_ne!(vmid0, vmid1, "both guests have VMID {vmid0}\n{}", run.context());
     assert_ne!(seed0, seed1, "both guests used pattern seed {seed0:#x}\n{}", run.context());
-    let (e0, e1) = (run.extents("guest@0"), run.extents("guest@1"));
+    let (e0, e1) = (extents(&run, "guest@0"), extents(&run, "guest@1"));
     assert!(!e0.is_empty() && !e1.is_empty(), "no extents logged\n{}", run.context());
     for a in &e0 {
         for b in &e1 {
@@ -429,7 +368,7 @@ fn probe_is_refused_everywhere_and_sees_no_secret() {
     assert!(scan.contains(": 0 copies (scanner self-test ok), PASS"), "{scan}");
     // The monitor's own account of where the guest is (it may differ from the
     // test's plan if the DTB QEMU wrote is larger than guessed): no marker there.
-    let logged = run.extents("guest@0");
+    let logged = extents(&run, "guest@0");
     assert!(!logged.is_empty(), "no extents logged\n{}", run.context());
     for (at, what) in &marks {
         assert!(

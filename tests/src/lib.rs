@@ -179,6 +179,33 @@ impl Run {
     pub fn assert_not_logged(&self, needle: &str) {
         assert!(!self.log.contains(needle), "the log has {needle:?}\n{}", self.context());
     }
+
+    /// The index of the one log line containing `needle` (panics on none or several).
+    pub fn line_index(&self, needle: &str) -> usize {
+        let found: Vec<usize> =
+            self.log.lines().enumerate().filter(|(_, l)| l.contains(needle)).map(|(i, _)| i).collect();
+        assert_eq!(found.len(), 1, "want one log line with {needle:?}, got {}\n{}", found.len(), self.context());
+        found[0]
+    }
+
+    /// What guest `guest` printed through `CONSOLE_WRITE`: the text after `<guest>: ` on the monitor's lines.
+    pub fn console(&self, guest: &str) -> Vec<&str> {
+        let prefix = format!(" {guest}: ");
+        self.log.lines().filter_map(|l| l.split_once(&prefix).map(|(_, text)| text)).collect()
+    }
+
+    /// The one console line of `guest` that starts with `start`.
+    pub fn line(&self, guest: &str, start: &str) -> &str {
+        let found: Vec<&str> = self.console(guest).into_iter().filter(|l| l.starts_with(start)).collect();
+        assert_eq!(found.len(), 1, "want one line of {guest} starting {start:?}, got {found:?}\n{}", self.context());
+        found[0]
+    }
+
+    /// Asserts that `guest` printed no line with FAIL in it.
+    pub fn assert_no_fail(&self, guest: &str) {
+        let fails: Vec<&str> = self.console(guest).into_iter().filter(|l| l.contains("FAIL")).collect();
+        assert!(fails.is_empty(), "{guest} reported failures: {fails:#?}\n{}", self.context());
+    }
 }
 
 /// Runs the monitor on QEMU `machine` (Cortex-A15, 1280 MiB, semihosting, no
