@@ -124,6 +124,74 @@ pub struct Device {
     pub regs: Vec<PhysRange>,
 }
 
+/// How a UART's registers are laid out: which driver the monitor needs for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UartKind {
+    /// Arm PrimeCell PL011 (`arm,pl011`), or its SBSA subset (`arm,sbsa-uart`).
+    Pl011,
+    /// The 8250/16550 family: register `n` at `n << reg_shift`, accessed
+    /// `io_width` bytes wide (1 or 4; `reg-shift`, `reg-io-width`).
+    Ns16550 { reg_shift: u8, io_width: u8 },
+}
+
+/// Compatibles of the 8250/16550 family whose registers need no more than
+/// `reg-shift` and `reg-io-width` to reach (Linux's `of_serial` and
+/// `8250_dw` handle these; the Allwinner, Rockchip, TI and NVIDIA boards
+/// use them).
+const NS16550_COMPATIBLES: [&str; 8] = [
+    "ns16550a",
+    "ns16550",
+    "ns16450",
+    "ns8250",
+    "snps,dw-apb-uart",
+    "ti,omap4-uart",
+    "ti,am3352-uart",
+    "nvidia,tegra20-uart",
+];
+
+/// The driver a UART node needs, from its `compatible` list and, for the
+/// 8250 family, `reg-shift` (default 0) and `reg-io-width` (default 1).
+/// `None`: carve has no driver for it (the caller says so).
+pub fn uart_kind(node: &Node<'_>) -> Result<Option<UartKind>, DtError> {
+    if node.is_compatible("arm,pl011") || node.is_compatible("arm,sbsa-uart") {
+        return Ok(Some(UartKind::Pl011));
+    }
+    if !NS16550_COMPATIBLES.iter().any(|c| node.is_compatible(c)) {
+        return Ok(None);
+    }
+    let reg_shift = node.u32_prop("reg-shift")?.unwrap_or(0);
+    if reg_shift > 4 {
+        return Err(DtError::prop(&node.path, "reg-shift", format!("{reg_shift}: registers more than 16 bytes apart")));
+    }
+    let io_width = node.u32_prop("reg-io-width")?.unwrap_or(1);
+    if !matches!(io_width, 1 | 4) {
+        return Err(DtError::prop(
+            &node.path,
+            "reg-io-width",
+            format!("{io_width}: carve drives 8250 registers 1 or 4 bytes wide"),
+        ));
+    }
+    Ok(Some(UartKind::Ns16550 { reg_shift: reg_shift as u8, io_width: io_width as u8 }))
+}
+
+/// The UART `/chosen/carve,log` names for the monitor's own log (defmt frames).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogUart {
+    pub device: Device,
+    pub kind: UartKind,
+}
+
+/// The node a `/chosen` path property names: "/path[:options]" or "alias[:options]".
+fn resolve_path<'t, 'a>(tree: &'t Tree<'a>, value: &str) -> Option<&'t Node<'a>> {
+    let path = value.split(':').next().unwrap_or(value);
+    if path.starts_with('/') {
+        tree.find(path)
+    } else {
+        let full = tree.root.child("aliases").and_then(|a| a.str_prop_lossy(path))?;
+        tree.find(full)
+    }
+}
+
 /// The GIC: distributor, CPU interface and, with the Virtualization Extensions, GICH and GICV.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Gic {
@@ -161,6 +229,12 @@ pub struct Machine {
     pub guests: Vec<Guest>,
     /// The console: the node `stdout-path` names, if any.
     pub uart: Option<Device>,
+    /// How to drive [`Machine::uart`]; `None` when carve has no driver for its compatible.
+    pub uart_kind: Option<UartKind>,
+    /// [`Machine::uart`]'s first interrupt as a GIC interrupt ID, when it has one the GIC takes.
+    pub uart_irq: Option<u32>,
+    /// `/chosen/carve,log`: the UART the monitor writes its own log to.
+    pub log_uart: Option<LogUart>,
     pub gic: Option<Gic>,
     /// `arm,armv7-timer`: its node, if present.
     pub timer: Option<String>,
@@ -364,16 +438,39 @@ impl Machine {
         }
         // The console: `stdout-path` = "/path[:options]" or "alias[:options]".
         if let Ok(Some(sp)) = chosen.str_prop("stdout-path") {
-            let path = sp.split(':').next().unwrap_or(sp);
-            let resolved = if path.starts_with('/') {
-                Some(path.to_string())
-            } else {
-                tree.root.child("aliases").and_then(|a| a.str_prop_lossy(path)).map(String::from)
-            };
-            match resolved.as_deref().and_then(|p| tree.find(p)) {
-                Some(node) => self.uart = Some(device(tree, node)?),
+            match resolve_path(tree, sp) {
+                Some(node) => {
+                    self.uart = Some(device(tree, node)?);
+                    // A console carve cannot drive is the guest's business: a warning, not a refusal.
+                    self.uart_kind = uart_kind(node).unwrap_or_else(|e| {
+                        self.warnings.push(e.to_string());
+                        None
+                    });
+                    self.uart_irq = gic_interrupt(tree, node);
+                }
                 None => self.warnings.push(format!("/chosen: stdout-path {sp:?} names no node")),
             }
+        }
+        // The monitor's own log: `carve,log`, in the same form.
+        if let Some(path) = chosen.str_prop("carve,log")? {
+            let node = resolve_path(tree, path)
+                .ok_or_else(|| DtError::prop(&chosen.path, "carve,log", format!("{path:?} names no node")))?;
+            let kind = uart_kind(node)?.ok_or_else(|| {
+                DtError::prop(
+                    &chosen.path,
+                    "carve,log",
+                    format!(
+                        "{} ({}) is not a UART carve has a driver for (PL011, 8250/16550)",
+                        node.path,
+                        node.first_string("compatible").unwrap_or("no compatible")
+                    ),
+                )
+            })?;
+            let device = device(tree, node)?;
+            if device.regs.is_empty() {
+                return Err(DtError::prop(&chosen.path, "carve,log", format!("{} has no reg", node.path)));
+            }
+            self.log_uart = Some(LogUart { device, kind });
         }
         Ok(())
     }
@@ -611,6 +708,39 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         *slot = Some(Module { node: m.path.clone(), range, bootargs });
     }
     Ok(g)
+}
+
+/// A node's first interrupt as a GIC interrupt ID (SPI n is 32 + n, PPI n is
+/// 16 + n; GIC binding, three cells), when its interrupt parent (its own
+/// `interrupt-parent` or the nearest ancestor's) is the GIC. `None` for
+/// anything else: no interrupt, another controller, a malformed property.
+pub fn gic_interrupt(tree: &Tree<'_>, node: &Node<'_>) -> Option<u32> {
+    // The node's own `interrupt-parent`, else the nearest ancestor's (the root's last).
+    let ancestors = core::iter::successors(Some(node.path.as_str()), |p| p.rfind('/').map(|i| &p[..i]));
+    let parent = ancestors
+        .map(|p| if p.is_empty() { Some(&tree.root) } else { tree.find(p) })
+        .find_map(|n| n?.prop("interrupt-parent"));
+    let &[a, b, c, d] = parent? else { return None };
+    let want = u32::from_be_bytes([a, b, c, d]);
+    let mut gic = None;
+    tree.root.walk(&mut |n| {
+        if gic.is_none() && phandle(n).ok().flatten() == Some(want) {
+            gic = Some(n);
+        }
+    });
+    let gic = gic.filter(|g| is_gic(g))?;
+    if gic.u32_prop("#interrupt-cells").ok().flatten() != Some(3) {
+        return None;
+    }
+    let v = node.prop("interrupts")?;
+    let cell = |i: usize| v.get(i * 4..i * 4 + 4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]));
+    let (kind, number) = (cell(0)?, cell(1)?);
+    cell(2)?;
+    match kind {
+        0 if number < 988 => Some(32 + number),
+        1 if number < 16 => Some(16 + number),
+        _ => None,
+    }
 }
 
 /// A node's `phandle`, else its `linux,phandle` (older dtc wrote both): one cell.

@@ -6,7 +6,7 @@ use alloc::vec::Vec;
 
 use vm_fdt::{FdtReserveEntry, FdtWriter};
 
-use super::machine::{PsciMethod, ReservedKind};
+use super::machine::{PsciMethod, ReservedKind, UartKind};
 use super::Machine;
 use crate::addr::PhysRange;
 
@@ -473,5 +473,88 @@ fn movable_memory_refusals_name_the_property_and_the_numbers() {
     assert_eq!(
         with(Some(&[0x11]), Some(&[0xffff_ffff, 0xffff_fffc])),
         "/chosen/guest@0: carve,movable-memory: 18446744073709551612 KiB is more than the guest's memory (65536 KiB)"
+    );
+}
+
+#[test]
+fn the_console_uart_kind_and_interrupt_come_from_the_tree() {
+    // QEMU's own tree: a PL011 whose interrupt is SPI 1 of the GIC (the root's interrupt-parent).
+    let m = Machine::from_dtb(include_bytes!("testdata/qemu-virt-1280-smp2.dtb")).unwrap();
+    assert_eq!(m.uart_kind, Some(UartKind::Pl011));
+    assert_eq!(m.uart_irq, Some(33));
+
+    // An Allwinner-style 8250 on a bus whose interrupt-parent is the GIC: PPI and SPI numbering,
+    // reg-shift and reg-io-width read; a UART of no known family has no kind and no refusal.
+    let uart = |compat: &str, shift: Option<u32>, width: Option<u32>, irq: [u32; 3]| {
+        let compat = compat.to_string();
+        blob(move |w| {
+            let soc = w.begin_node("soc").unwrap();
+            w.property_u32("#address-cells", 1).unwrap();
+            w.property_u32("#size-cells", 1).unwrap();
+            w.property_null("ranges").unwrap();
+            w.property_u32("interrupt-parent", 0x8001).unwrap();
+            let gic = w.begin_node("interrupt-controller@1c81000").unwrap();
+            w.property_string("compatible", "arm,gic-400").unwrap();
+            w.property_u32("#interrupt-cells", 3).unwrap();
+            w.property_array_u32("reg", &[0x01c8_1000, 0x1000, 0x01c8_2000, 0x2000]).unwrap();
+            w.property_u32("phandle", 0x8001).unwrap();
+            w.end_node(gic).unwrap();
+            let u = w.begin_node("serial@1c28000").unwrap();
+            w.property_string_list("compatible", vec![compat, "other,uart".into()]).unwrap();
+            w.property_array_u32("reg", &[0x01c2_8000, 0x400]).unwrap();
+            w.property_array_u32("interrupts", &irq).unwrap();
+            if let Some(s) = shift {
+                w.property_u32("reg-shift", s).unwrap();
+            }
+            if let Some(wd) = width {
+                w.property_u32("reg-io-width", wd).unwrap();
+            }
+            w.end_node(u).unwrap();
+            w.end_node(soc).unwrap();
+            let chosen = w.begin_node("chosen").unwrap();
+            w.property_string("stdout-path", "/soc/serial@1c28000:115200n8").unwrap();
+            w.end_node(chosen).unwrap();
+        })
+    };
+    let m = Machine::from_dtb(&uart("snps,dw-apb-uart", Some(2), Some(4), [0, 0, 4])).unwrap();
+    assert_eq!(m.uart.as_ref().unwrap().regs[0].start(), 0x01c2_8000);
+    assert_eq!(m.uart_kind, Some(UartKind::Ns16550 { reg_shift: 2, io_width: 4 }));
+    assert_eq!(m.uart_irq, Some(32));
+    let m = Machine::from_dtb(&uart("ns16550a", None, None, [1, 9, 4])).unwrap();
+    assert_eq!(m.uart_kind, Some(UartKind::Ns16550 { reg_shift: 0, io_width: 1 }));
+    assert_eq!(m.uart_irq, Some(25));
+    let m = Machine::from_dtb(&uart("acme,mystery-uart", None, None, [0, 5, 4])).unwrap();
+    assert_eq!((m.uart_kind, m.uart_irq), (None, Some(37)));
+    let m = Machine::from_dtb(&uart("ns16550a", None, Some(2), [0, 0, 4])).unwrap();
+    assert_eq!(m.uart_kind, None);
+    assert_eq!(m.warnings, ["/soc/serial@1c28000: reg-io-width: 2: carve drives 8250 registers 1 or 4 bytes wide"]);
+}
+
+#[test]
+fn carve_log_names_a_uart_carve_can_drive() {
+    let with_log = |path: &str| {
+        let path = path.to_string();
+        blob(move |w| {
+            let u = w.begin_node("serial@9040000").unwrap();
+            w.property_string("compatible", "ns16550a").unwrap();
+            w.property_array_u64("reg", &[0x0904_0000, 0x100]).unwrap();
+            w.property_u32("reg-shift", 2).unwrap();
+            w.end_node(u).unwrap();
+            let chosen = w.begin_node("chosen").unwrap();
+            w.property_string("stdout-path", "serial0").unwrap();
+            w.property_string("carve,log", &path).unwrap();
+            w.end_node(chosen).unwrap();
+        })
+    };
+    let m = Machine::from_dtb(&with_log("/serial@9040000:115200")).unwrap();
+    let log = m.log_uart.unwrap();
+    assert_eq!(log.device.regs[0].start(), 0x0904_0000);
+    assert_eq!(log.kind, UartKind::Ns16550 { reg_shift: 2, io_width: 1 });
+    assert_eq!(m.uart.unwrap().regs[0].start(), 0x0900_0000);
+    assert_eq!(Machine::from_dtb(&with_log("serial0")).unwrap().log_uart.unwrap().kind, UartKind::Pl011);
+    assert_eq!(err(&with_log("/nowhere")), "/chosen: carve,log: \"/nowhere\" names no node");
+    assert_eq!(
+        err(&with_log("/psci")),
+        "/chosen: carve,log: /psci (arm,psci-1.0) is not a UART carve has a driver for (PL011, 8250/16550)"
     );
 }

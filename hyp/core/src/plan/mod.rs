@@ -125,6 +125,20 @@ pub fn plan(machine: &Machine, config: &PlanConfig) -> Result<Plan, PlanError> {
         warnings.push(alloc::format!("memory nodes overlap: {} of RAM counted once", crate::addr::Size(ram.total())));
     }
 
+    // The monitor's log UART is the monitor's: no guest may be given it.
+    if let (Some(log), Some(console), false) = (&machine.log_uart, &machine.uart, machine.guests.is_empty()) {
+        let shared = log.device.regs.iter().any(|l| console.regs.iter().any(|c| c.overlaps(l)));
+        if shared {
+            return Err(PlanError::new(
+                "/chosen",
+                alloc::format!(
+                    "carve,log names {}, the console UART the guests use: name another UART for the monitor's log",
+                    log.device.node
+                ),
+            ));
+        }
+    }
+
     // 1. Carveouts: static ones as given, then dynamic ones placed in tree order.
     let monitor_fixed = match config.monitor_image {
         MonitorImage::At(r) => Some(r),
