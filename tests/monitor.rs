@@ -114,3 +114,38 @@ fn refuses_to_start_outside_hyp_mode() {
     run.assert_status(3);
     run.assert_not_logged("Hyp monitor starting");
 }
+
+/// `/chosen/carve,log` names a UART: the log goes there, as defmt frames
+/// `defmt-print` decodes from the UART's output, starting with the frames
+/// logged before the tree named it (kept and sent first). What follows the
+/// switch no longer goes to semihosting. QEMU `virt` has one UART, so the
+/// machine runs no guest (the plan refuses a guest given the log's UART:
+/// `tests/corpus/bad/log-uart-is-the-console.dts`).
+#[test]
+fn the_log_goes_to_the_uart_carve_log_names() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor").join("log-uart");
+    std::fs::create_dir_all(&dir).expect("create the test directory");
+    let dts = dir.join("log-uart.dts");
+    std::fs::write(
+        &dts,
+        "/dts-v1/;\n/include/ \"qemu-virt.dtsi\"\n/ {\n\tchosen {\n\t\tcarve,log = \"/pl011@9000000\";\n\t};\n};\n",
+    )
+    .expect("write the tree");
+    let dtb = dir.join("log-uart.dtb");
+    dtc(&dts, &dtb);
+    let dtb_arg = dtb.display().to_string();
+
+    let run = run_monitor("log-uart", MACHINE_HYP, &["-dtb", &dtb_arg]);
+    run.assert_status(0);
+    run.assert_logged("hyp: log goes to /pl011@9000000 at 0x09000000 from here on (carve,log)");
+    run.assert_not_logged("hyp: no guest under /chosen");
+
+    let log = run.uart_log();
+    let context = format!("UART log decoded:\n{log}\n--- run ---\n{}", run.context());
+    // The first frame of the run, kept from before the switch, then the rest of the boot.
+    let first = log.lines().next().unwrap_or("");
+    assert!(first.contains("Hyp monitor starting"), "the UART log does not start at the first frame\n{context}");
+    for line in ["hyp: log on /pl011@9000000 (carve,log)", "map: RAM", "hyp: no guest under /chosen: nothing to run"] {
+        assert!(log.contains(line), "the UART log lacks {line:?}\n{context}");
+    }
+}

@@ -1,13 +1,10 @@
-//! Logging: defmt frames over semihosting to QEMU's stdout, decoded on the host by `defmt-print -e <ELF>`.
+//! Logging: defmt frames (the global logger is `arch::logger`: semihosting, or the UART `/chosen/carve,log` names), decoded on the host by `defmt-print -e <ELF>`.
 //!
 //! `DEFMT_LOG` picks the level at build time (`scripts/build` defaults it to
 //! `info`). Each frame carries a timestamp: the physical counter converted to
 //! microseconds since the counter started (CNTPCT / CNTFRQ).
 
 use core::sync::atomic::{AtomicBool, Ordering};
-
-// The global defmt logger: frames go to semihosting stdout.
-use defmt_semihosting as _;
 
 use crate::arch;
 use crate::arch::semihost::{self, ExitCode};

@@ -160,6 +160,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
             semihost::exit(ExitCode::BadDtb)
         }
     };
+    log_to_uart(&machine);
     let page = |a: usize| a as u64 & !0xfff;
     // The monitor's own command line (`vmalloc=`) shapes its layout before planning.
     let layout_config =
@@ -232,6 +233,37 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     }
     *vm::PLAN.lock() = Some((machine.clone(), plan.clone()));
     vm::start(&tree, &machine, &plan)
+}
+
+/// Sends the log to the UART `/chosen/carve,log` names, early frames first;
+/// without one the log stays where it is (semihosting).
+#[cfg(target_arch = "arm")]
+fn log_to_uart(machine: &carve_core::dt::Machine) {
+    let Some(log) = &machine.log_uart else {
+        arch::logger::settle();
+        return;
+    };
+    let regs = log.device.regs[0];
+    // 16550 registers span 8 << reg-shift bytes; a PL011's block is 4 KiB, of which the driver uses the first 0x48.
+    let span = match log.kind {
+        carve_core::dt::machine::UartKind::Pl011 => 0x48,
+        carve_core::dt::machine::UartKind::Ns16550 { reg_shift, .. } => 8u64 << reg_shift,
+    };
+    match arch::uart::map_log_uart(regs.start(), span.min(regs.size), log.kind) {
+        Ok(uart) => {
+            defmt::info!(
+                "hyp: log goes to {=str} at {=u64:#010x} from here on (carve,log)",
+                log.device.node.as_str(),
+                regs.start()
+            );
+            arch::logger::use_uart(uart);
+            defmt::info!("hyp: log on {=str} (carve,log)", log.device.node.as_str());
+        }
+        Err(e) => {
+            defmt::error!("hyp: cannot map the log UART {=str}: {}", log.device.node.as_str(), e);
+            arch::logger::settle();
+        }
+    }
 }
 
 /// A physical range from bounds the monitor computed itself (its image, its DTB).

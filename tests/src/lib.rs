@@ -147,6 +147,8 @@ pub struct Run {
     pub log: String,
     pub qemu_stderr: String,
     pub decoder_stderr: String,
+    /// Where QEMU wrote the UART's output (`-serial file:`).
+    pub uart_path: PathBuf,
 }
 
 impl Run {
@@ -160,6 +162,13 @@ impl Run {
             self.qemu_stderr,
             self.decoder_stderr
         )
+    }
+
+    /// The UART's output decoded as defmt frames: the monitor's log when
+    /// `/chosen/carve,log` sent it there (empty when the UART carried none).
+    pub fn uart_log(&self) -> String {
+        let bytes = std::fs::read(&self.uart_path).unwrap_or_default();
+        decode_defmt(&bytes)
     }
 
     /// Whether `timeout` had to stop QEMU.
@@ -282,9 +291,30 @@ pub fn run_qemu(dir: &Path, name: &str, q: &Qemu<'_>, extra: &[&str], timeout_s:
         log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
         qemu_stderr: qemu_err.join().unwrap_or_default(),
         decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
+        uart_path: uart,
     };
     std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
     run
+}
+
+/// `bytes` (defmt frames, as a UART or semihosting carried them) decoded
+/// against the monitor's ELF by `defmt-print`.
+pub fn decode_defmt(bytes: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = Command::new(tool("defmt-print"))
+        .arg("-e")
+        .arg(monitor_elf())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start defmt-print");
+    let mut stdin = child.stdin.take().expect("defmt-print's stdin is piped");
+    let input = bytes.to_vec();
+    let writer = thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("read defmt-print's output");
+    let _ = writer.join();
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The `-device loader` arguments that put `blob` at the start of RAM

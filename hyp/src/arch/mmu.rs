@@ -431,6 +431,23 @@ pub fn free_table_pages() -> Option<i32> {
     HYP_MAP.lock().as_ref().map(|m| POOL_PAGES as i32 - m.pool.pages_in_use() as i32)
 }
 
+/// Maps the register block of the UART at physical `pa` (`size` bytes, all
+/// in one page) as Device memory in the fixmap's console slot, for the
+/// monitor's own log; returns the block's virtual address.
+pub fn map_console(pa: u64, size: u64) -> Result<usize, MmuError> {
+    let fix = carve_core::mm::kmap::fixmap::console(PhysAddr::new(pa));
+    let bad = MmuError::BadRegion { what: "log UART", start: pa, end: pa.saturating_add(size) };
+    if size == 0 || (pa & (PAGE_SIZE - 1)) + size > PAGE_SIZE || PhysAddr::from_u64(pa).is_none() {
+        return Err(bad);
+    }
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
+    map.table
+        .map(&mut map.pool, fix.va, fix.pa, fix.size, Attrs::device())
+        .map_err(|error| MmuError::Map { what: "log UART (fixmap)", error })?;
+    Ok(fix.target.raw() as usize)
+}
+
 /// Unmaps the fixmap's early DT window once the tree has been copied out of it.
 pub fn unmap_early_dtb(va: u32, len: u32) -> Result<(), MmuError> {
     let first = u64::from(va) & !(PAGE_SIZE - 1);

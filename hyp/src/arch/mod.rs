@@ -8,6 +8,7 @@
 //! - [`guest`]: the virtualization registers, entering a guest, firmware PSCI calls.
 //! - [`phys`]: reading loader-provided memory (the DTB) by physical address.
 //! - [`heap`]: the global allocator.
+//! - [`uart`]: PL011 and 8250/16550 drivers; [`logger`]: the global defmt logger (semihosting or a UART).
 //! - [`semihost`]: exit statuses and the semihosting exit.
 //!
 //! `unsafe` lives only in this module, each block with its `// SAFETY:` reason.
@@ -16,11 +17,13 @@ pub mod cache;
 pub mod entry;
 pub mod guest;
 pub mod heap;
+pub mod logger;
 pub mod memmap;
 pub mod mmu;
 pub mod phys;
 pub mod regs;
 pub mod semihost;
+pub mod uart;
 pub mod vectors;
 
 use core::arch::asm;
