@@ -76,6 +76,7 @@ fn run(name: &str, qemu: &str, mem_mb: u32, dtb: &Path, bootargs: &str) -> Run {
         log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
         qemu_stderr: err.join().unwrap_or_default(),
         decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
+        uart_path: dir.join("uart.log"),
     };
     std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
     run
