@@ -15,6 +15,16 @@
 //! [`Buddy::alloc_contig`]. Nothing here panics on bad input: a double free, a
 //! frame without a record, a wrong order or a range that is not free is a
 //! [`BuddyError`] and leaves the allocator as it was.
+//!
+//! Free memory enters the lists in the largest aligned blocks its range
+//! allows, and may enter them later than it is handed over: memory given with
+//! [`Buddy::defer_free_range`] is counted free at once, but its page records
+//! are not touched (they stay unready in the [`MemMap`]) until an allocation
+//! needs it or someone with time to spare calls [`Buddy::grow`]. Every way a
+//! page is handed out (`alloc`, `alloc_range`, `alloc_contig`) first grows the
+//! lists from deferred memory when they cannot serve the request, lowest
+//! addresses first, so a page is never handed out before its record is
+//! written (Linux's `DEFERRED_STRUCT_PAGE_INIT` and `deferred_grow_zone`).
 
 use alloc::format;
 use alloc::string::String;
@@ -28,6 +38,9 @@ use crate::addr::{Ipa, PhysRange, PAGE_SIZE};
 pub const MAX_ORDER: u8 = 10;
 /// The largest order a [`Buddy`] may be built with: 2^18 pages, 1 GiB (a level-1 block).
 pub const MAX_ORDER_LIMIT: u8 = 18;
+/// Pages an allocation that finds the lists empty moves from deferred memory
+/// into them at least: 32 MiB (a few thousand records, a few dozen blocks).
+pub const GROW_PAGES: u64 = 8192;
 
 /// Why the allocator refused.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -113,8 +126,13 @@ pub struct Buddy<S: PageStore> {
     heads: [u32; MAX_ORDER_LIMIT as usize + 1],
     /// Free blocks per order.
     blocks: [u64; MAX_ORDER_LIMIT as usize + 1],
+    /// Pages in the free lists.
     free_pages: u64,
     managed_pages: u64,
+    /// Free memory not in the lists yet, as frame ranges `[start, end)`:
+    /// sorted, disjoint, not adjacent; their records are untouched.
+    deferred: Vec<(u64, u64)>,
+    deferred_pages: u64,
     /// Allocated pages per owner kind (the `Guest` slot unused).
     by_kind: [u64; Owner::KINDS],
     /// Allocated pages per guest VMID.
@@ -127,6 +145,7 @@ impl<S: PageStore> fmt::Debug for Buddy<S> {
             .field("max_order", &self.max_order)
             .field("managed_pages", &self.managed_pages)
             .field("free_pages", &self.free_pages)
+            .field("deferred_pages", &self.deferred_pages)
             .field("free_blocks", &&self.blocks[..=self.max_order as usize])
             .finish()
     }
@@ -151,6 +170,8 @@ impl<S: PageStore> Buddy<S> {
             blocks: [0; MAX_ORDER_LIMIT as usize + 1],
             free_pages: 0,
             managed_pages: 0,
+            deferred: Vec::new(),
+            deferred_pages: 0,
             by_kind: [0; Owner::KINDS],
             by_guest: [0; 256],
         }
@@ -179,9 +200,17 @@ impl<S: PageStore> Buddy<S> {
     pub fn max_order(&self) -> u8 {
         self.max_order
     }
-    /// Pages free now.
+    /// Pages free now, deferred ones included.
     pub fn free_pages(&self) -> u64 {
-        self.free_pages
+        self.free_pages + self.deferred_pages
+    }
+    /// Free pages whose records are not written yet (not in the lists).
+    pub fn deferred_pages(&self) -> u64 {
+        self.deferred_pages
+    }
+    /// The deferred frame ranges `[start, end)`, lowest first.
+    pub fn deferred_ranges(&self) -> &[(u64, u64)] {
+        &self.deferred
     }
     /// Pages the allocator manages, free or not.
     pub fn managed_pages(&self) -> u64 {
@@ -195,7 +224,7 @@ impl<S: PageStore> Buddy<S> {
     /// Pages held by `owner` ([`Owner::Free`]: free pages).
     pub fn owner_pages(&self, owner: Owner) -> u64 {
         match owner {
-            Owner::Free => self.free_pages,
+            Owner::Free => self.free_pages(),
             Owner::Guest(vmid) => self.by_guest[vmid as usize],
             other => self.by_kind[other.encode().0 as usize],
         }
@@ -204,7 +233,7 @@ impl<S: PageStore> Buddy<S> {
     /// Pages by owner: free first, then every owner holding any. The counts sum to [`managed_pages`](Self::managed_pages).
     pub fn pages_by_owner(&self) -> Vec<(Owner, u64)> {
         let mut out = Vec::new();
-        out.push((Owner::Free, self.free_pages));
+        out.push((Owner::Free, self.free_pages()));
         for owner in [Owner::Monitor, Owner::Stage2Tables, Owner::HypTables, Owner::Vmemmap, Owner::Cma] {
             let n = self.owner_pages(owner);
             if n > 0 {
@@ -344,17 +373,107 @@ impl<S: PageStore> Buddy<S> {
     pub fn add_free_range(&mut self, range: PhysRange) -> Result<u64, BuddyError> {
         let (start, end) = Pfn::inside(&range);
         self.check_reserved(start.0, end.0)?;
-        let mut p = start.0;
-        while p < end.0 {
-            let order = self.fit(p, end.0);
-            self.mm.fill_pfns(p, p + pages(order), Page::tail()).map_err(|pfn| BuddyError::NoRecord { pfn })?;
-            self.release(p, order)?;
-            p += pages(order);
-        }
+        self.list_free(start.0, end.0)?;
         let n = end.0 - start.0;
         self.managed_pages += n;
-        self.free_pages += n;
         Ok(n)
+    }
+
+    /// Puts the checked reserved frames `[start, end)` in the free lists as the largest aligned blocks.
+    fn list_free(&mut self, start: u64, end: u64) -> Result<(), BuddyError> {
+        let mut p = start;
+        while p < end {
+            let order = self.fit(p, end);
+            self.mm.fill_pfns(p, p + pages(order), Page::tail()).map_err(|pfn| BuddyError::NoRecord { pfn })?;
+            self.release(p, order)?;
+            self.free_pages += pages(order);
+            p += pages(order);
+        }
+        Ok(())
+    }
+
+    /// Hands the whole pages inside `range` to the allocator as free memory
+    /// whose records are written later: they count as free and managed at
+    /// once, but enter the free lists only when an allocation needs them or
+    /// [`grow`](Self::grow) is called. The same checks as
+    /// [`add_free_range`](Self::add_free_range); costs nothing per page.
+    pub fn defer_free_range(&mut self, range: PhysRange) -> Result<u64, BuddyError> {
+        let (start, end) = Pfn::inside(&range);
+        let (start, end) = (start.0, end.0);
+        if start >= end {
+            return Ok(0);
+        }
+        self.check_reserved(start, end)?;
+        let i = self.deferred.partition_point(|&(_, e)| e < start);
+        self.deferred.insert(i, (start, end));
+        // Merge with the neighbours it touches (check_reserved ruled out overlaps).
+        if i + 1 < self.deferred.len() && self.deferred[i + 1].0 == end {
+            self.deferred[i].1 = self.deferred[i + 1].1;
+            self.deferred.remove(i + 1);
+        }
+        if i > 0 && self.deferred[i - 1].1 == start {
+            self.deferred[i - 1].1 = self.deferred[i].1;
+            self.deferred.remove(i);
+        }
+        let n = end - start;
+        self.managed_pages += n;
+        self.deferred_pages += n;
+        Ok(n)
+    }
+
+    /// Moves up to about `max` pages of deferred memory, lowest first, into the
+    /// free lists, writing their records (a chunk ends on a block of the
+    /// largest order where the range allows). Returns the pages moved: 0 when
+    /// nothing is deferred.
+    pub fn grow(&mut self, max: u64) -> Result<u64, BuddyError> {
+        let Some(&(start, end)) = self.deferred.first() else { return Ok(0) };
+        let max = max.max(1);
+        let mut stop = end;
+        if end - start > max {
+            let aligned = (start + max) & !(pages(self.max_order) - 1);
+            stop = if aligned > start { aligned } else { start + max };
+        }
+        self.undefer(start, stop)?;
+        Ok(stop - start)
+    }
+
+    /// Moves every deferred page inside frames `[lo, hi)` into the free lists.
+    fn grow_within(&mut self, lo: u64, hi: u64) -> Result<u64, BuddyError> {
+        let mut moved = 0;
+        while let Some(&(s, e)) = self.deferred.iter().find(|&&(s, e)| s < hi && e > lo) {
+            let (a, b) = (s.max(lo), e.min(hi));
+            self.undefer(a, b)?;
+            moved += b - a;
+        }
+        Ok(moved)
+    }
+
+    /// Takes `[start, end)` (inside one deferred range) out of the deferred
+    /// set and into the free lists. On an error the range stays deferred.
+    fn undefer(&mut self, start: u64, end: u64) -> Result<(), BuddyError> {
+        let i = self
+            .deferred
+            .iter()
+            .position(|&(s, e)| s <= start && end <= e)
+            .ok_or(BuddyError::Corrupt { pfn: Pfn(start) })?;
+        let (s, e) = self.deferred[i];
+        let keep: Vec<(u64, u64)> = [(s, start), (end, e)].into_iter().filter(|&(a, b)| a < b).collect();
+        self.deferred.splice(i..=i, keep.iter().copied());
+        // The records must still read reserved: nobody may have claimed deferred pages meanwhile.
+        let ok = self.check_reserved(start, end).and_then(|()| self.list_free(start, end));
+        if let Err(err) = ok {
+            // Put the range back where it was; what list_free listed is not undone (a corrupt map).
+            let j = self.deferred.partition_point(|&(_, b)| b < start);
+            self.deferred.splice(j..j + keep.len(), [(s, e)]);
+            return Err(err);
+        }
+        self.deferred_pages -= end - start;
+        Ok(())
+    }
+
+    /// Whether any page of frames `[lo, hi)` is deferred.
+    fn deferred_in(&self, lo: u64, hi: u64) -> bool {
+        self.deferred.iter().any(|&(s, e)| s < hi && e > lo)
     }
 
     /// Hands the whole pages inside `range` to the allocator as already
@@ -374,8 +493,15 @@ impl<S: PageStore> Buddy<S> {
         Ok(n)
     }
 
-    fn check_reserved(&self, start: u64, end: u64) -> Result<(), BuddyError> {
-        // One pass per section on the fast path; the slow one only names the culprit.
+    /// Checks that every frame in `[start, end)` has a reserved record and is
+    /// not the allocator's (deferred pages read reserved but are): the pages a
+    /// range handed to the allocator, or to a CMA pool, must be.
+    pub(crate) fn check_reserved(&self, start: u64, end: u64) -> Result<(), BuddyError> {
+        // Deferred pages read reserved but are the allocator's already.
+        if let Some(&(s, _)) = self.deferred.iter().find(|&&(s, e)| s < end && e > start) {
+            return Err(BuddyError::NotReserved { pfn: Pfn(s.max(start)) });
+        }
+        // One pass per section on the fast path (none for an unready one); the slow one only names the culprit.
         if self.mm.all_pfns(start, end, &|p| p.flags() == flags::RESERVED) {
             return Ok(());
         }
@@ -392,7 +518,8 @@ impl<S: PageStore> Buddy<S> {
         let mut p = start;
         while p < end {
             let order = self.fit(p, end);
-            self.mm.fill_pfns(p + 1, p + pages(order), Page::tail()).map_err(|pfn| BuddyError::NoRecord { pfn })?;
+            // The whole block, head included, so an unready section is written once.
+            self.mm.fill_pfns(p, p + pages(order), Page::tail()).map_err(|pfn| BuddyError::NoRecord { pfn })?;
             let mut head = Page::tail();
             head.set_flags(flags::HEAD);
             head.set_order(order);
@@ -413,9 +540,15 @@ impl<S: PageStore> Buddy<S> {
         if owner == Owner::Free {
             return Err(BuddyError::BadOwner);
         }
-        let mut o = (order..=self.max_order)
-            .find(|&o| self.heads[o as usize] != NIL)
-            .ok_or(BuddyError::OutOfMemory { order })?;
+        let mut o = loop {
+            if let Some(o) = (order..=self.max_order).find(|&o| self.heads[o as usize] != NIL) {
+                break o;
+            }
+            // Nothing listed is large enough: list more of the deferred memory.
+            if self.grow(GROW_PAGES.max(pages(self.max_order)))? == 0 {
+                return Err(BuddyError::OutOfMemory { order });
+            }
+        };
         let idx = self.heads[o as usize];
         self.unlink(o, idx)?;
         let pfn = self.mm.sections().pfn_at(idx).0;
@@ -442,6 +575,11 @@ impl<S: PageStore> Buddy<S> {
         }
         let (start, end) = Pfn::inside(&range);
         let (start, end) = (start.0, end.0);
+        // Deferred pages in (the largest blocks around) the range join the lists first.
+        if self.deferred_in(start, end) {
+            let big = pages(self.max_order);
+            self.grow_within(start & !(big - 1), end.saturating_add(big - 1) & !(big - 1))?;
+        }
         // Check: every page inside a free block.
         let mut p = start;
         while p < end {
@@ -490,22 +628,48 @@ impl<S: PageStore> Buddy<S> {
         if owner == Owner::Free {
             return Err(BuddyError::BadOwner);
         }
-        let none = BuddyError::NoContiguous { count, align };
+        match self.find_contig(count, align, within) {
+            Ok(range) => self.alloc_range(range, owner).map(|()| range),
+            Err(none) => {
+                // Deferred memory in the window may hold a run: list it and look again.
+                let (lo, hi) = self.window(within);
+                if self.deferred_in(lo, hi) {
+                    self.grow_within(lo, hi)?;
+                    let range = self.find_contig(count, align, within)?;
+                    self.alloc_range(range, owner)?;
+                    return Ok(range);
+                }
+                Err(none)
+            }
+        }
+    }
+
+    /// The frames `[lo, hi)` a contiguous search covers: `within`, inside the span.
+    fn window(&self, within: Option<PhysRange>) -> (u64, u64) {
         let secs = self.mm.sections();
         let (span_lo, span_hi) = (secs.base_pfn().0, secs.base_pfn().0 + secs.span_pages());
-        let (lo, hi) = match within {
+        match within {
             Some(r) => {
                 let (s, e) = Pfn::inside(&r);
                 (s.0.max(span_lo), e.0.min(span_hi))
             }
             None => (span_lo, span_hi),
-        };
+        }
+    }
+
+    /// The lowest run of `count` listed free pages aligned to `align` inside `within`.
+    fn find_contig(&self, count: u64, align: u64, within: Option<PhysRange>) -> Result<PhysRange, BuddyError> {
+        let none = BuddyError::NoContiguous { count, align };
+        let span_lo = self.mm.sections().base_pfn().0;
+        let (lo, hi) = self.window(within);
         // Walk block by block from a point no block straddles.
         let mut p = (lo & !(pages(self.max_order) - 1)).max(span_lo);
         let mut run: Option<u64> = None;
         let mut found = None;
         while p < hi {
-            let Some(rec) = self.mm.page(Pfn(p)) else {
+            // No record, or an unready section (nothing of it is listed): skip the section.
+            let rec = self.mm.page(Pfn(p)).filter(|_| self.mm.pfn_ready(Pfn(p)));
+            let Some(rec) = rec else {
                 run = None;
                 p = (p / PAGES_PER_SECTION + 1) * PAGES_PER_SECTION;
                 continue;
@@ -528,9 +692,7 @@ impl<S: PageStore> Buddy<S> {
             }
         }
         let start = found.ok_or(none)?;
-        let range = PhysRange::from_raw(start * PAGE_SIZE, count * PAGE_SIZE).ok_or(none)?;
-        self.alloc_range(range, owner)?;
-        Ok(range)
+        PhysRange::from_raw(start * PAGE_SIZE, count * PAGE_SIZE).ok_or(none)
     }
 
     // --- freeing ---
@@ -644,6 +806,21 @@ impl<S: PageStore> Buddy<S> {
         }
         if free != self.free_pages {
             return Err(format!("free lists hold {free} pages, counted {}", self.free_pages));
+        }
+        let mut deferred = 0u64;
+        let mut last_end = None;
+        for &(s, e) in &self.deferred {
+            if s >= e || last_end.is_some_and(|l| s <= l) {
+                return Err(format!("deferred ranges out of order at {:#x}..{:#x}", s, e));
+            }
+            if !self.mm.all_pfns(s, e, &|p| p.flags() == flags::RESERVED) {
+                return Err(format!("a deferred page in {:#x}..{:#x} has a record that is not reserved", s, e));
+            }
+            deferred += e - s;
+            last_end = Some(e);
+        }
+        if deferred != self.deferred_pages {
+            return Err(format!("deferred ranges hold {deferred} pages, counted {}", self.deferred_pages));
         }
         let owned: u64 = self.pages_by_owner().iter().map(|&(_, n)| n).sum();
         if owned != self.managed_pages {
@@ -819,6 +996,152 @@ mod tests {
         b.check().unwrap();
     }
 
+    /// A record store like a fresh vmemmap backing: every record starts as
+    /// garbage (a free or allocated head of a random order, with random links),
+    /// and every read of a record no fill has written since is counted as a stray.
+    #[derive(Clone)]
+    struct DirtyStore {
+        inner: VecPageStore,
+        written: Vec<bool>,
+        strays: core::cell::Cell<u32>,
+    }
+
+    impl DirtyStore {
+        fn new(sections: &Sections, seed: u64) -> DirtyStore {
+            let mut inner = VecPageStore::new(sections);
+            let n = sections.span_pages() as u32;
+            let mut x = seed | 1;
+            for i in 0..n {
+                if let Some(p) = inner.page_mut(i) {
+                    // xorshift: garbage that looks like list heads of any order.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    p.set_flags(if x & 1 == 0 { flags::FREE } else { flags::HEAD });
+                    p.set_order((x >> 8) as u8 % 12);
+                    p.set_links((x >> 16) as u32 % n, (x >> 32) as u32 % n);
+                    p.set_owner(Owner::Monitor);
+                }
+            }
+            DirtyStore { inner, written: vec![false; n as usize], strays: core::cell::Cell::new(0) }
+        }
+
+        fn touch(&self, index: u32) {
+            if !self.written.get(index as usize).copied().unwrap_or(true) {
+                self.strays.set(self.strays.get() + 1);
+            }
+        }
+    }
+
+    impl PageStore for DirtyStore {
+        fn page(&self, index: u32) -> Option<&Page> {
+            self.touch(index);
+            self.inner.page(index)
+        }
+        fn page_mut(&mut self, index: u32) -> Option<&mut Page> {
+            self.touch(index);
+            self.inner.page_mut(index)
+        }
+        fn has(&self, index: u32) -> bool {
+            self.inner.page(index).is_some()
+        }
+        fn fill(&mut self, start: u32, end: u32, page: Page) -> bool {
+            for i in start..end {
+                if let Some(w) = self.written.get_mut(i as usize) {
+                    *w = true;
+                }
+            }
+            self.inner.fill(start, end, page)
+        }
+    }
+
+    /// [`holed`]'s machine over a [`DirtyStore`], the free ranges whose bit is set in `defer` deferred.
+    fn holed_deferred(max_order: u8, defer: u8, seed: u64) -> (Buddy<DirtyStore>, Vec<PhysRange>) {
+        let ram = [r(0x4000_0000, 16 * MIB)];
+        let mut present = RangeSet::from_ranges(ram);
+        present.remove(r(0x4080_0000, 2 * MIB));
+        let sections = Sections::new(&ram, &present).unwrap();
+        let mm = MemMap::new(sections.clone(), DirtyStore::new(&sections, seed)).unwrap();
+        let mut b = Buddy::with_max_order(mm, max_order).unwrap();
+        let free = vec![
+            r(0x4000_0000, 0x40_1000),
+            r(0x4040_4000, 0x4080_0000 - 0x4040_4000),
+            r(0x40a0_0000, 0x4100_0000 - 0x40a0_0000),
+        ];
+        for (i, f) in free.iter().enumerate() {
+            if defer & (1 << i) != 0 {
+                b.defer_free_range(*f).unwrap();
+            } else {
+                b.add_free_range(*f).unwrap();
+            }
+        }
+        (b, free)
+    }
+
+    fn strays(b: &Buddy<DirtyStore>) -> u32 {
+        b.memmap().store().strays.get()
+    }
+
+    #[test]
+    fn deferred_memory_writes_no_record_until_needed() {
+        let (mut b, free) = holed_deferred(MAX_ORDER, 0b111, 7);
+        let total: u64 = free.iter().map(|f| f.size / PAGE_SIZE).sum();
+        assert_eq!((b.free_pages(), b.managed_pages(), b.deferred_pages()), (total, total, total));
+        assert_eq!(b.memmap().ready_sections(), 0, "deferring writes no record");
+        b.check().unwrap();
+        // The first allocation lists the lowest deferred memory, and only that.
+        let p = b.alloc(0, Owner::Monitor).unwrap();
+        // 0x40000000..0x40401000 listed: a 4 MiB block and the single page after it, which goes first.
+        assert_eq!(p, Pfn(0x40400));
+        assert_eq!(b.block_of(Pfn(0x40000)), Some(Block { pfn: Pfn(0x40000), order: 10, owner: Owner::Free }));
+        assert!(b.memmap().pfn_ready(p));
+        assert!(b.deferred_pages() < total);
+        assert!(!b.memmap().pfn_ready(Pfn(0x40c00)), "memory above the first chunk is still unready");
+        assert_eq!(b.free_pages(), total - 1);
+        // Claiming an extent in deferred memory lists what it covers.
+        b.alloc_range(r(0x40c0_3000, 0x10_0000), Owner::Guest(2)).unwrap();
+        assert_eq!(b.block_of(Pfn(0x40c03)).map(|k| k.owner), Some(Owner::Guest(2)));
+        // A contiguous run that only deferred memory holds.
+        let run = b.alloc_contig(1024, 1024, Some(r(0x40e0_0000, 2 * MIB)), Owner::Cma);
+        assert_eq!(run, Err(BuddyError::NoContiguous { count: 1024, align: 1024 }), "2 MiB cannot hold 4 MiB");
+        let run = b.alloc_contig(512, 512, Some(r(0x40e0_0000, 2 * MIB)), Owner::Cma).unwrap();
+        assert_eq!(run, r(0x40e0_0000, 2 * MIB));
+        b.check().unwrap();
+        assert_eq!(strays(&b), 0, "a record was read before it was written");
+        // Deferred pages are the allocator's: not reserved, not free to give twice.
+        assert!(matches!(b.add_free_range(r(0x40f0_0000, PAGE_SIZE)), Err(BuddyError::NotReserved { .. })));
+        assert!(matches!(b.defer_free_range(r(0x40f0_0000, PAGE_SIZE)), Err(BuddyError::NotReserved { .. })));
+        assert!(matches!(
+            b.add_allocated_range(r(0x40f0_0000, PAGE_SIZE), Owner::Monitor),
+            Err(BuddyError::NotReserved { .. })
+        ));
+        assert_eq!(b.free(Pfn(0x40f00), 0), Err(BuddyError::NotAllocated { pfn: Pfn(0x40f00) }));
+        // Growing everything then freeing everything gives the same blocks as adding it all at once.
+        while b.grow(100).unwrap() > 0 {}
+        assert_eq!(b.deferred_pages(), 0);
+        b.free(p, 0).unwrap();
+        b.free_range(r(0x40c0_3000, 0x10_0000)).unwrap();
+        b.free_range(run).unwrap();
+        b.check().unwrap();
+        assert_eq!(b.free_blocks(), holed(MAX_ORDER).0.free_blocks());
+        assert_eq!(strays(&b), 0);
+    }
+
+    #[test]
+    fn grow_lists_chunks_lowest_first_on_largest_block_boundaries() {
+        let (mut b, _) = holed_deferred(MAX_ORDER, 0b100, 3);
+        let before = b.deferred_pages();
+        // 0x40a00000..0x41000000 deferred: a chunk of 1500 pages ends on the 4 MiB boundary below 0x40a00000 + 1500 pages.
+        assert_eq!(b.grow(1500).unwrap(), 0x40c00 - 0x40a00);
+        assert_eq!(b.deferred_ranges(), &[(0x40c00, 0x41000)]);
+        assert_eq!(b.grow(10_000).unwrap(), 0x400);
+        assert_eq!((b.grow(1).unwrap(), b.deferred_pages()), (0, 0));
+        assert_eq!(b.free_pages(), b.managed_pages());
+        assert!(before > 0);
+        b.check().unwrap();
+        assert_eq!(strays(&b), 0);
+    }
+
     #[derive(Clone, Debug)]
     enum Op {
         Alloc(u8, u8),
@@ -826,6 +1149,10 @@ mod tests {
         Contig(u64, u32, u8),
         FreeAgain(usize),
         FreeForeign(u64),
+        /// Deferred memory into the lists: at most this many pages.
+        Grow(u64),
+        /// `alloc_range` of pages `[pfn, pfn + n)` for an owner.
+        Range(u64, u64, u8),
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -932,6 +1259,90 @@ mod tests {
             b.check().map_err(TestCaseError::fail)?;
             prop_assert_eq!(b.free_pages(), managed.len() as u64);
             prop_assert_eq!(b.free_blocks(), &initial[..], "coalescing restores the largest blocks");
+        }
+
+        /// The same kind of sequences over deferred memory whose records start
+        /// as garbage, with growth steps in between: no record is read before it
+        /// is written, no page is handed out before its record is ready, every
+        /// handed-out page is managed and not handed out twice, and once all is
+        /// grown and freed the lists hold the blocks of a non-deferred start.
+        #[test]
+        fn deferred_memory_is_never_handed_out_unready(
+            defer in 1u8..8,
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(prop_oneof![
+                6 => op(),
+                2 => (0u64..2000).prop_map(Op::Grow),
+                2 => (0x40000u64..0x41000, 1u64..1200, 0u8..4).prop_map(|(p, n, w)| Op::Range(p, n, w)),
+            ], 1..100),
+        ) {
+            let (mut b, free) = holed_deferred(MAX_ORDER, defer, seed);
+            let managed: BTreeSet<u64> = free.iter().flat_map(|f| {
+                let (s, e) = Pfn::inside(f);
+                s.0..e.0
+            }).collect();
+            let mut live: Vec<Live> = Vec::new();
+            let mut taken: BTreeSet<u64> = BTreeSet::new();
+            for op in ops {
+                let got = match op {
+                    Op::Alloc(order, w) => b.alloc(order, owner(w)).ok().map(|p| Live { pfn: p.0, pages: 1 << order, owner: owner(w), order: Some(order) }),
+                    Op::Contig(count, align_log, w) => b.alloc_contig(count, 1 << align_log, None, owner(w)).ok()
+                        .map(|r| Live { pfn: r.start() / PAGE_SIZE, pages: count, owner: owner(w), order: None }),
+                    Op::Range(pfn, n, w) => {
+                        let range = PhysRange::from_raw(pfn * PAGE_SIZE, n * PAGE_SIZE).unwrap();
+                        let ok = b.alloc_range(range, owner(w)).is_ok();
+                        // Refused exactly when some page of it is not free (handed out, or not managed).
+                        prop_assert_eq!(ok, (pfn..pfn + n).all(|q| managed.contains(&q) && !taken.contains(&q)));
+                        ok.then_some(Live { pfn, pages: n, owner: owner(w), order: None })
+                    }
+                    Op::Grow(n) => {
+                        let before = b.deferred_pages();
+                        let moved = b.grow(n).unwrap();
+                        prop_assert_eq!(b.deferred_pages(), before - moved);
+                        prop_assert!(moved > 0 || before == 0);
+                        None
+                    }
+                    Op::Free(i) | Op::FreeAgain(i) if !live.is_empty() => {
+                        let l = live.swap_remove(i % live.len());
+                        match l.order {
+                            Some(o) => b.free(Pfn(l.pfn), o).unwrap(),
+                            None => b.free_range(PhysRange::from_raw(l.pfn * PAGE_SIZE, l.pages * PAGE_SIZE).unwrap()).unwrap(),
+                        }
+                        for q in l.pfn..l.pfn + l.pages { taken.remove(&q); }
+                        None
+                    }
+                    Op::FreeForeign(pfn) if !taken.contains(&pfn) => {
+                        prop_assert!(b.free(Pfn(pfn), 0).is_err());
+                        None
+                    }
+                    _ => None,
+                };
+                if let Some(l) = got {
+                    for q in l.pfn..l.pfn + l.pages {
+                        prop_assert!(managed.contains(&q), "{:#x} not managed", q);
+                        prop_assert!(taken.insert(q), "{:#x} handed out twice", q);
+                        prop_assert!(b.memmap().pfn_ready(Pfn(q)), "{:#x} handed out with its record unready", q);
+                        prop_assert_eq!(b.block_of(Pfn(q)).map(|k| k.owner), Some(l.owner));
+                    }
+                    live.push(l);
+                }
+                prop_assert_eq!(strays(&b), 0, "a record was read before it was written");
+                prop_assert_eq!(b.free_pages() + taken.len() as u64, managed.len() as u64);
+                prop_assert_eq!(b.managed_pages(), managed.len() as u64);
+                b.check().map_err(TestCaseError::fail)?;
+            }
+            for l in live.drain(..) {
+                match l.order {
+                    Some(o) => b.free(Pfn(l.pfn), o).unwrap(),
+                    None => b.free_range(PhysRange::from_raw(l.pfn * PAGE_SIZE, l.pages * PAGE_SIZE).unwrap()).unwrap(),
+                }
+            }
+            while b.grow(GROW_PAGES).unwrap() > 0 {}
+            b.check().map_err(TestCaseError::fail)?;
+            prop_assert_eq!(strays(&b), 0);
+            prop_assert_eq!(b.free_pages(), managed.len() as u64);
+            let reference = holed(MAX_ORDER).0;
+            prop_assert_eq!(b.free_blocks(), reference.free_blocks(), "coalescing restores the largest blocks");
         }
     }
 }

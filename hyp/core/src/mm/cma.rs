@@ -157,19 +157,14 @@ impl CmaPool {
         if start >= end {
             return Err(CmaError::Empty);
         }
-        for p in start.0..end.0 {
-            match buddy.memmap().page(Pfn(p)) {
-                Some(r) if r.flags() == flags::RESERVED => {}
-                _ => return Err(CmaError::NotReserved { pfn: Pfn(p) }),
-            }
-        }
-        let mm = buddy.memmap_mut();
-        for p in start.0..end.0 {
-            if let Some(r) = mm.page_mut(Pfn(p)) {
-                *r = Page::reserved();
-                r.set_flags(flags::RESERVED | flags::CMA);
-            }
-        }
+        buddy.check_reserved(start.0, end.0).map_err(|e| match e {
+            BuddyError::NotReserved { pfn } | BuddyError::NoRecord { pfn } => CmaError::NotReserved { pfn },
+            _ => CmaError::NotReserved { pfn: start },
+        })?;
+        let mut pool = Page::reserved();
+        pool.set_flags(flags::RESERVED | flags::CMA);
+        // One fill per section (a section nobody used yet is written once).
+        buddy.memmap_mut().fill_pfns(start.0, end.0, pool).map_err(|pfn| CmaError::NotReserved { pfn })?;
         let pages = end.0 - start.0;
         let words = pages.div_ceil(64) as usize;
         Ok(CmaPool {
@@ -516,6 +511,18 @@ mod tests {
         assert!(buddy.free(Pfn(0x40400), 0).is_err());
         assert!(CmaPool::new("again", r(0x4040_0000, MIB), &mut buddy).is_err(), "pages already a pool's");
         assert!(CmaPool::new("buddy", r(0x4000_0000, MIB), &mut buddy).is_err(), "pages the buddy manages");
+        // Deferred free pages read reserved, but are the buddy's all the same.
+        let mut fresh = {
+            let ram = [r(0x4000_0000, 16 * MIB)];
+            let sections = Sections::new(&ram, &RangeSet::from_ranges(ram)).unwrap();
+            Buddy::new(MemMap::new(sections.clone(), VecPageStore::new(&sections)).unwrap())
+        };
+        fresh.defer_free_range(r(0x4000_0000, 8 * MIB)).unwrap();
+        assert_eq!(
+            CmaPool::new("deferred", r(0x4070_0000, 2 * MIB), &mut fresh).unwrap_err(),
+            CmaError::NotReserved { pfn: Pfn(0x40700) }
+        );
+        assert!(CmaPool::new("beside", r(0x4080_0000, 2 * MIB), &mut fresh).is_ok());
         assert_eq!(CmaPool::new("tiny", r(0x40c0_0001, 0x10), &mut buddy).unwrap_err(), CmaError::Empty);
     }
 

@@ -336,10 +336,10 @@ impl Sections {
             }
             let lo = start.0.saturating_sub(s.base_pfn) / PAGES_PER_SECTION;
             let hi = (end.0 - 1 - s.base_pfn) / PAGES_PER_SECTION;
-            for sec in lo..=hi.min(u64::from(nr_sections).saturating_sub(1)) {
-                s.set_present(sec as u32);
-            }
+            let hi = hi.min(u64::from(nr_sections).saturating_sub(1));
+            s.set_present_range(lo as u32, hi as u32 + 1);
         }
+        s.present_count = s.present.iter().map(|w| w.count_ones()).sum();
         Ok(s)
     }
 
@@ -352,14 +352,19 @@ impl Sections {
         Sections::new(&plan.ram, &present)
     }
 
-    fn set_present(&mut self, sec: u32) {
-        let (word, bit) = ((sec / 64) as usize, sec % 64);
-        if let Some(w) = self.present.get_mut(word) {
-            if *w & (1 << bit) == 0 {
-                *w |= 1 << bit;
-                self.present_count += 1;
-            }
-        }
+    /// Marks sections `[lo, hi)` present, a bitmap word at a time (the count is the caller's).
+    fn set_present_range(&mut self, lo: u32, hi: u32) {
+        set_bits(&mut self.present, lo, hi);
+    }
+
+    /// The presence bitmap: bit `i % 64` of word `i / 64` for section `i`.
+    pub(crate) fn present_words(&self) -> &[u64] {
+        &self.present
+    }
+
+    /// Whether every section in `[lo, hi)` is present (a bitmap word at a time).
+    pub fn all_present(&self, lo: u32, hi: u32) -> bool {
+        hi <= self.nr_sections && first_clear(&self.present, lo, hi) == hi
     }
 
     /// The first frame of the span (what index 0 of the page array describes).
@@ -383,6 +388,7 @@ impl Sections {
         u64::from(self.present_count) * PAGES_PER_SECTION
     }
     /// Whether section `sec` (counted from the base) is present.
+    #[inline]
     pub fn is_present(&self, sec: u32) -> bool {
         sec < self.nr_sections && self.present.get((sec / 64) as usize).is_some_and(|w| w & (1 << (sec % 64)) != 0)
     }
@@ -394,12 +400,16 @@ impl Sections {
 
     /// The index of `pfn`'s record in the page array, if it has one.
     pub fn index_of(&self, pfn: Pfn) -> Option<u32> {
-        let off = pfn.0.checked_sub(self.base_pfn)?;
-        if off >= self.span_pages() {
-            return None;
-        }
-        let idx = off as u32; // < span_pages < NIL
+        let idx = self.span_index(pfn)?;
         self.is_present(idx / PAGES_PER_SECTION as u32).then_some(idx)
+    }
+
+    /// `pfn`'s index in the page array if it is inside the span (present or not).
+    #[inline]
+    pub fn span_index(&self, pfn: Pfn) -> Option<u32> {
+        let off = pfn.0.checked_sub(self.base_pfn)?;
+        // < span_pages < NIL
+        (off < self.span_pages()).then_some(off as u32)
     }
 
     /// The frame whose record is at `index` (no presence check).
@@ -449,6 +459,34 @@ impl Sections {
     }
 }
 
+/// Sets bits `[lo, hi)` of a bitmap of u64 words.
+fn set_bits(map: &mut [u64], lo: u32, hi: u32) {
+    let mut i = lo;
+    while i < hi {
+        let (word, bit) = ((i / 64) as usize, i % 64);
+        let n = (64 - bit).min(hi - i);
+        let mask = if n == 64 { u64::MAX } else { ((1u64 << n) - 1) << bit };
+        if let Some(w) = map.get_mut(word) {
+            *w |= mask;
+        }
+        i += n;
+    }
+}
+
+/// The first bit in `[lo, hi)` that is clear in `map` (bits past its end read clear), or `hi`.
+fn first_clear(map: &[u64], lo: u32, hi: u32) -> u32 {
+    let mut i = lo;
+    while i < hi {
+        let (word, bit) = ((i / 64) as usize, i % 64);
+        let clear = !map.get(word).copied().unwrap_or(0) >> bit;
+        if clear != 0 {
+            return (i + clear.trailing_zeros()).min(hi);
+        }
+        i += 64 - bit;
+    }
+    hi
+}
+
 /// One piece of the vmemmap window that must be backed by RAM.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct VmemmapChunk {
@@ -474,8 +512,7 @@ pub fn vmemmap_backing(window: VirtRange, sections: &Sections) -> Result<Vec<Vme
     let blocks = sections.nr_sections().div_ceil(per_block);
     for b in 0..blocks {
         let first = b * per_block;
-        let full =
-            first + per_block <= sections.nr_sections() && (first..first + per_block).all(|s| sections.is_present(s));
+        let full = sections.all_present(first, first + per_block);
         if full {
             let va = VirtRange::from_raw(window.start() + u64::from(b) * SIZE_2M, SIZE_2M)
                 .ok_or(MemMapError::SpanTooLarge { span: sections.span_pages() * PAGE_SIZE })?;
@@ -516,6 +553,21 @@ pub trait PageStore {
     fn page(&self, index: u32) -> Option<&Page>;
     /// The record at `index`, for writing.
     fn page_mut(&mut self, index: u32) -> Option<&mut Page>;
+
+    /// Whether the store holds the record at `index` (without reading it).
+    fn has(&self, index: u32) -> bool {
+        self.page(index).is_some()
+    }
+
+    /// The index of a record of a present section of `sections` that the store
+    /// lacks (the first or last of such a section), if any. A store that
+    /// answers for exactly those sections may say `None` at once.
+    fn first_missing(&self, sections: &Sections) -> Option<u32> {
+        (0..sections.nr_sections()).filter(|&s| sections.is_present(s)).find_map(|sec| {
+            let first = sec * PAGES_PER_SECTION as u32;
+            [first, first + PAGES_PER_SECTION as u32 - 1].into_iter().find(|&i| !self.has(i))
+        })
+    }
 
     /// Sets every record in `[start, end)` (one section at most) to `page`;
     /// `false` if one is missing. Stores over plain memory override this with
@@ -571,26 +623,78 @@ impl PageStore for VecPageStore {
     }
 }
 
+/// The record every page of a section that is not initialised yet reads as.
+static RESERVED: Page = Page::reserved();
+
 /// The page database: sections plus the record store, addressed by frame number.
+///
+/// A present section's records are initialised when something first needs
+/// them, not when the database is made (Linux's deferred struct page init):
+/// until then the section is *unready*, every one of its records reads as
+/// [`Page::reserved`] without the store being read, and the store may hold
+/// anything there (the vmemmap backing as the boot loader left it). The first
+/// write initialises the section: one fill with the value being written when
+/// the write covers the whole section, else a fill with `Page::reserved()`
+/// first. So bringing the database up costs nothing per page, and a section
+/// nobody touches costs nothing at all.
 #[derive(Clone, Debug)]
 pub struct MemMap<S: PageStore> {
     sections: Sections,
     store: S,
+    /// Bit `i`: section `i`'s records in the store are initialised.
+    ready: Vec<u64>,
+    ready_count: u32,
 }
 
 impl<S: PageStore> MemMap<S> {
-    /// The database over `store`, every record of every present section set to
-    /// [`Page::reserved`]. Fails if the store lacks a record it should hold.
-    pub fn new(sections: Sections, mut store: S) -> Result<MemMap<S>, MemMapError> {
-        for sec in (0..sections.nr_sections()).filter(|&s| sections.is_present(s)) {
-            let first = sec * PAGES_PER_SECTION as u32;
-            if !store.fill(first, first + PAGES_PER_SECTION as u32, Page::reserved()) {
-                // Name the first record that is missing.
-                let idx = (first..first + PAGES_PER_SECTION as u32).find(|&i| store.page(i).is_none()).unwrap_or(first);
-                return Err(MemMapError::Unbacked { pfn: sections.pfn_at(idx) });
+    /// The database over `store`, every record of every present section
+    /// reading as [`Page::reserved`]. Nothing is written: sections are
+    /// initialised on first use. Fails if the store lacks the first or last
+    /// record of a present section (its vmemmap backing is missing).
+    pub fn new(sections: Sections, store: S) -> Result<MemMap<S>, MemMapError> {
+        if let Some(idx) = store.first_missing(&sections) {
+            return Err(MemMapError::Unbacked { pfn: sections.pfn_at(idx) });
+        }
+        let words = (sections.nr_sections() as usize).div_ceil(64);
+        Ok(MemMap { sections, store, ready: vec![0; words], ready_count: 0 })
+    }
+
+    /// Whether section `sec`'s records are initialised.
+    #[inline]
+    pub fn is_ready(&self, sec: u32) -> bool {
+        self.ready.get((sec / 64) as usize).is_some_and(|w| w & (1 << (sec % 64)) != 0)
+    }
+
+    /// Whether `pfn`'s record is initialised (false for a frame without a record).
+    pub fn pfn_ready(&self, pfn: Pfn) -> bool {
+        self.sections.index_of(pfn).is_some_and(|i| self.is_ready(i / PAGES_PER_SECTION as u32))
+    }
+
+    /// Sections whose records are initialised.
+    pub fn ready_sections(&self) -> u32 {
+        self.ready_count
+    }
+
+    fn set_ready(&mut self, sec: u32) {
+        if let Some(w) = self.ready.get_mut((sec / 64) as usize) {
+            if *w & (1 << (sec % 64)) == 0 {
+                *w |= 1 << (sec % 64);
+                self.ready_count += 1;
             }
         }
-        Ok(MemMap { sections, store })
+    }
+
+    /// Initialises section `sec` (records reserved) unless it is; `false` if the store lacks a record.
+    fn make_ready(&mut self, sec: u32) -> bool {
+        if self.is_ready(sec) {
+            return true;
+        }
+        let first = sec * PAGES_PER_SECTION as u32;
+        if !self.store.fill(first, first + PAGES_PER_SECTION as u32, Page::reserved()) {
+            return false;
+        }
+        self.set_ready(sec);
+        true
     }
 
     /// Calls `f(first_index, end_index)` for each run of `[start, end)` that
@@ -609,24 +713,71 @@ impl<S: PageStore> MemMap<S> {
         Ok(())
     }
 
-    /// Sets the records of frames `[start, end)` to `page`; `Err` at the first frame without one.
+    /// Sets the records of frames `[start, end)` to `page`; `Err` at the first
+    /// frame without one. A whole unready section is initialised by this one
+    /// fill; a part of one is initialised (reserved) first.
     pub fn fill_pfns(&mut self, start: u64, end: u64, page: Page) -> Result<(), Pfn> {
-        let mut runs = alloc::vec::Vec::new();
-        self.by_section(start, end, |a, b| {
-            runs.push((a, b));
-            true
-        })?;
-        for (a, b) in runs {
-            if !self.store.fill(a, b, page) {
-                return Err(self.sections.pfn_at(a));
+        // Check every frame has a record before writing any.
+        self.by_section(start, end, |_, _| true)?;
+        let mut p = start;
+        while p < end {
+            let idx = self.sections.index_of(Pfn(p)).ok_or(Pfn(p))?;
+            let sec = idx / PAGES_PER_SECTION as u32;
+            let in_sec = PAGES_PER_SECTION - u64::from(idx) % PAGES_PER_SECTION;
+            let n = in_sec.min(end - p) as u32;
+            let whole = u64::from(n) == PAGES_PER_SECTION;
+            if !(whole || self.make_ready(sec)) || !self.store.fill(idx, idx + n, page) {
+                return Err(Pfn(p));
             }
+            if whole {
+                self.set_ready(sec);
+            }
+            p += u64::from(n);
         }
         Ok(())
     }
 
-    /// Whether every frame in `[start, end)` has a record satisfying `f`.
+    /// Whether every frame in `[start, end)` has a record satisfying `f`
+    /// (an unready section's records are all [`Page::reserved`]: `f` is asked once for it).
     pub fn all_pfns(&self, start: u64, end: u64, f: &dyn Fn(&Page) -> bool) -> bool {
-        self.by_section(start, end, |a, b| self.store.all(a, b, f)).is_ok()
+        let mut reserved_ok = None;
+        let mut p = start;
+        while p < end {
+            let Some(idx) = self.sections.index_of(Pfn(p)) else { return false };
+            let sec = idx / PAGES_PER_SECTION as u32;
+            if self.is_ready(sec) {
+                let n = (PAGES_PER_SECTION - u64::from(idx) % PAGES_PER_SECTION).min(end - p) as u32;
+                if !self.store.all(idx, idx + n, f) {
+                    return false;
+                }
+                p += u64::from(n);
+            } else {
+                if !*reserved_ok.get_or_insert_with(|| f(&RESERVED)) {
+                    return false;
+                }
+                // The whole run of present, unready sections from here, a bitmap word at a time.
+                let stop = self.unready_end(sec);
+                p = self.sections.section_pfn(stop).0.min(end);
+            }
+        }
+        true
+    }
+
+    /// The first section at or after `sec` that is absent or ready.
+    fn unready_end(&self, sec: u32) -> u32 {
+        let nr = self.sections.nr_sections();
+        let present = self.sections.present_words();
+        let mut i = sec;
+        while i < nr {
+            let (word, bit) = ((i / 64) as usize, i % 64);
+            let unready = present.get(word).copied().unwrap_or(0) & !self.ready.get(word).copied().unwrap_or(0);
+            let stop = !unready >> bit;
+            if stop != 0 {
+                return (i + stop.trailing_zeros()).min(nr);
+            }
+            i += 64 - bit;
+        }
+        nr
     }
 
     /// The sections the database covers.
@@ -645,22 +796,35 @@ impl<S: PageStore> MemMap<S> {
 
     /// `pfn`'s record, if it has one.
     pub fn page(&self, pfn: Pfn) -> Option<&Page> {
-        self.store.page(self.sections.index_of(pfn)?)
+        self.page_at(self.sections.span_index(pfn)?)
     }
 
-    /// `pfn`'s record, for writing.
+    /// `pfn`'s record, for writing (its section is initialised first).
     pub fn page_mut(&mut self, pfn: Pfn) -> Option<&mut Page> {
-        let idx = self.sections.index_of(pfn)?;
-        self.store.page_mut(idx)
+        let idx = self.sections.span_index(pfn)?;
+        self.page_at_mut(idx)
     }
 
-    /// The record at array index `index` (for list links).
+    /// The record at array index `index` (for list links); `None` outside present sections.
+    #[inline]
     pub fn page_at(&self, index: u32) -> Option<&Page> {
-        self.store.page(index)
+        let sec = index / PAGES_PER_SECTION as u32;
+        // Only present sections become ready: one bitmap test on the allocator's paths.
+        if self.is_ready(sec) {
+            self.store.page(index)
+        } else {
+            self.sections.is_present(sec).then_some(&RESERVED)
+        }
     }
 
-    /// The record at array index `index`, for writing.
+    /// The record at array index `index`, for writing (its section is initialised first).
+    #[inline]
     pub fn page_at_mut(&mut self, index: u32) -> Option<&mut Page> {
+        let sec = index / PAGES_PER_SECTION as u32;
+        let ready = self.is_ready(sec) || (self.sections.is_present(sec) && self.make_ready(sec));
+        if !ready {
+            return None;
+        }
         self.store.page_mut(index)
     }
 }
@@ -791,6 +955,52 @@ mod tests {
             MemMap::new(all, VecPageStore::new(&holed)).unwrap_err(),
             MemMapError::Unbacked { pfn: Pfn(0x40200) }
         );
+    }
+
+    #[test]
+    fn sections_are_initialised_on_first_write_only() {
+        // 16 MiB: sections 0-7, section 4 a no-map hole. The store starts as
+        // tails everywhere, so a record read before its section was
+        // initialised would not read reserved.
+        let ram = [r(0x4000_0000, 16 * MIB)];
+        let mut present = RangeSet::from_ranges(ram);
+        present.remove(r(0x4080_0000, 2 * MIB));
+        let s = Sections::new(&ram, &present).unwrap();
+        let mut store = VecPageStore::new(&s);
+        for i in 0..s.span_pages() as u32 {
+            if let Some(p) = store.page_mut(i) {
+                *p = Page::tail();
+            }
+        }
+        let mut mm = MemMap::new(s, store).unwrap();
+        let reserved = |p: &Page| *p == Page::reserved();
+        let sec = |n: u64| 0x40000 + n * PAGES_PER_SECTION;
+        assert_eq!(mm.ready_sections(), 0);
+        assert!(mm.all_pfns(sec(0), sec(4), &reserved));
+        assert!(mm.all_pfns(sec(5), sec(8), &reserved));
+        assert!(!mm.all_pfns(sec(3), sec(5), &reserved), "no records in the hole");
+        assert_eq!(mm.page(Pfn(sec(6) + 3)), Some(&Page::reserved()));
+        // Part of section 1: the section is initialised (reserved), then the part written.
+        mm.fill_pfns(sec(1) + 10, sec(1) + 20, Page::tail()).unwrap();
+        assert_eq!(mm.ready_sections(), 1);
+        assert!(mm.all_pfns(sec(1), sec(1) + 10, &reserved));
+        assert!(mm.all_pfns(sec(1) + 10, sec(1) + 20, &|p| *p == Page::tail()));
+        assert!(mm.all_pfns(sec(1) + 20, sec(4), &reserved));
+        assert!(!mm.all_pfns(sec(0), sec(4), &reserved));
+        // A whole section and the start of the next: one fill for the first, the second initialised first.
+        let mut head = Page::tail();
+        head.set_flags(flags::HEAD);
+        mm.fill_pfns(sec(2), sec(3) + 1, head).unwrap();
+        assert!(mm.all_pfns(sec(2), sec(3) + 1, &|p| *p == head));
+        assert!(mm.all_pfns(sec(3) + 1, sec(4), &reserved));
+        assert_eq!(mm.ready_sections(), 3);
+        assert!(mm.is_ready(2) && mm.is_ready(3) && !mm.is_ready(0) && !mm.is_ready(5));
+        // Writing one record initialises its section; absent sections have none to write.
+        mm.page_mut(Pfn(sec(7))).unwrap().set_order(3);
+        assert!(mm.is_ready(7) && mm.all_pfns(sec(7) + 1, sec(8), &reserved));
+        assert!(mm.page_mut(Pfn(sec(4))).is_none());
+        assert_eq!(mm.fill_pfns(sec(3), sec(5), Page::tail()), Err(Pfn(sec(4))));
+        assert!(mm.all_pfns(sec(3) + 1, sec(4), &reserved), "a refused fill writes nothing");
     }
 
     #[test]
