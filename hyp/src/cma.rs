@@ -296,7 +296,8 @@ pub fn test_alloc(vms: &[Vm], caller: usize, pages: u32, align: u32, flags: u32)
     test.state = TestState::Running;
     test.pages = count;
     MOVED.store(0, Ordering::Relaxed);
-    // The CPU may still be on its way off after an earlier job.
+    // The CPU may still be listing the monitor's deferred memory, or on its way off after an earlier job.
+    vm::wait_deferred_init(cpu);
     let mut r = carve_core::vm::psci::ALREADY_ON;
     for _ in 0..100_000 {
         r = arch::guest::firmware_psci(carve_core::vm::psci::CPU_ON, mpidr, arch::secondary_entry(), cpu);

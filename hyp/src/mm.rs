@@ -6,7 +6,13 @@
 //! over it, the buddy allocator over every page no carveout, module or image
 //! owns (the guests' extents handed out to `Owner::Guest(vmid)` at once), the
 //! CMA pools, and vmalloc over the layout's holes and dedicated area. It logs
-//! the counters `/proc/meminfo` would show. The raw memory work is in
+//! the counters `/proc/meminfo` would show.
+//!
+//! Nothing there costs a write per page of RAM the guests do not get: a
+//! section's page records are written when the section is first used, and the
+//! free memory is handed to the buddy deferred, so its records are written when
+//! an allocation needs it (the lowest first) or when a CPU no guest uses lists
+//! it ([`finish_deferred`], started by `vm`). The raw memory work is in
 //! `arch::memmap`; this module is safe code.
 
 use alloc::format;
@@ -60,8 +66,9 @@ pub fn init(plan: &Plan) -> Result<Figures, String> {
     for r in &backing {
         buddy.add_allocated_range(*r, Owner::Vmemmap).map_err(|e| format!("vmemmap backing {r:?}: {e}"))?;
     }
+    // Free memory's records are written when an allocation needs it (or a spare CPU lists it: `finish_deferred`).
     for r in free.ranges() {
-        buddy.add_free_range(*r).map_err(|e| format!("monitor free {r:?}: {e}"))?;
+        buddy.defer_free_range(*r).map_err(|e| format!("monitor free {r:?}: {e}"))?;
     }
     let t3 = arch::counter();
     for (i, g) in plan.guests.iter().enumerate() {
@@ -82,12 +89,39 @@ pub fn init(plan: &Plan) -> Result<Figures, String> {
         t3 - t2,
         t4 - t3
     );
+    defmt::info!(
+        "mm: {=u64} free pages ({=u64} MiB) deferred: their records are written when an allocation needs them, or by a CPU no guest uses",
+        buddy.deferred_pages(),
+        buddy.deferred_pages() >> 8
+    );
     *MEM.lock() = Some(MemState { buddy, lowmem: plan.monitor.lowmem.clone() });
     *VMALLOC.lock() = Some(Vmalloc::new(&plan.monitor));
     *CMA.lock() = cma;
     let figures = Figures { init_ticks: arch::counter().wrapping_sub(t0), ..figures };
     *FIGURES.lock() = Some(figures);
     Ok(figures)
+}
+
+/// Pages a step of [`finish_deferred`] lists with the lock held: 64 MiB.
+const DEFERRED_STEP: u64 = 16384;
+
+/// Lists the rest of the deferred free memory (its records written), a step
+/// at a time with the lock let go in between, so an allocation on another CPU
+/// waits for one step at most. For a CPU with nothing else to do. Returns the
+/// pages listed and the counter ticks it took.
+pub fn finish_deferred() -> Result<(u64, u64), String> {
+    let t0 = arch::counter();
+    let mut total = 0;
+    loop {
+        let mut mem = MEM.lock();
+        let m = mem.as_mut().ok_or("no page allocator")?;
+        let n = m.buddy.grow(DEFERRED_STEP).map_err(|e| format!("{e}"))?;
+        if n == 0 {
+            break;
+        }
+        total += n;
+    }
+    Ok((total, arch::counter() - t0))
 }
 
 /// Each CPU's atomic kmap slots (its fixmap pages), for copying pages outside lowmem.
@@ -203,7 +237,11 @@ pub fn log_meminfo(plan: &Plan, f: &Figures) {
     let Some(m) = mem.as_ref() else { return };
     let kb = |pages: u64| pages * (PAGE_SIZE / 1024);
     defmt::info!("mm: MemTotal: {=u64} kB (managed)", kb(m.buddy.managed_pages()));
-    defmt::info!("mm: MemFree: {=u64} kB", kb(m.buddy.free_pages()));
+    defmt::info!(
+        "mm: MemFree: {=u64} kB ({=u64} kB of it deferred, records not written yet)",
+        kb(m.buddy.free_pages()),
+        kb(m.buddy.deferred_pages())
+    );
     let mut owners = alloc::vec![Owner::Monitor];
     owners.extend((1..=plan.guests.len()).map(|v| Owner::Guest(v as u8)));
     owners.extend([Owner::Stage2Tables, Owner::HypTables, Owner::Vmemmap, Owner::Cma]);

@@ -36,7 +36,7 @@ impl VmemmapStore {
     #[inline(always)]
     fn ptr(&self, index: u32) -> Option<*mut Page> {
         let sec = index / carve_core::mm::page::PAGES_PER_SECTION as u32;
-        if sec >= self.sections.nr_sections() || !self.sections.is_present(sec) {
+        if !self.sections.is_present(sec) {
             return None;
         }
         Some((self.base + 16 * index as usize) as *mut Page)
@@ -59,9 +59,24 @@ impl PageStore for VmemmapStore {
         Some(unsafe { &mut *p })
     }
 
+    fn has(&self, index: u32) -> bool {
+        self.ptr(index).is_some()
+    }
+
+    fn first_missing(&self, sections: &Sections) -> Option<u32> {
+        // Built over the same sections, it answers for every present one (map_vmemmap backed them).
+        if *sections == self.sections {
+            return None;
+        }
+        (0..sections.nr_sections())
+            .filter(|&s| sections.is_present(s) && !self.sections.is_present(s))
+            .map(|s| s * carve_core::mm::page::PAGES_PER_SECTION as u32)
+            .next()
+    }
+
     fn fill(&mut self, start: u32, end: u32, page: Page) -> bool {
         let Some(records) = self.run_mut(start, end) else { return false };
-        records.fill(page);
+        super::memops::fill_records(records, page);
         true
     }
 
@@ -326,12 +341,18 @@ pub fn check_words(va: u32, len: usize, f: impl Fn(usize) -> u32) -> bool {
 /// Runs `f` on the `len` bytes at `va`, then cleans them to the point of
 /// coherency (a guest with its caches off, or a device, sees what `f` wrote).
 pub fn with_bytes<R>(va: u32, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
-    // SAFETY: the caller mapped [va, va + len) read/write Normal memory for the
-    // time of the call (a page through `mm::with_page`), outside every Rust
-    // object; nothing else references it meanwhile (this CPU's kmap slot, or
-    // guest RAM the monitor alone touches here).
-    let bytes = unsafe { core::slice::from_raw_parts_mut(va as usize as *mut u8, len) };
-    let r = f(bytes);
+    let r = with_bytes_raw(va, len, f);
     cache::clean_dcache_range_poc(va as usize, len);
     r
+}
+
+/// Runs `f` on the `len` bytes at `va`, with no cache maintenance after.
+pub fn with_bytes_raw<R>(va: u32, len: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    // SAFETY: the caller mapped [va, va + len) read/write Normal memory for the
+    // time of the call (a page through `mm::with_page`, a window through
+    // `window`, or the linear map), outside every Rust object; nothing else
+    // references it meanwhile (this CPU's kmap slot or window, or guest RAM or a
+    // boot module the monitor alone touches here).
+    let bytes = unsafe { core::slice::from_raw_parts_mut(va as usize as *mut u8, len) };
+    f(bytes)
 }

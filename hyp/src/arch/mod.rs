@@ -9,6 +9,8 @@
 //! - [`phys`]: reading loader-provided memory (the DTB) by physical address.
 //! - [`heap`]: the global allocator.
 //! - [`uart`]: PL011 and 8250/16550 drivers; [`logger`]: the global defmt logger (semihosting or a UART).
+//! - [`memmap`]: the page records over the vmemmap window, translation-table memory from the buddy.
+//! - [`memops`]: bulk copy, zero and record fill with LDM/STM.
 //! - [`semihost`]: exit statuses and the semihosting exit.
 //!
 //! `unsafe` lives only in this module, each block with its `// SAFETY:` reason.
@@ -19,6 +21,7 @@ pub mod guest;
 pub mod heap;
 pub mod logger;
 pub mod memmap;
+pub mod memops;
 pub mod mmu;
 pub mod phys;
 pub mod regs;

@@ -287,6 +287,11 @@ fn build_stage2(
     Ok(stage2)
 }
 
+/// Instructions for `ticks` of the counter under `-icount shift=0` (one instruction per ns).
+fn instructions(ticks: u64) -> u64 {
+    ticks * 1_000_000_000 / u64::from(crate::arch::counter_hz().max(1))
+}
+
 /// Copies kernel, initrd and DTB into the guest's RAM.
 fn load_images(vm: &Vm) -> Result<(), VmError> {
     let g = &vm.plan;
@@ -391,6 +396,7 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
         .filter(|v| !v.cpu_ids.contains(&0))
         .map(|v| (v.cpu_ids[0], v.pcpu_mpidr[0] as u32, v.plan.name.clone()))
         .collect();
+    let spare = (0..machine.cpus.len() as u32).find(|c| !vms.iter().any(|v| v.cpu_ids.contains(c)));
     *VMS.lock() = vms;
     for (cpu, mpidr, name) in others {
         let r = guest::firmware_psci(carve_core::vm::psci::CPU_ON, mpidr, crate::arch::secondary_entry(), cpu);
@@ -399,13 +405,68 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
             semihost::exit(ExitCode::BadPlan)
         }
     }
+    if let (Some(cpu), Some(_)) = (spare, &machine.psci) {
+        start_deferred_init(cpu, machine.cpus[cpu as usize] as u32);
+    }
     run_cpu(0)
+}
+
+/// The CPU that lists the monitor's deferred free memory, while it does (`u32::MAX`: none).
+static DEFERRED_CPU: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// Starts CPU `cpu` (MPIDR `mpidr`), which no guest uses, on the rest of the
+/// monitor's memory bring-up ([`crate::mm::finish_deferred`]); then it turns
+/// itself off. Allocations meanwhile grow the lists themselves as they need.
+fn start_deferred_init(cpu: u32, mpidr: u32) {
+    let deferred = crate::arch::memmap::MEM.lock().as_ref().map_or(0, |m| m.buddy.deferred_pages());
+    if deferred == 0 {
+        return;
+    }
+    DEFERRED_CPU.store(cpu, core::sync::atomic::Ordering::Release);
+    let r = guest::firmware_psci(carve_core::vm::psci::CPU_ON, mpidr, crate::arch::secondary_entry(), cpu);
+    if r != 0 {
+        DEFERRED_CPU.store(u32::MAX, core::sync::atomic::Ordering::Release);
+        defmt::info!(
+            "mm: firmware CPU_ON of CPU {=u32} failed ({=i32}): the {=u64} deferred pages are listed as allocations need them",
+            cpu,
+            r,
+            deferred
+        );
+    }
+}
+
+/// Waits until CPU `cpu` is not listing deferred memory (before another job is started on it).
+pub fn wait_deferred_init(cpu: u32) {
+    while DEFERRED_CPU.load(core::sync::atomic::Ordering::Acquire) == cpu {
+        core::hint::spin_loop();
+    }
+}
+
+/// On the CPU [`start_deferred_init`] started: lists the deferred memory, then turns the CPU off.
+fn run_deferred_init(cpu: u32) -> ! {
+    match crate::mm::finish_deferred() {
+        Ok((pages, ticks)) => defmt::info!(
+            "mm: CPU {=u32} listed the last {=u64} deferred pages ({=u64} MiB) in {=u64} counter ticks while the guests ran",
+            cpu,
+            pages,
+            pages >> 8,
+            ticks
+        ),
+        Err(e) => defmt::error!("mm: CPU {=u32}: listing deferred memory: {=str}", cpu, e.as_str()),
+    }
+    DEFERRED_CPU.store(u32::MAX, core::sync::atomic::Ordering::Release);
+    guest::firmware_psci(carve_core::vm::psci::CPU_OFF, 0, 0, 0);
+    defmt::error!("mm: firmware CPU_OFF returned on CPU {=u32}", cpu);
+    guest::park()
 }
 
 /// Runs whatever vCPU waits for physical CPU `cpu`; parks the CPU if none does.
 fn run_cpu(cpu: u32) -> ! {
     if let Some(job) = crate::cma::take_job(cpu) {
         crate::cma::run_job(job)
+    }
+    if DEFERRED_CPU.load(core::sync::atomic::Ordering::Acquire) == cpu {
+        run_deferred_init(cpu)
     }
     let (regs, frame) = {
         let mut vms = VMS.lock();
@@ -433,8 +494,20 @@ fn run_cpu(cpu: u32) -> ! {
         (vm.vcpu_regs(vcpu), frame)
     };
     guest::configure(&regs);
+    if !ENTERED.swap(true, core::sync::atomic::Ordering::Relaxed) {
+        let t = crate::arch::counter();
+        defmt::info!(
+            "vm: first guest instruction at counter tick {=u64}: {=u64} us after reset ({=u64} instructions under -icount shift=0)",
+            t,
+            t * 1_000_000 / u64::from(crate::arch::counter_hz().max(1)),
+            instructions(t)
+        );
+    }
     guest::enter(&frame)
 }
+
+/// Whether any vCPU has been entered yet.
+static ENTERED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// A secondary CPU started through PSCI CPU_ON (by the monitor or for a guest's CPU_ON).
 pub fn run_secondary(cpu: u32) -> ! {
