@@ -29,6 +29,8 @@ mod mm;
 mod report;
 #[cfg(target_arch = "arm")]
 mod vm;
+#[cfg(target_arch = "arm")]
+mod window;
 
 #[cfg(target_arch = "arm")]
 use arch::semihost::{self, ExitCode};
@@ -215,6 +217,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         }
     };
     mm::init_kmap_atomic(&plan);
+    window::init(&plan);
     mm::log_meminfo(&plan, &figures);
     if mm::selftest_has(machine.bootargs.as_deref(), "cma") {
         defmt::info!("cma: test calls enabled (carve.selftest=cma)");

@@ -178,54 +178,6 @@ pub fn copy_page(dst: Pfn, src: Pfn) -> Result<(), String> {
     with_page(src, |s| with_page(dst, |d| memmap::copy_page_va(d, s)))?
 }
 
-/// Calls `f(bytes, offset)` on each page-sized piece of physical `[pa, pa + len)`,
-/// reached through [`with_page`]; what `f` writes is cleaned to the point of
-/// coherency (a guest may read it with its caches off).
-pub fn for_each_phys_page(pa: u64, len: u64, mut f: impl FnMut(&mut [u8], u64)) -> Result<(), String> {
-    let mut done = 0u64;
-    while done < len {
-        let at = pa + done;
-        let off = (at % PAGE_SIZE) as u32;
-        let n = (PAGE_SIZE - u64::from(off)).min(len - done);
-        with_page(Pfn(at / PAGE_SIZE), |va| memmap::with_bytes(va + off, n as usize, |b| f(b, done)))?;
-        done += n;
-    }
-    Ok(())
-}
-
-/// Writes `bytes` at physical `pa`.
-pub fn write_phys(pa: u64, bytes: &[u8]) -> Result<(), String> {
-    for_each_phys_page(pa, bytes.len() as u64, |b, off| b.copy_from_slice(&bytes[off as usize..off as usize + b.len()]))
-}
-
-/// Reads physical `[pa, pa + out.len())` into `out`.
-pub fn read_phys(pa: u64, out: &mut [u8]) -> Result<(), String> {
-    let len = out.len() as u64;
-    for_each_phys_page(pa, len, |b, off| out[off as usize..off as usize + b.len()].copy_from_slice(b))
-}
-
-/// Zeroes physical `[pa, pa + len)`.
-pub fn zero_phys(pa: u64, len: u64) -> Result<(), String> {
-    for_each_phys_page(pa, len, |b, _| b.fill(0))
-}
-
-/// Copies `len` bytes from physical `src` to physical `dst`, a page of each at a time.
-pub fn copy_phys(dst: u64, src: u64, len: u64) -> Result<(), String> {
-    let mut done = 0u64;
-    while done < len {
-        let (s, d) = (src + done, dst + done);
-        let (so, dof) = ((s % PAGE_SIZE) as u32, (d % PAGE_SIZE) as u32);
-        let n = (PAGE_SIZE - u64::from(so)).min(PAGE_SIZE - u64::from(dof)).min(len - done) as usize;
-        with_page(Pfn(s / PAGE_SIZE), |sva| {
-            with_page(Pfn(d / PAGE_SIZE), |dva| {
-                memmap::with_bytes(sva + so, n, |from| memmap::with_bytes(dva + dof, n, |to| to.copy_from_slice(from)))
-            })
-        })??;
-        done += n as u64;
-    }
-    Ok(())
-}
-
 /// Instructions for `ticks` of the counter, under `-icount shift=0` (one instruction per ns).
 fn instructions(ticks: u64) -> u64 {
     ticks * 1_000_000_000 / u64::from(arch::counter_hz().max(1))

@@ -292,22 +292,34 @@ fn instructions(ticks: u64) -> u64 {
     ticks * 1_000_000_000 / u64::from(crate::arch::counter_hz().max(1))
 }
 
-/// Copies kernel, initrd and DTB into the guest's RAM.
+/// Copies kernel, initrd and DTB into the guest's RAM; logs what the copy cost.
 fn load_images(vm: &Vm) -> Result<(), VmError> {
     let g = &vm.plan;
+    let t0 = crate::arch::counter();
     load(vm, "kernel", vm.kernel, vm.boot.kernel)?;
     if let (Some(r), Some(at)) = (vm.ramdisk, vm.boot.initrd) {
         load(vm, "initrd", r, at)?;
     }
     for_each_piece(vm, vm.boot.dtb.start(), vm.dtb.len() as u64, |pa, off, n| {
-        crate::mm::write_phys(pa, &vm.dtb[off as usize..(off + n) as usize])
+        crate::window::write_phys(pa, &vm.dtb[off as usize..(off + n) as usize])
             .map_err(|e| format!("writing the guest DTB: {e}"))
     })?;
+    let ticks = crate::arch::counter() - t0;
     defmt::info!(
         "vm: {=str}: DTB {=usize} bytes at IPA {=u64:#010x}",
         g.name.as_str(),
         vm.dtb.len(),
         vm.boot.dtb.start()
+    );
+    let bytes = vm.kernel.size + vm.ramdisk.map_or(0, |r| r.size) + vm.dtb.len() as u64;
+    let pa = vm.ram_piece(g.ipa_range().start()).map_or(0, |(pa, _)| pa);
+    defmt::info!(
+        "vm: {=str}: images copied: {=u64} bytes in {=u64} counter ticks, {=u64} instructions a KiB, into guest RAM at PA {=u64:#x}",
+        g.name.as_str(),
+        bytes,
+        ticks,
+        instructions(ticks) * 1024 / bytes.max(1),
+        pa
     );
     Ok(())
 }
@@ -331,7 +343,7 @@ fn passthrough(machine: &Machine) -> Vec<(&'static str, PhysRange)> {
 fn load(vm: &Vm, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmError> {
     let g = &vm.plan;
     for_each_piece(vm, to.start(), from.size, |pa, off, n| {
-        crate::mm::copy_phys(pa, from.start() + off, n).map_err(|e| format!("{what}: {e}"))
+        crate::window::copy_phys(pa, from.start() + off, n).map_err(|e| format!("{what}: {e}"))
     })?;
     defmt::info!(
         "vm: {=str}: {=str} {=u64} bytes from PA {=u64:#010x} to IPA {=u64:#010x}",
@@ -354,20 +366,28 @@ pub fn restart(vm: &mut Vm, machine: &Machine) -> Result<TrapFrame, VmError> {
     // Tear the old stage-2 down first, so the new one gets the same pages back.
     let old = core::mem::replace(&mut vm.stage2, build_stage2(machine, &vm.plan, devices, &vm.movable)?);
     mmu::with_pool(|pool| old.destroy(pool));
+    let t0 = crate::arch::counter();
     for e in &vm.plan.extents {
-        crate::mm::zero_phys(e.pa.as_u64(), e.size).map_err(|err| format!("zeroing guest RAM: {err}"))?;
+        crate::window::zero_phys(e.pa.as_u64(), e.size).map_err(|err| format!("zeroing guest RAM: {err}"))?;
     }
     for &frame in &vm.movable {
-        crate::mm::zero_phys(u64::from(frame) * PAGE_SIZE, PAGE_SIZE)
+        crate::window::zero_phys(u64::from(frame) * PAGE_SIZE, PAGE_SIZE)
             .map_err(|err| format!("zeroing guest RAM: {err}"))?;
     }
+    let zeroed = crate::arch::counter() - t0;
     load_images(vm)?;
     vm.restarts += 1;
     vm.traps = 0;
     vm.testdev_reads = 0;
     guest::reset_pl1();
     guest::configure(&vm.vcpu_regs(0));
-    defmt::info!("vm: {=str}: restarted ({=u32} so far), RAM zeroed, images reloaded", vm.name(), vm.restarts);
+    defmt::info!(
+        "vm: {=str}: restarted ({=u32} so far), RAM zeroed, images reloaded; zeroing {=u64} MiB took {=u64} counter ticks",
+        vm.name(),
+        vm.restarts,
+        vm.plan.ipa_range().size >> 20,
+        zeroed
+    );
     Ok(vm.boot_frame())
 }
 

@@ -178,7 +178,7 @@ fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
     let mut buf = [0u8; hc::CONSOLE_MAX as usize];
     let n = len as usize;
     let read = super::for_each_piece(vm, ipa, u64::from(len), |pa, off, k| {
-        crate::mm::read_phys(pa, &mut buf[off as usize..(off + k) as usize])
+        crate::window::read_phys(pa, &mut buf[off as usize..(off + k) as usize])
     });
     if read.is_err() {
         return hc::INVALID_ADDRESS;
