@@ -42,6 +42,15 @@ carve_dtc() { # carve_dtc IN.dts OUT.dtb
 
 # --- QEMU runs (scripts/run, scripts/bench) -----------------------------------
 
+# QEMU's -icount for the measured runs: one instruction is 1 ns of guest time
+# (shift=0), and the virtual clock never follows the host's (sleep=off: an idle
+# CPU jumps to its next timer deadline). With the default sleep=on, host time
+# leaks in while QEMU starts and while the CPU idles, so the same boot read
+# differently from run to run (the monitor's first instruction came 1.3 ms to
+# 27 ms after reset depending on host load); with sleep=off a run repeats to
+# the counter tick.
+CARVE_ICOUNT=shift=0,sleep=off
+
 # Print the QEMU binary for a virt machine with MB MiB of RAM at 0x40000000:
 # qemu-system-arm up to 3072 MiB; above that RAM ends past 4 GiB, where
 # qemu-system-arm 7.2 cannot run Linux (see scripts/native), so
