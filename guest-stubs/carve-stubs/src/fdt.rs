@@ -197,6 +197,53 @@ impl<'a> Fdt<'a> {
         }
     }
 
+    /// The initrd `/chosen` names (`linux,initrd-start`, `linux,initrd-end`, one
+    /// or two cells each), as `(start, end)`, if it names one.
+    pub fn initrd(&self) -> Result<Option<(u64, u64)>, Error> {
+        let s = self.structs;
+        let (mut depth, mut pos, mut in_chosen) = (0usize, 0usize, false);
+        let (mut start, mut end) = (None, None);
+        loop {
+            let token = be32(s, pos).ok_or(Error::Truncated)?;
+            let at = pos as u32;
+            pos += 4;
+            match token {
+                BEGIN_NODE => {
+                    let tail = s.get(pos..).ok_or(Error::Truncated)?;
+                    let len = tail.iter().position(|&c| c == 0).ok_or(Error::Truncated)?;
+                    in_chosen = depth == 1 && &tail[..len] == b"chosen";
+                    pos = (pos + len + 1).next_multiple_of(4);
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return Err(Error::BadNesting);
+                    }
+                }
+                PROP => {
+                    let len = be32(s, pos).ok_or(Error::Truncated)? as usize;
+                    let nameoff = be32(s, pos + 4).ok_or(Error::Truncated)? as usize;
+                    pos += 8;
+                    let value = s.get(pos..pos.checked_add(len).ok_or(Error::Truncated)?).ok_or(Error::Truncated)?;
+                    pos = (pos + len).next_multiple_of(4);
+                    if in_chosen && (len == 4 || len == 8) {
+                        let v = cells_value(value, len as u32 / 4);
+                        match self.string_at(nameoff) {
+                            "linux,initrd-start" => start = Some(v),
+                            "linux,initrd-end" => end = Some(v),
+                            _ => {}
+                        }
+                    }
+                }
+                END_NODE => {
+                    depth = depth.checked_sub(1).ok_or(Error::BadNesting)?;
+                    in_chosen = false;
+                }
+                NOP => {}
+                END => return Ok(start.zip(end).filter(|(a, b)| a < b)),
+                _ => return Err(Error::BadToken(at)),
+            }
+        }
+    }
+
     /// The first memory range (the guest's one dense bank), if any.
     pub fn memory(&self) -> Result<Option<Reg<'a>>, Error> {
         let mut found = None;

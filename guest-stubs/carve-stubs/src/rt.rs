@@ -445,6 +445,19 @@ pub const DTB_MAX: usize = 2 << 20;
 /// The blob is read in place and only during the call: a stub that later
 /// writes over its RAM (where the DTB lies) keeps what it needs from here.
 pub fn read_dt(dtb: u32, f: impl FnMut(crate::fdt::Reg<'_>)) -> Result<(), crate::fdt::Error> {
+    with_fdt(dtb, |fdt| fdt.for_each_reg(f))
+}
+
+/// The initrd `/chosen` of the DTB at `dtb` names, as `(start, end)`.
+pub fn initrd(dtb: u32) -> Result<Option<(u64, u64)>, crate::fdt::Error> {
+    with_fdt(dtb, |fdt| fdt.initrd())
+}
+
+/// Runs `f` on the DTB at `dtb`, read in place during the call (see [`read_dt`]).
+fn with_fdt<R>(
+    dtb: u32,
+    f: impl FnOnce(&crate::fdt::Fdt<'_>) -> Result<R, crate::fdt::Error>,
+) -> Result<R, crate::fdt::Error> {
     if dtb % 8 != 0 {
         return Err(crate::fdt::Error::BadHeader);
     }
@@ -458,7 +471,7 @@ pub fn read_dt(dtb: u32, f: impl FnMut(crate::fdt::Reg<'_>)) -> Result<(), crate
     // SAFETY: as above, `total` bytes (at most 2 MiB, not wrapping) that the
     // monitor wrote for us; nothing writes them while the slice lives (this call).
     let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, total) };
-    crate::fdt::Fdt::new(blob)?.for_each_reg(f)
+    f(&crate::fdt::Fdt::new(blob)?)
 }
 
 /// Why [`ram_bank`] found no bank.

@@ -7,7 +7,7 @@
 //!   stage-2 table pages are free (INFO(FREE_TABLE_PAGES)), and prints both
 //!   (the test checks that the count is the same on every boot: a restart
 //!   that leaked table pages would lower it);
-//! - checks that all of its RAM outside its own image and its DTB is zero
+//! - checks that all of its RAM outside its own image, its DTB and its initrd (if it has one) is zero
 //!   (on the first boot as QEMU leaves it; after a restart as carve must
 //!   leave it: no word of the previous boot survives);
 //! - stamps every word of that RAM with `0x5a5a0000 | boot`, and asks for
@@ -32,11 +32,18 @@ mod stub {
         hvc::system_off()
     }
 
-    /// RAM outside `keep` (two ranges: the image and the DTB), as at most three ranges.
-    fn ranges(ram: (u32, u32), keep: [(u32, u32); 2]) -> [(u32, u32); 3] {
-        let [a, b] = if keep[0].0 <= keep[1].0 { keep } else { [keep[1], keep[0]] };
-        let a_end = a.1.max(ram.0);
-        [(ram.0, a.0.max(ram.0)), (a_end, b.0.max(a_end)), (b.1.max(a_end), ram.1)]
+    /// RAM outside `keep` (the image, the DTB, the initrd: empty ranges allowed), as at most four ranges.
+    fn ranges(ram: (u32, u32), mut keep: [(u32, u32); 3]) -> [(u32, u32); 4] {
+        keep.sort_unstable();
+        let mut out = [(0, 0); 4];
+        let mut at = ram.0;
+        for (i, k) in keep.iter().enumerate() {
+            let start = k.0.clamp(at, ram.1);
+            out[i] = (at, start);
+            at = at.max(k.1.min(ram.1));
+        }
+        out[3] = (at, ram.1);
+        out
     }
 
     fn main(dtb: u32) -> ! {
@@ -61,9 +68,14 @@ mod stub {
         // SAFETY: read_dt checked the header at `dtb` (our RAM); totalsize is its second word.
         let dtb_size = u32::from_be(unsafe { (dtb as *const u32).add(1).read_volatile() });
         let (img_start, img_end) = rt::image();
+        // An initrd (bench-restart gives one, for the copy it costs) is the monitor's copy, not old RAM.
+        let initrd = match rt::initrd(dtb) {
+            Ok(r) => r.map_or((0, 0), |(s, e)| (s as u32, (e as u32).next_multiple_of(4))),
+            Err(e) => fail(format_args!("DTB at {}: {}", Hex(dtb.into()), e)),
+        };
         let rs = ranges(
             (base as u32, (base + size) as u32),
-            [(img_start, img_end), (dtb, dtb.saturating_add(dtb_size).next_multiple_of(4))],
+            [(img_start, img_end), (dtb, dtb.saturating_add(dtb_size).next_multiple_of(4)), initrd],
         );
 
         let mut nonzero = 0u32;
@@ -71,7 +83,7 @@ mod stub {
         for &(s, e) in &rs {
             let mut a = s;
             while a < e {
-                // SAFETY: a word of our RAM outside our image and DTB.
+                // SAFETY: a word of our RAM outside our image, DTB and initrd.
                 let w = unsafe { (a as *const u32).read_volatile() };
                 if w != 0 {
                     if nonzero < 4 {
@@ -86,7 +98,7 @@ mod stub {
         }
         let fresh = nonzero == 0;
         say!(
-            "restart: boot {}: free table pages {}, vmid {}, RAM {} ({} bytes outside image and DTB, {} words not zero), {}",
+            "restart: boot {}: free table pages {}, vmid {}, RAM {} ({} bytes outside image, DTB and initrd, {} words not zero), {}",
             boot,
             free,
             vmid,
