@@ -267,9 +267,10 @@ impl<S: PageStore> Buddy<S> {
         self.mm.page(Pfn(pfn)).copied().ok_or(BuddyError::NoRecord { pfn: Pfn(pfn) })
     }
 
+    /// The record at `idx`, which heads a free or allocated block (so its section is initialised), for writing.
     fn rec_at_mut(&mut self, idx: u32) -> Result<&mut Page, BuddyError> {
         let pfn = self.mm.sections().pfn_at(idx);
-        self.mm.page_at_mut(idx).ok_or(BuddyError::Corrupt { pfn })
+        self.mm.ready_page_mut(idx).ok_or(BuddyError::Corrupt { pfn })
     }
 
     fn set_rec(&mut self, pfn: u64, page: Page) -> Result<(), BuddyError> {

@@ -817,6 +817,19 @@ impl<S: PageStore> MemMap<S> {
         }
     }
 
+    /// The record at array index `index` of a section that is initialised
+    /// already, for writing; `None` for any other (the buddy's free-list and
+    /// allocated-block records, which are always initialised: a cheaper path
+    /// than [`page_at_mut`](Self::page_at_mut), which may have to initialise).
+    #[inline]
+    pub fn ready_page_mut(&mut self, index: u32) -> Option<&mut Page> {
+        if self.is_ready(index / PAGES_PER_SECTION as u32) {
+            self.store.page_mut(index)
+        } else {
+            None
+        }
+    }
+
     /// The record at array index `index`, for writing (its section is initialised first).
     #[inline]
     pub fn page_at_mut(&mut self, index: u32) -> Option<&mut Page> {
