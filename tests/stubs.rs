@@ -620,8 +620,18 @@ fn stub_abi_constants_match_the_monitor() {
 
 /// The guest DTB carve writes for the probe's machine, by carve-core's own writer.
 fn probe_guest_dtb() -> Vec<u8> {
+    probe_guest_dtb_with(&carve_core::dt::write::GuestDtbOptions::default())
+}
+
+/// [`probe_guest_dtb`] written with `opts`.
+fn probe_guest_dtb_with(opts: &carve_core::dt::write::GuestDtbOptions<'_>) -> Vec<u8> {
     let guests = [Guest { inject: true, ..Guest::new("guest@0", "probe", GUEST_MIB, 0x4800_0000) }];
-    let (_, blob) = compile(&test_dir("fdt-host"), &machine_dts(1, PROBE_RESERVED, &guests));
+    // The host tests run at once and share the directory: one compiles at a time.
+    static COMPILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let (_, blob) = {
+        let _one = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
+        compile(&test_dir("fdt-host"), &machine_dts(1, PROBE_RESERVED, &guests))
+    };
     let tree = carve_core::dt::Tree::parse(&blob).expect("parse");
     let machine = Machine::from_tree(&tree).expect("machine");
     let config = PlanConfig {
@@ -629,8 +639,20 @@ fn probe_guest_dtb() -> Vec<u8> {
         ..PlanConfig::default()
     };
     let plan = plan::plan(&machine, &config).expect("plan");
-    let opts = carve_core::dt::write::GuestDtbOptions::default();
-    carve_core::dt::write::guest_dtb(&tree, &machine, &plan.guests[0], &opts).expect("guest DTB")
+    carve_core::dt::write::guest_dtb(&tree, &machine, &plan.guests[0], opts).expect("guest DTB")
+}
+
+/// The stubs' FDT reader finds the initrd carve's writer puts in `/chosen` (the restart stub leaves it out of its check).
+#[test]
+fn stub_fdt_reader_finds_the_initrd() {
+    assert_eq!(stub_fdt::Fdt::new(&probe_guest_dtb()).expect("header").initrd().expect("walk"), None);
+    let initrd = carve_core::addr::IpaRange::from_raw(0x4120_0000, 0x54_a200).unwrap();
+    let opts = carve_core::dt::write::GuestDtbOptions { initrd: Some(initrd), ..Default::default() };
+    let dtb = probe_guest_dtb_with(&opts);
+    let fdt = stub_fdt::Fdt::new(&dtb).expect("header");
+    assert_eq!(fdt.initrd().expect("walk"), Some((0x4120_0000, 0x4174_a200)));
+    // Its /chosen is not a memory node, and the rest reads as before.
+    assert_eq!(fdt.memory().expect("walk").map(|m| (m.base, m.size)), Some((RAM_BASE, GUEST_MIB * MIB)));
 }
 
 /// The stubs' FDT reader finds, in a guest DTB from carve's writer, the one

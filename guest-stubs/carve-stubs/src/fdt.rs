@@ -103,6 +103,17 @@ pub struct Fdt<'a> {
     strings: &'a [u8],
 }
 
+/// One step of [`Fdt::walk`].
+#[derive(Clone, Copy)]
+enum Token<'a> {
+    /// A node starts: its name with its unit address.
+    Begin(&'a str),
+    /// A property of the node being read: its name and value.
+    Prop(&'a str, &'a [u8]),
+    /// The node being read ends.
+    End,
+}
+
 /// What is known about the node being walked.
 #[derive(Clone, Copy)]
 struct Level<'a> {
@@ -139,12 +150,10 @@ impl<'a> Fdt<'a> {
         core::str::from_utf8(&tail[..end]).unwrap_or("?")
     }
 
-    /// Calls `f` for every `reg` range of every node, in tree order (a node's
-    /// ranges when its END_NODE is reached: children's before their parent's).
-    pub fn for_each_reg(&self, mut f: impl FnMut(Reg<'a>)) -> Result<(), Error> {
+    /// Walks the structure block, calling `f` for each node's start (its
+    /// name), property (name, value) and end, checked all the way.
+    fn walk(&self, mut f: impl FnMut(Token<'a>)) -> Result<(), Error> {
         let s = self.structs;
-        let mut stack = [Level::new(""); MAX_DEPTH];
-        // Number of open nodes; the node being read is stack[depth - 1].
         let mut depth = 0usize;
         let mut pos = 0usize;
         loop {
@@ -160,8 +169,8 @@ impl<'a> Fdt<'a> {
                     if depth == MAX_DEPTH {
                         return Err(Error::BadNesting);
                     }
-                    stack[depth] = Level::new(name);
                     depth += 1;
+                    f(Token::Begin(name));
                 }
                 PROP => {
                     let len = be32(s, pos).ok_or(Error::Truncated)? as usize;
@@ -169,26 +178,14 @@ impl<'a> Fdt<'a> {
                     pos += 8;
                     let value = s.get(pos..pos.checked_add(len).ok_or(Error::Truncated)?).ok_or(Error::Truncated)?;
                     pos = (pos + len).next_multiple_of(4);
-                    let node = depth.checked_sub(1).map(|d| &mut stack[d]).ok_or(Error::BadNesting)?;
-                    match self.string_at(nameoff) {
-                        "#address-cells" => node.address_cells = be32(value, 0).unwrap_or(2),
-                        "#size-cells" => node.size_cells = be32(value, 0).unwrap_or(1),
-                        "reg" => node.reg = value,
-                        "device_type" => {
-                            node.device_type_memory = value.strip_suffix(&[0]).unwrap_or(value) == b"memory"
-                        }
-                        _ => {}
+                    if depth == 0 {
+                        return Err(Error::BadNesting);
                     }
+                    f(Token::Prop(self.string_at(nameoff), value));
                 }
                 END_NODE => {
-                    let node = depth.checked_sub(1).map(|d| stack[d]).ok_or(Error::BadNesting)?;
-                    depth -= 1;
-                    if depth >= 1 {
-                        let parent = stack[depth - 1];
-                        let memory = node.device_type_memory
-                            || (depth == 1 && (node.name == "memory" || node.name.starts_with("memory@")));
-                        emit_regs(&node, &parent, depth, memory, &mut f);
-                    }
+                    depth = depth.checked_sub(1).ok_or(Error::BadNesting)?;
+                    f(Token::End);
                 }
                 NOP => {}
                 END => return if depth == 0 { Ok(()) } else { Err(Error::BadNesting) },
@@ -197,51 +194,65 @@ impl<'a> Fdt<'a> {
         }
     }
 
+    /// Calls `f` for every `reg` range of every node, in tree order (a node's
+    /// ranges when its END_NODE is reached: children's before their parent's).
+    pub fn for_each_reg(&self, mut f: impl FnMut(Reg<'a>)) -> Result<(), Error> {
+        let mut stack = [Level::new(""); MAX_DEPTH];
+        // Number of open nodes; the node being read is stack[depth - 1].
+        let mut depth = 0usize;
+        self.walk(|t| match t {
+            Token::Begin(name) => {
+                stack[depth] = Level::new(name); // walk refuses nesting past MAX_DEPTH
+                depth += 1;
+            }
+            Token::Prop(name, value) => {
+                let node = &mut stack[depth - 1]; // walk refuses a property outside a node
+                match name {
+                    "#address-cells" => node.address_cells = be32(value, 0).unwrap_or(2),
+                    "#size-cells" => node.size_cells = be32(value, 0).unwrap_or(1),
+                    "reg" => node.reg = value,
+                    "device_type" => node.device_type_memory = value.strip_suffix(&[0]).unwrap_or(value) == b"memory",
+                    _ => {}
+                }
+            }
+            Token::End => {
+                depth -= 1; // walk refuses an END_NODE without its BEGIN_NODE
+                let node = stack[depth];
+                if depth >= 1 {
+                    let parent = stack[depth - 1];
+                    let memory = node.device_type_memory
+                        || (depth == 1 && (node.name == "memory" || node.name.starts_with("memory@")));
+                    emit_regs(&node, &parent, depth, memory, &mut f);
+                }
+            }
+        })
+    }
+
     /// The initrd `/chosen` names (`linux,initrd-start`, `linux,initrd-end`, one
     /// or two cells each), as `(start, end)`, if it names one.
     pub fn initrd(&self) -> Result<Option<(u64, u64)>, Error> {
-        let s = self.structs;
-        let (mut depth, mut pos, mut in_chosen) = (0usize, 0usize, false);
+        let (mut depth, mut in_chosen) = (0usize, false);
         let (mut start, mut end) = (None, None);
-        loop {
-            let token = be32(s, pos).ok_or(Error::Truncated)?;
-            let at = pos as u32;
-            pos += 4;
-            match token {
-                BEGIN_NODE => {
-                    let tail = s.get(pos..).ok_or(Error::Truncated)?;
-                    let len = tail.iter().position(|&c| c == 0).ok_or(Error::Truncated)?;
-                    in_chosen = depth == 1 && &tail[..len] == b"chosen";
-                    pos = (pos + len + 1).next_multiple_of(4);
-                    depth += 1;
-                    if depth > MAX_DEPTH {
-                        return Err(Error::BadNesting);
-                    }
-                }
-                PROP => {
-                    let len = be32(s, pos).ok_or(Error::Truncated)? as usize;
-                    let nameoff = be32(s, pos + 4).ok_or(Error::Truncated)? as usize;
-                    pos += 8;
-                    let value = s.get(pos..pos.checked_add(len).ok_or(Error::Truncated)?).ok_or(Error::Truncated)?;
-                    pos = (pos + len).next_multiple_of(4);
-                    if in_chosen && (len == 4 || len == 8) {
-                        let v = cells_value(value, len as u32 / 4);
-                        match self.string_at(nameoff) {
-                            "linux,initrd-start" => start = Some(v),
-                            "linux,initrd-end" => end = Some(v),
-                            _ => {}
-                        }
-                    }
-                }
-                END_NODE => {
-                    depth = depth.checked_sub(1).ok_or(Error::BadNesting)?;
-                    in_chosen = false;
-                }
-                NOP => {}
-                END => return Ok(start.zip(end).filter(|(a, b)| a < b)),
-                _ => return Err(Error::BadToken(at)),
+        self.walk(|t| match t {
+            Token::Begin(name) => {
+                in_chosen = depth == 1 && name == "chosen";
+                depth += 1;
             }
-        }
+            Token::Prop(name, value) if in_chosen && (value.len() == 4 || value.len() == 8) => {
+                let v = cells_value(value, value.len() as u32 / 4);
+                match name {
+                    "linux,initrd-start" => start = Some(v),
+                    "linux,initrd-end" => end = Some(v),
+                    _ => {}
+                }
+            }
+            Token::Prop(..) => {}
+            Token::End => {
+                depth -= 1;
+                in_chosen = false;
+            }
+        })?;
+        Ok(start.zip(end).filter(|(a, b)| a < b))
     }
 
     /// The first memory range (the guest's one dense bank), if any.
