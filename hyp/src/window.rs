@@ -75,13 +75,20 @@ fn map(pa: u64, len: u64) -> Result<Option<Mapped>, String> {
     let v = vmalloc.as_mut().ok_or("no vmalloc")?;
     let start = PhysAddr::from_u64(first).ok_or_else(|| format!("{first:#x} is past the physical space"))?;
     let Ok(area) = v.alloc_phys(slack + size, SIZE_2M, VmKind::Vmap, start) else { return Ok(None) };
-    let at = VirtAddr::from_u64(area.start() + slack).ok_or("a window past the virtual space")?;
-    let r = mmu::with_hyp_table(Some(m), |t, tm| t.map(tm, at, start, size, Attrs::ram_nx())).ok_or("no Hyp map")?;
-    if let Err(e) = r {
-        let _ = v.free(area.base);
-        return Err(format!("mapping {size:#x} bytes at PA {first:#x}: {e}"));
+    let mapped = VirtAddr::from_u64(area.start() + slack)
+        .ok_or_else(|| String::from("past the virtual space"))
+        .and_then(|at| match mmu::with_hyp_table(Some(m), |t, tm| t.map(tm, at, start, size, Attrs::ram_nx())) {
+            Some(Ok(_)) => Ok(at),
+            Some(Err(e)) => Err(format!("{e}")),
+            None => Err(String::from("no Hyp map")),
+        });
+    match mapped {
+        Ok(at) => Ok(Some(Mapped { va: at.raw() + (pa - first) as u32, area: Some((area.base, at, size)) })),
+        Err(e) => {
+            let _ = v.free(area.base);
+            Err(format!("mapping {size:#x} bytes at PA {first:#x}: {e}"))
+        }
     }
-    Ok(Some(Mapped { va: at.raw() + (pa - first) as u32, area: Some((area.base, at, size)) }))
 }
 
 /// Undoes [`map`]: the window unmapped (its TLB entries invalidated) and its space freed.

@@ -314,7 +314,7 @@ fn load_images(vm: &Vm) -> Result<(), VmError> {
     let bytes = vm.kernel.size + vm.ramdisk.map_or(0, |r| r.size) + vm.dtb.len() as u64;
     let pa = vm.ram_piece(g.ipa_range().start()).map_or(0, |(pa, _)| pa);
     defmt::info!(
-        "vm: {=str}: images copied: {=u64} bytes in {=u64} counter ticks, {=u64} instructions a KiB, into guest RAM at PA {=u64:#x}",
+        "vm: {=str}: images copied: {=u64} bytes in {=u64} counter ticks, {=u64} instructions a KiB under -icount shift=0, into guest RAM at PA {=u64:#x}",
         g.name.as_str(),
         bytes,
         ticks,
