@@ -439,7 +439,7 @@ impl Machine {
         // The console: `stdout-path` = "/path[:options]" or "alias[:options]".
         if let Ok(Some(sp)) = chosen.str_prop("stdout-path") {
             match resolve_path(tree, sp) {
-                Some(node) => {
+                Some(node) if is_device_path(tree, &node.path) => {
                     self.uart = Some(device(tree, node)?);
                     // A console carve cannot drive is the guest's business: a warning, not a refusal.
                     self.uart_kind = uart_kind(node).unwrap_or_else(|e| {
@@ -448,6 +448,10 @@ impl Machine {
                     });
                     self.uart_irq = gic_interrupt(tree, node);
                 }
+                Some(node) => self.warnings.push(format!(
+                    "/chosen: stdout-path {sp:?} names {}, which is no device (the root, or inside a memory, reserved-memory, chosen, PSCI or aliases node): no console",
+                    node.path
+                )),
                 None => self.warnings.push(format!("/chosen: stdout-path {sp:?} names no node")),
             }
         }
@@ -477,11 +481,13 @@ impl Machine {
 
     fn read_devices(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
         let mut found: Vec<&Node<'_>> = Vec::new();
-        tree.root.walk(&mut |n| {
-            if n.is_enabled() && (is_gic(n) || n.is_compatible("arm,armv7-timer")) {
-                found.push(n);
-            }
-        });
+        for top in tree.root.children.iter().filter(|n| root_role(n).is_none()) {
+            top.walk(&mut |n| {
+                if n.is_enabled() && (is_gic(n) || n.is_compatible("arm,armv7-timer")) {
+                    found.push(n);
+                }
+            });
+        }
         for n in found {
             if is_gic(n) && self.gic.is_none() {
                 let d = device(tree, n)?;
@@ -577,7 +583,52 @@ fn reserved_ranges(reserved: &[Reserved]) -> usize {
         .sum()
 }
 
-fn is_memory(n: &Node<'_>) -> bool {
+/// What a child of the root is when it is not a device: its subtree is
+/// described by the machine's other fields (or by nothing) and the guest DTB
+/// writer replaces or filters it. Devices (the GIC, the timer, the console)
+/// are looked for only outside these subtrees and never at the root itself,
+/// by the reader and the writer alike: a GIC node that is also a `memory` node
+/// or a PSCI node, or one inside `/reserved-memory`, is no GIC to either.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RootRole {
+    Memory,
+    ReservedMemory,
+    Chosen,
+    Psci,
+    /// `aliases`: the writer keeps the entries whose node survives.
+    Aliases,
+    /// `__symbols__` (overlay labels): dropped from guest DTBs.
+    Symbols,
+}
+
+/// The [`RootRole`] of `n`, a child of the root.
+pub fn root_role(n: &Node<'_>) -> Option<RootRole> {
+    if is_memory(n) {
+        Some(RootRole::Memory)
+    } else if n.name == "reserved-memory" {
+        Some(RootRole::ReservedMemory)
+    } else if n.name == "chosen" {
+        Some(RootRole::Chosen)
+    } else if is_psci(n) {
+        Some(RootRole::Psci)
+    } else if n.name == "aliases" {
+        Some(RootRole::Aliases)
+    } else if n.name == "__symbols__" {
+        Some(RootRole::Symbols)
+    } else {
+        None
+    }
+}
+
+/// Whether the node at `path` (in `tree`) may be a device: not the root, and
+/// not inside a root child with a [`RootRole`].
+pub fn is_device_path(tree: &Tree<'_>, path: &str) -> bool {
+    let top = path.split('/').find(|p| !p.is_empty());
+    top.and_then(|t| tree.root.children.iter().find(|c| c.name == t)).is_some_and(|c| root_role(c).is_none())
+}
+
+/// A RAM node: `device_type = "memory"`, or named `memory` with a `reg` and no `device_type`.
+pub fn is_memory(n: &Node<'_>) -> bool {
     n.str_prop("device_type").ok().flatten() == Some("memory")
         || (n.base_name() == "memory" && !n.has_prop("device_type") && n.has_prop("reg"))
 }

@@ -558,3 +558,77 @@ fn carve_log_names_a_uart_carve_can_drive() {
         "/chosen: carve,log: /psci (arm,psci-1.0) is not a UART carve has a driver for (PL011, 8250/16550)"
     );
 }
+
+/// Two siblings with one name make a path that names two nodes: refused, at
+/// any depth (fuzz regression `guest-dtb-duplicate-node-names.dtb`).
+#[test]
+fn sibling_nodes_with_one_name_are_refused() {
+    let b = blob(|w| {
+        for _ in 0..2 {
+            let n = w.begin_node("timer").unwrap();
+            w.property_string("compatible", "arm,armv7-timer").unwrap();
+            w.end_node(n).unwrap();
+        }
+    });
+    assert_eq!(
+        err(&b),
+        "/: two children are named timer; sibling nodes need distinct names, or their path is ambiguous"
+    );
+    let b = blob(|w| {
+        let bus = w.begin_node("soc").unwrap();
+        for _ in 0..2 {
+            let n = w.begin_node("serial@1000").unwrap();
+            w.end_node(n).unwrap();
+        }
+        w.end_node(bus).unwrap();
+    });
+    assert!(err(&b).starts_with("/soc: two children are named serial@1000;"), "{}", err(&b));
+    // The same name with and without a unit address is two names.
+    let b = blob(|w| {
+        for name in ["timer", "timer@1"] {
+            let n = w.begin_node(name).unwrap();
+            w.end_node(n).unwrap();
+        }
+    });
+    assert!(Machine::from_dtb(&b).is_ok());
+}
+
+/// A GIC or console is a device only outside the root children that are not
+/// devices (memory, /reserved-memory, /chosen, PSCI, aliases), where the
+/// guest DTB writer would drop it.
+#[test]
+fn devices_are_not_read_from_nodes_that_are_not_devices() {
+    fn gic_at(w: &mut FdtWriter, name: &str, compatible: &[&str], device_type: Option<&str>) {
+        let n = w.begin_node(name).unwrap();
+        w.property_string_list("compatible", compatible.iter().map(|c| c.to_string()).collect()).unwrap();
+        w.property_array_u64("reg", &[0x0900_0000, 0x1_0000, 0x0901_0000, 0x1_0000]).unwrap();
+        if let Some(t) = device_type {
+            w.property_string("device_type", t).unwrap();
+        }
+        w.end_node(n).unwrap();
+    }
+    const GIC: [&str; 1] = ["arm,gic-400"];
+    type Extra = fn(&mut FdtWriter);
+    let cases: [(&str, Extra); 4] = [
+        ("reserved-memory", |w| reserved_memory(w, |w| gic_at(w, "gic@9000000", &GIC, None))),
+        ("memory", |w| gic_at(w, "mem@9000000", &GIC, Some("memory"))),
+        ("psci", |w| gic_at(w, "fw@9000000", &["arm,gic-400", "arm,psci-0.2"], None)),
+        ("chosen", |w| gic_at(w, "chosen", &GIC, None)),
+    ];
+    for (what, extra) in cases {
+        let mut b = blob(extra);
+        // Take the real GIC (intc@8000000) out by changing its compatible.
+        let at = b.windows(18).position(|s| s == b"arm,cortex-a15-gic").unwrap();
+        b[at..at + 3].copy_from_slice(b"xyz");
+        let m = Machine::from_dtb(&b).unwrap();
+        assert_eq!(m.gic.map(|g| g.node), None, "{what}: a GIC read from a node that is no device");
+        // The same GIC node as a device is read.
+        let mut b = blob(|w| gic_at(w, "gic@9000000", &GIC, None));
+        b[at..at + 3].copy_from_slice(b"xyz");
+        assert_eq!(Machine::from_dtb(&b).unwrap().gic.map(|g| g.node).as_deref(), Some("/gic@9000000"));
+    }
+    // A console named in a node that is no device: a warning, no console.
+    let m = Machine::from_dtb(&blob(|w| chosen_guest(w, "/psci", |_| {}))).unwrap();
+    assert!(m.uart.is_none());
+    assert!(m.warnings.iter().any(|w| w.contains("names /psci, which is no device")), "{:?}", m.warnings);
+}

@@ -221,12 +221,33 @@ fn convert<'a>(root: FdtNode<'a, P<'a>>, budget: &mut Budget) -> Result<Node<'a>
             }
             None => {
                 let Some((done, _)) = open.pop() else { continue };
+                unique_names(&done)?;
                 match open.last_mut() {
                     Some((parent, _)) => parent.children.push(done),
                     None => return Ok(done),
                 }
             }
         }
+    }
+}
+
+/// Refuses two children of `node` with one name: a path must name one node
+/// (Devicetree Specification v0.4, 2.2.3 "Path Names": an ambiguous path is
+/// undefined behaviour). carve names nodes by path everywhere (the console,
+/// the GIC, the guest DTB writer's selection), so it reads no such tree; dtc
+/// and libfdt (U-Boot's `fdt_add_subnode`) never write one.
+fn unique_names(node: &Node<'_>) -> Result<(), DtError> {
+    if node.children.len() < 2 {
+        return Ok(());
+    }
+    let mut names: Vec<&str> = node.children.iter().map(|c| c.name.as_str()).collect();
+    names.sort_unstable();
+    match names.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(DtError::node(
+            &node.path,
+            format!("two children are named {}; sibling nodes need distinct names, or their path is ambiguous", w[0]),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -24,7 +24,7 @@ use alloc::vec::Vec;
 
 use vm_fdt::FdtWriter;
 
-use super::machine::cpu_mpidr;
+use super::machine::{cpu_mpidr, root_role, RootRole};
 use super::tree::{strings, DtError, Node, Tree};
 use super::Machine;
 use crate::addr::IpaRange;
@@ -109,22 +109,9 @@ pub struct Selection<'t, 'a> {
     /// Written (as it is, or with the GIC or CPU edits).
     keep: Vec<bool>,
     /// Root children the writer replaces or filters, and their subtrees.
-    special: Vec<Option<Special>>,
+    special: Vec<Option<RootRole>>,
     gic: Option<usize>,
     cpus: Vec<usize>,
-}
-
-/// Root children the writer handles itself.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Special {
-    Memory,
-    ReservedMemory,
-    Chosen,
-    Psci,
-    /// `aliases`: properties filtered to paths that survive.
-    Aliases,
-    /// `__symbols__` (overlay labels): dropped, and vm-fdt refuses the name anyway.
-    Symbols,
 }
 
 impl Selection<'_, '_> {
@@ -189,15 +176,15 @@ pub fn strip_for_guest<'t, 'a>(
     Ok(sel)
 }
 
-/// Flattens the tree depth first; root children get their [`Special`] role.
-fn index<'t, 'a>(sel: &mut Selection<'t, 'a>, node: &'t Node<'a>, parent: Option<usize>, special: Option<Special>) {
+/// Flattens the tree depth first; root children get their [`RootRole`].
+fn index<'t, 'a>(sel: &mut Selection<'t, 'a>, node: &'t Node<'a>, parent: Option<usize>, special: Option<RootRole>) {
     let i = sel.nodes.len();
     sel.nodes.push(node);
     sel.parent.push(parent);
     sel.children.push(Vec::new());
     sel.keep.push(false);
     let special = match parent {
-        Some(0) => special_role(node),
+        Some(0) => root_role(node),
         _ => special,
     };
     sel.special.push(special);
@@ -209,30 +196,6 @@ fn index<'t, 'a>(sel: &mut Selection<'t, 'a>, node: &'t Node<'a>, parent: Option
     for c in &node.children {
         index(sel, c, Some(i), special);
     }
-}
-
-fn special_role(n: &Node<'_>) -> Option<Special> {
-    if is_memory(n) {
-        Some(Special::Memory)
-    } else if n.name == "reserved-memory" {
-        Some(Special::ReservedMemory)
-    } else if n.name == "chosen" {
-        Some(Special::Chosen)
-    } else if super::machine::is_psci(n) {
-        Some(Special::Psci)
-    } else if n.name == "aliases" {
-        Some(Special::Aliases)
-    } else if n.name == "__symbols__" {
-        Some(Special::Symbols)
-    } else {
-        None
-    }
-}
-
-/// The same test the reader uses for RAM nodes.
-fn is_memory(n: &Node<'_>) -> bool {
-    n.str_prop("device_type").ok().flatten() == Some("memory")
-        || (n.base_name() == "memory" && !n.has_prop("device_type") && n.has_prop("reg"))
 }
 
 /// The first `guest.cpus` CPU nodes of `/cpus`, in order: the nodes
@@ -429,29 +392,29 @@ impl Out<'_, '_, '_> {
         let node = self.w.begin_node("").map_err(fdt_err("/"))?;
         self.props_as_they_are(root)?;
         let kids = &sel.children[0];
-        let roles: Vec<Option<Special>> = kids.iter().map(|&c| sel.special[c]).collect();
-        if !roles.contains(&Some(Special::Memory)) {
+        let roles: Vec<Option<RootRole>> = kids.iter().map(|&c| sel.special[c]).collect();
+        if !roles.contains(&Some(RootRole::Memory)) {
             self.memory()?;
         }
         let (mut memory, mut psci, mut chosen) = (false, false, false);
         for (&c, role) in kids.iter().zip(roles) {
             match role {
-                Some(Special::Memory) if !memory => {
+                Some(RootRole::Memory) if !memory => {
                     self.memory()?;
                     memory = true;
                 }
-                Some(Special::Psci) if !psci => {
+                Some(RootRole::Psci) if !psci => {
                     // Always `psci`: the machine's node may be named anything
                     // (even `cpus`, which would then shadow the real one).
                     self.psci("psci")?;
                     psci = true;
                 }
-                Some(Special::Chosen) if !chosen => {
+                Some(RootRole::Chosen) if !chosen => {
                     self.chosen(Some(sel.nodes[c]))?;
                     chosen = true;
                 }
-                Some(Special::ReservedMemory) => self.reserved_memory(sel.nodes[c])?,
-                Some(Special::Aliases) => self.aliases(sel.nodes[c])?,
+                Some(RootRole::ReservedMemory) => self.reserved_memory(sel.nodes[c])?,
+                Some(RootRole::Aliases) => self.aliases(sel.nodes[c])?,
                 Some(_) => {}
                 None if sel.keep[c] => self.node(c)?,
                 None => {}
@@ -482,6 +445,16 @@ impl Out<'_, '_, '_> {
         let mut reg = encode(ram.start(), cells.address, "guest RAM base")?;
         reg.extend(encode(ram.size, cells.size, "guest RAM size")?);
         let name = format!("memory@{:x}", ram.start());
+        let sel = self.sel;
+        if sel.children[0].iter().any(|&c| sel.keep[c] && sel.nodes[c].name == name) {
+            return Err(DtError::node(
+                &format!("/{name}"),
+                format!(
+                    "{} is given this node, which is not RAM, and its RAM node would take the same name",
+                    self.guest.name
+                ),
+            ));
+        }
         let node = self.w.begin_node(&name).map_err(fdt_err("/"))?;
         let path = format!("/{name}");
         self.w.property_string("device_type", "memory").map_err(fdt_err(&path))?;
@@ -557,8 +530,8 @@ impl Out<'_, '_, '_> {
         let found = self.sel.nodes[i];
         match self.sel.special[i] {
             None => self.sel.keep[i],
-            Some(Special::ReservedMemory) => self.owned(found),
-            Some(Special::Chosen | Special::Psci) => self.sel.parent[i] == Some(0),
+            Some(RootRole::ReservedMemory) => self.owned(found),
+            Some(RootRole::Chosen | RootRole::Psci) => self.sel.parent[i] == Some(0),
             Some(_) => false,
         }
     }

@@ -720,3 +720,32 @@ fn a_psci_node_under_another_name_is_found_and_the_guest_gets_psci() {
     assert_eq!(gm.psci.as_ref().map(|p| (p.node.as_str(), p.method)), Some(("/psci", PsciMethod::Hvc)));
     assert!(Tree::parse(&out).unwrap().find("/firmware-calls").is_none());
 }
+
+/// A device the guest is given, named as the guest's RAM node would be: the
+/// guest's tree would name two nodes with one path, which the reader refuses.
+/// The writer refuses first, with the names.
+#[test]
+fn a_device_named_like_the_guests_ram_node_is_refused() {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    let n = w.begin_node("ram@40000000").unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("memory@40000000").unwrap();
+    w.property_string("device_type", "interrupt-controller").unwrap();
+    w.property_string("compatible", "arm,cortex-a15-gic").unwrap();
+    w.property_array_u32("reg", &[0x0800_0000, 0x1_0000, 0x0801_0000, 0x1_0000]).unwrap();
+    w.end_node(n).unwrap();
+    w.end_node(root).unwrap();
+    let blob = w.finish().unwrap();
+    let (m, g, out) = guest_of(&blob, &GuestDtbOptions::default());
+    assert_eq!(m.gic.map(|g| g.node).as_deref(), Some("/memory@40000000"));
+    assert_eq!(g.ipa_base.raw(), 0x4000_0000);
+    assert_eq!(
+        out.unwrap_err().to_string(),
+        "/memory@40000000: guest@0 is given this node, which is not RAM, and its RAM node would take the same name"
+    );
+}
