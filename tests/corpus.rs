@@ -7,7 +7,8 @@
 //! cannot read or 11 for one it cannot plan, within seconds).
 //! `tests/corpus/untidy/*.dts`: legal but untidy trees that must plan (exit 0)
 //! with the warning they deserve, and boot under the monitor (a guest, if the
-//! tree has one, runs a four-instruction kernel that powers off through PSCI).
+//! tree has one, runs a four-instruction kernel that powers off through PSCI;
+//! a ramdisk module is loaded where it says and must be copied into the guest).
 //! `tests/corpus/fuzz-regressions/*.dtb`: inputs the fuzzer once crashed on,
 //! run through the fuzz targets' own checks.
 //!
@@ -579,6 +580,15 @@ fn untidy_cases_plan_and_boot_under_the_monitor() {
             args.push("-device".into());
             args.push(format!("loader,file={},addr={:#x},force-raw=on", poweroff_kernel().display(), k.range.start()));
         }
+        // Its ramdisk, as a loader leaves one (in a /memreserve/, say): the monitor must copy it in.
+        let ramdisk = guest.and_then(|g| g.ramdisk.as_ref());
+        if let Some(r) = ramdisk {
+            let file = work_dir().join(format!("{}.ramdisk", case.name));
+            let bytes: Vec<u8> = (0..r.range.size).map(|i| (i % 251) as u8).collect();
+            std::fs::write(&file, bytes).expect("write the ramdisk");
+            args.push("-device".into());
+            args.push(format!("loader,file={},addr={:#x},force-raw=on", file.display(), r.range.start()));
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let dir = work_dir().join("qemu").join(&case.name);
         let run = run_monitor(&dir, &case.name, MACHINE_HYP, &args, QEMU_TIMEOUT_S);
@@ -595,6 +605,10 @@ fn untidy_cases_plan_and_boot_under_the_monitor() {
             let lines = format!("vm: {}: DTB ", g.name);
             f.check(case, run.log.contains(&lines), || format!("the log lacks {lines:?}\n{}", run.context()));
             f.check(case, run.log.contains("SYSTEM_OFF"), || format!("the guest did not power off\n{}", run.context()));
+        }
+        if let (Some(g), Some(r)) = (guest, ramdisk) {
+            let line = format!("vm: {}: initrd {} bytes from PA {:#010x}", g.name, r.range.size, r.range.start());
+            f.check(case, run.log.contains(&line), || format!("the log lacks {line:?}\n{}", run.context()));
         }
     }
     assert!(ran >= MIN_UNTIDY, "only {ran} untidy cases ran under QEMU");

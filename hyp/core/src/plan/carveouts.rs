@@ -62,11 +62,19 @@ impl Carveout {
         end.saturating_sub(start)
     }
 
+    /// A plain reservation: neither `no-map` nor `reusable` (a `/memreserve/`
+    /// entry, say). It is RAM the OS maps but does not allocate: a boot module
+    /// may lie in one ([`super::guests::module_in_reservations`]).
+    pub fn is_plain(&self) -> bool {
+        !self.no_map && !self.reusable
+    }
+
     fn conflicts_with(&self, other: &Carveout) -> bool {
         (self.no_map && other.reusable) || (self.reusable && other.no_map)
     }
 
-    fn flags(&self) -> &'static str {
+    /// `no-map`, `reusable`, both, or `reserved` (a plain reservation), for messages.
+    pub fn flags(&self) -> &'static str {
         match (self.no_map, self.reusable) {
             (true, true) => "no-map and reusable",
             (true, false) => "no-map",

@@ -148,7 +148,7 @@ pub fn place(
         let name = format!("guest@{}", machine.guests.len() + i);
         wanted.push(Wanted { name, size: *size, cpus: 1, cpu_ids: None, ipa_base: None, movable: None, desc: None });
     }
-    check_modules(machine, ram, carveouts, config.require_kernel)?;
+    check_modules(machine, ram, carveouts, config.require_kernel, warnings)?;
     let mut owner = claim_named_cpus(machine, &wanted)?;
 
     let mut plans: Vec<GuestPlan> = Vec::new();
@@ -383,12 +383,23 @@ fn too_big(
     msg
 }
 
-/// Modules must be in RAM, outside carveouts, apart from each other; a guest needs a kernel.
+/// Modules must be in RAM, apart from each other, and outside carveouts but
+/// plain reservations; a guest needs a kernel.
+///
+/// A loader reserves what it loaded: U-Boot lists the initrd as a
+/// `/memreserve/` entry, and some boards also list it under `/reserved-memory`
+/// without flags. A module lying wholly inside such plain reservations
+/// (neither `no-map` nor `reusable`) is planned where it is, with a warning:
+/// the range is reserved and held, so no guest's extents and none of the
+/// monitor's free memory come from it. A module that touches a `no-map`
+/// region (memory the OS may not map) or a `reusable` one (lent out as a CMA
+/// pool), or lies only partly inside reservations, is refused.
 fn check_modules(
     machine: &Machine,
     ram: &RangeSet,
     carveouts: &[Carveout],
     require_kernel: bool,
+    warnings: &mut Vec<String>,
 ) -> Result<(), PlanError> {
     let mut seen: Vec<(&str, PhysRange)> = Vec::new();
     for g in &machine.guests {
@@ -399,11 +410,8 @@ fn check_modules(
             if !ram.contains_range(&m.range) {
                 return Err(PlanError::new(m.node.as_str(), format!("{} is not inside RAM", m.range)));
             }
-            if let Some(c) = carveouts.iter().find(|c| c.range.overlaps(&m.range)) {
-                return Err(PlanError::new(
-                    m.node.as_str(),
-                    format!("{} overlaps the carveout {} {}", m.range, c.name, c.range),
-                ));
+            if let Some(w) = module_in_reservations(m.node.as_str(), m.range, carveouts)? {
+                warnings.push(w);
             }
             if let Some((other, r)) = seen.iter().find(|(_, r)| r.overlaps(&m.range)) {
                 return Err(PlanError::new(m.node.as_str(), format!("{} overlaps the module {other} {r}", m.range)));
@@ -412,6 +420,52 @@ fn check_modules(
         }
     }
     Ok(())
+}
+
+/// The module `node` at `range` against the carveouts: `None` when it overlaps
+/// none, a warning when it lies wholly inside plain reservations, else the
+/// refusal. [`super::verify`] checks the same rule on the finished plan.
+pub fn module_in_reservations(
+    node: &str,
+    range: PhysRange,
+    carveouts: &[Carveout],
+) -> Result<Option<String>, PlanError> {
+    let over: Vec<&Carveout> = carveouts.iter().filter(|c| c.range.overlaps(&range)).collect();
+    let Some(first) = over.first() else { return Ok(None) };
+    if let Some(c) = over.iter().find(|c| !c.is_plain()) {
+        return Err(PlanError::new(
+            node,
+            format!(
+                "{range} overlaps the carveout {} {} ({}), which is not a plain reservation: only one without no-map and reusable may hold what a loader put there",
+                c.name,
+                c.range,
+                c.flags()
+            ),
+        ));
+    }
+    let mut outside = RangeSet::from_ranges([range]);
+    for c in &over {
+        outside.remove(c.range);
+    }
+    if !outside.is_empty() {
+        return Err(PlanError::new(
+            node,
+            format!(
+                "{range} lies only partly inside the reservation {} {} ({} of it outside every reservation): a module lies wholly inside reservations or outside all of them",
+                first.name,
+                first.range,
+                Size(outside.total())
+            ),
+        ));
+    }
+    let more = match over.len() {
+        1 => String::new(),
+        n => format!(" (and {} more)", n - 1),
+    };
+    Ok(Some(format!(
+        "{node}: {range} lies inside the reservation {} {}{more}: planned where the loader put it, and kept out of every guest and of the monitor's free memory",
+        first.name, first.range
+    )))
 }
 
 /// 0x40000000, unless the guest's RAM there would cover a device it sees: then

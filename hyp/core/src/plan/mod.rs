@@ -184,6 +184,17 @@ pub fn plan(machine: &Machine, config: &PlanConfig) -> Result<Plan, PlanError> {
             )?
         }
     };
+    // What the monitor holds at boot is no module's: a module there was
+    // overwritten by the image or the blob the monitor was handed, or overwrote them.
+    let holds = [("the monitor image", monitor_image)]
+        .into_iter()
+        .chain(config.monitor_extra.iter().map(|r| ("what the monitor holds at boot (its device tree)", *r)));
+    for (what, r) in holds {
+        let modules = machine.guests.iter().flat_map(|g| [&g.kernel, &g.ramdisk, &g.device_tree]).flatten();
+        if let Some(m) = modules.into_iter().find(|m| m.range.overlaps(&r)) {
+            return Err(PlanError::new(m.node.as_str(), alloc::format!("{} overlaps {what} {r}", m.range)));
+        }
+    }
     held.insert(monitor_image);
 
     // 3. Guests.

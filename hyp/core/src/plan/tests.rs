@@ -244,6 +244,96 @@ fn modules_are_kept_out_and_checked() {
     assert!(e.contains("no multiboot,kernel"), "{e}");
 }
 
+/// A `/memreserve/` entry, as the reader makes one.
+fn memreserve(i: usize, base: u64, size: u64) -> Reserved {
+    Reserved { name: alloc::format!("/memreserve/ #{i}"), memreserve: true, ..carve("", base, size, false, false) }
+}
+
+/// A boot module inside a plain reservation (what U-Boot does with the initrd
+/// it loaded) is planned with a warning, and its range is nobody's: no guest
+/// extent, no monitor free RAM. Inside a no-map or reusable region, or only
+/// partly inside a reservation, it is refused.
+#[test]
+fn modules_inside_plain_reservations_are_planned_with_a_warning() {
+    let mut m = virt_two_carveouts(1280);
+    let module = |node: &str, base, size| Module {
+        node: node.into(),
+        range: PhysRange::from_raw(base, size).unwrap(),
+        bootargs: None,
+    };
+    let ramdisk = "/chosen/guest@0/module@4c000000";
+    m.guests
+        .push(Guest { ramdisk: Some(module(ramdisk, 0x4c00_0000, 0x34_5678)), ..small_guest(0, 1, None, 0x4800_0000) });
+    // U-Boot's /memreserve/ of exactly the initrd, and the same range without flags in /reserved-memory.
+    m.reserved.push(memreserve(0, 0x4c00_0000, 0x34_5678));
+    m.reserved.push(carve("initrd@4c000000", 0x4c00_0000, 0x34_5678, false, false));
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    verify(&p).unwrap();
+    let w: Vec<&String> = p.warnings.iter().filter(|w| w.starts_with(ramdisk)).collect();
+    assert_eq!(
+        w,
+        [&alloc::format!(
+            "{ramdisk}: 0x4c000000-0x4c345678 lies inside the reservation /memreserve/ #0 0x4c000000-0x4c345678 (and 1 more): planned where the loader put it, and kept out of every guest and of the monitor's free memory"
+        )]
+    );
+    let r = PhysRange::from_raw(0x4c00_0000, 0x34_6000).unwrap();
+    assert!(!p.monitor_free.overlaps(&r));
+    assert!(p.guests.iter().flat_map(|g| &g.extents).all(|e| !e.pa_range().overlaps(&r)));
+
+    // Two adjacent reservations that cover it together: still wholly reserved.
+    m.reserved.truncate(2);
+    m.reserved.push(memreserve(0, 0x4c00_0000, 0x20_0000));
+    m.reserved.push(memreserve(1, 0x4c20_0000, 0x20_0000));
+    verify(&plan(&m, &PlanConfig::default()).unwrap()).unwrap();
+
+    // Only partly inside: refused, with the reservation and how much lies outside.
+    m.reserved.truncate(2);
+    m.reserved.push(memreserve(0, 0x4c00_0000, 0x20_0000));
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        alloc::format!(
+            "{ramdisk}: 0x4c000000-0x4c345678 lies only partly inside the reservation /memreserve/ #0 0x4c000000-0x4c200000 (1332856 bytes of it outside every reservation): a module lies wholly inside reservations or outside all of them"
+        )
+    );
+
+    // Inside a reusable (CMA) region, even one a plain reservation also covers: refused.
+    m.reserved.truncate(2);
+    m.reserved.push(memreserve(0, 0x4c00_0000, 0x34_5678));
+    m.reserved.push(carve("cma@4c000000", 0x4c00_0000, 0x100_0000, false, true));
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&alloc::format!(
+            "{ramdisk}: 0x4c000000-0x4c345678 overlaps the carveout cma@4c000000 0x4c000000-0x4d000000 (reusable), which is not a plain reservation"
+        )),
+        "{e}"
+    );
+    // Inside a no-map one: refused.
+    m.reserved.truncate(2);
+    m.guests[0].ramdisk = Some(module(ramdisk, 0x5010_0000, 0x1000));
+    let e = plan(&m, &PlanConfig::default()).unwrap_err().to_string();
+    assert!(e.contains("overlaps the carveout ipu-pool@50000000 0x50000000-0x58000000 (no-map)"), "{e}");
+}
+
+/// A module where the monitor's image or the blob it was handed lies is refused.
+#[test]
+fn modules_under_the_monitor_are_refused() {
+    let mut m = virt_two_carveouts(1280);
+    m.guests.push(small_guest(0, 1, None, 0x4030_0000));
+    let at = |base, size| PhysRange::from_raw(base, size).unwrap();
+    let cfg = PlanConfig { monitor_image: MonitorImage::At(at(0x4020_0000, 4 * MIB)), ..PlanConfig::default() };
+    let e = plan(&m, &cfg).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "/chosen/guest@0/module@40300000: 0x40300000-0x40b00000 overlaps the monitor image 0x40200000-0x40600000"
+    );
+    m.guests[0] = small_guest(0, 1, None, 0x4000_0000);
+    m.guests[0].kernel.as_mut().unwrap().range = at(0x4000_0000, 0x1000);
+    let cfg = PlanConfig { monitor_extra: vec![at(0x4000_0000, 0x1000)], ..cfg };
+    let e = plan(&m, &cfg).unwrap_err().to_string();
+    assert!(e.ends_with("overlaps what the monitor holds at boot (its device tree) 0x40000000-0x40001000"), "{e}");
+}
+
 #[test]
 fn cpus_are_counted() {
     let m = virt_two_carveouts(1280);
@@ -411,6 +501,59 @@ proptest! {
         if let Ok(p) = plan(&m, &what_if(&[size * SIZE_2M])) {
             for e in &p.guests[0].extents {
                 prop_assert_eq!(e.pa.as_u64() % SIZE_2M, e.ipa.as_u64() % SIZE_2M, "{:?}", e);
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Any machine with a guest whose modules lie anywhere, some under a
+    /// `/memreserve/` that covers all, the start or the end of one: a plan
+    /// that verifies, in which every module that overlaps a carveout lies
+    /// wholly in plain ones and has its warning; or a refusal naming a node.
+    #[test]
+    fn modules_in_reservations_plan_soundly(
+        m in machine_strategy(),
+        kernel in (0u64..2048, 1u64..16),
+        ramdisk in (0u64..2048, 1u64..64),
+        cover in 0u8..4,
+    ) {
+        let mut m = m;
+        let mib = |(a, s): (u64, u64)| PhysRange::from_raw(0x4000_0000 + a * MIB, s * MIB / 4).unwrap();
+        let (k, r) = (mib(kernel), mib(ramdisk));
+        let mut g = small_guest(0, 1, None, k.start());
+        g.kernel.as_mut().unwrap().range = k;
+        g.ramdisk = Some(Module { node: "/chosen/guest@0/ramdisk".into(), range: r, bootargs: None });
+        m.guests.push(g);
+        // 0: none; 1: exactly the ramdisk; 2: its first half; 3: from its middle on past its end.
+        let half = (r.size / 2) & !0xfff;
+        match cover {
+            1 => m.reserved.push(memreserve(0, r.start(), r.size)),
+            2 if half > 0 => m.reserved.push(memreserve(0, r.start(), half)),
+            3 if half > 0 => m.reserved.push(memreserve(0, r.start() + half, r.size)),
+            _ => {}
+        }
+        match plan(&m, &PlanConfig::default()) {
+            Ok(p) => {
+                prop_assert_eq!(verify(&p), Ok(()));
+                for md in [&k, &r] {
+                    let over: Vec<_> = p.carveouts.iter().filter(|c| c.range.overlaps(md)).collect();
+                    if !over.is_empty() {
+                        prop_assert!(over.iter().all(|c| c.is_plain()));
+                        let said = alloc::format!("{md} lies inside the reservation");
+                        let warned = p.warnings.iter().any(|w| w.contains(&said));
+                        prop_assert!(warned, "no warning has {:?}", said);
+                    }
+                }
+                if cover == 2 && half > 0 {
+                    prop_assert!(false, "a ramdisk half inside a reservation was planned");
+                }
+            }
+            Err(e) => {
+                prop_assert!(!e.subject.is_empty());
+                prop_assert!(e.to_string().len() > e.subject.len() + 10);
             }
         }
     }

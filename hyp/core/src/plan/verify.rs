@@ -8,6 +8,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use super::guests::module_in_reservations;
 use super::layout::VmallocSource;
 use super::{Plan, RangeSet};
 use crate::addr::{Address, IpaRange, PhysRange, SIZE_2M};
@@ -86,12 +87,34 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
                 None => lent.push((m.pool.as_str(), m.size)),
             }
         }
-        if let Some(d) = &g.desc {
-            for m in [&d.kernel, &d.ramdisk, &d.device_tree].into_iter().flatten() {
-                if g.extents.iter().any(|e| e.pa_range().overlaps(&m.range)) {
-                    return Err(format!("{}: RAM overlaps its module {}", g.name, m.node));
-                }
+    }
+    // Boot modules: in RAM, apart from each other, the monitor's image and its
+    // free RAM and every guest's extents; in no carveout but plain
+    // reservations, and then wholly inside them (the loader reserved them).
+    let mut modules: Vec<(&str, PhysRange)> = Vec::new();
+    for g in &plan.guests {
+        let Some(d) = &g.desc else { continue };
+        for m in [&d.kernel, &d.ramdisk, &d.device_tree].into_iter().flatten() {
+            let (node, r) = (m.node.as_str(), m.range);
+            if !ram.contains_range(&r) {
+                return Err(format!("module {node} {r} is not inside RAM"));
             }
+            if let Err(e) = module_in_reservations(node, r, &plan.carveouts) {
+                return Err(format!("module {e}"));
+            }
+            if r.overlaps(&plan.monitor_image) {
+                return Err(format!("module {node} {r} overlaps the monitor image {}", plan.monitor_image));
+            }
+            if plan.monitor_free.overlaps(&r) {
+                return Err(format!("module {node} {r} is also counted as the monitor's free RAM"));
+            }
+            if let Some(o) = plan.guests.iter().find(|o| o.extents.iter().any(|e| e.pa_range().overlaps(&r))) {
+                return Err(format!("module {node} {r} overlaps {}'s RAM", o.name));
+            }
+            if let Some((other, _)) = modules.iter().find(|(_, o)| o.overlaps(&r)) {
+                return Err(format!("module {node} {r} overlaps the module {other}"));
+            }
+            modules.push((node, r));
         }
     }
     for (name, bytes) in lent {
@@ -103,6 +126,12 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
     for r in plan.monitor_free.ranges() {
         if !ram.contains_range(r) {
             return Err(format!("monitor free RAM {r} is not RAM"));
+        }
+        if let Some(c) = plan.carveouts.iter().find(|c| c.range.overlaps(r)) {
+            return Err(format!("monitor free RAM {r} overlaps the carveout {} {}", c.name, c.range));
+        }
+        if r.overlaps(&plan.monitor_image) {
+            return Err(format!("monitor free RAM {r} overlaps the monitor image {}", plan.monitor_image));
         }
     }
     // The linear map: only RAM that is not no-map, VA-contiguous from PAGE_OFFSET with holes as vmalloc.
