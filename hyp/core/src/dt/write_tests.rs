@@ -639,19 +639,26 @@ fn single_byte_mutations_never_panic() {
     assert!(wrote > 0);
 }
 
+/// A writer inside a root of one-cell addresses and sizes that holds one
+/// `memory` node named `ram_node`, 1 GiB at 0x40000000; and the root's handle.
+fn one_cell_root_with_ram(ram_node: &str) -> (FdtWriter, vm_fdt::FdtWriterNode) {
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
+    let n = w.begin_node(ram_node).unwrap();
+    w.property_string("device_type", "memory").unwrap();
+    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
+    w.end_node(n).unwrap();
+    (w, root)
+}
+
 /// CPU nodes without `reg` are not CPUs the machine counts, so no guest gets
 /// one: vCPU `i`'s node must say the MPIDR the monitor gives it (a fuzz find:
 /// tests/corpus/fuzz-regressions/guest-dtb-cpu-nodes-without-reg.dtb).
 #[test]
 fn cpu_nodes_without_reg_are_not_given_to_guests() {
-    let mut w = FdtWriter::new().unwrap();
-    let root = w.begin_node("").unwrap();
-    w.property_u32("#address-cells", 1).unwrap();
-    w.property_u32("#size-cells", 1).unwrap();
-    let n = w.begin_node("memory@40000000").unwrap();
-    w.property_string("device_type", "memory").unwrap();
-    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
-    w.end_node(n).unwrap();
+    let (mut w, root) = one_cell_root_with_ram("memory@40000000");
     let n = w.begin_node("cpus").unwrap();
     w.property_u32("#address-cells", 1).unwrap();
     w.property_u32("#size-cells", 0).unwrap();
@@ -699,14 +706,7 @@ fn a_guest_dtb_past_its_cap_is_refused() {
 /// machine's PSCI is read from it, and the guest's is written as `/psci`.
 #[test]
 fn a_psci_node_under_another_name_is_found_and_the_guest_gets_psci() {
-    let mut w = FdtWriter::new().unwrap();
-    let root = w.begin_node("").unwrap();
-    w.property_u32("#address-cells", 1).unwrap();
-    w.property_u32("#size-cells", 1).unwrap();
-    let n = w.begin_node("memory@40000000").unwrap();
-    w.property_string("device_type", "memory").unwrap();
-    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
-    w.end_node(n).unwrap();
+    let (mut w, root) = one_cell_root_with_ram("memory@40000000");
     let n = w.begin_node("firmware-calls").unwrap();
     w.property_string("compatible", "arm,psci-1.0").unwrap();
     w.property_string("method", "smc").unwrap();
@@ -726,14 +726,7 @@ fn a_psci_node_under_another_name_is_found_and_the_guest_gets_psci() {
 /// The writer refuses first, with the names.
 #[test]
 fn a_device_named_like_the_guests_ram_node_is_refused() {
-    let mut w = FdtWriter::new().unwrap();
-    let root = w.begin_node("").unwrap();
-    w.property_u32("#address-cells", 1).unwrap();
-    w.property_u32("#size-cells", 1).unwrap();
-    let n = w.begin_node("ram@40000000").unwrap();
-    w.property_string("device_type", "memory").unwrap();
-    w.property_array_u32("reg", &[0x4000_0000, 0x4000_0000]).unwrap();
-    w.end_node(n).unwrap();
+    let (mut w, root) = one_cell_root_with_ram("ram@40000000");
     let n = w.begin_node("memory@40000000").unwrap();
     w.property_string("device_type", "interrupt-controller").unwrap();
     w.property_string("compatible", "arm,cortex-a15-gic").unwrap();

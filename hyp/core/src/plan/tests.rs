@@ -207,14 +207,14 @@ fn no_ram_is_a_clear_refusal() {
     assert!(e.contains("no RAM"), "{e}");
 }
 
+/// A boot module at `node`, `size` bytes at `base`.
+fn module(node: &str, base: u64, size: u64) -> Module {
+    Module { node: node.into(), range: PhysRange::from_raw(base, size).unwrap(), bootargs: None }
+}
+
 #[test]
 fn modules_are_kept_out_and_checked() {
     let mut m = virt_two_carveouts(1280);
-    let module = |node: &str, base, size| Module {
-        node: node.into(),
-        range: PhysRange::from_raw(base, size).unwrap(),
-        bootargs: None,
-    };
     m.guests.push(Guest {
         name: "guest@0".into(),
         path: "/chosen/guest@0".into(),
@@ -256,11 +256,6 @@ fn memreserve(i: usize, base: u64, size: u64) -> Reserved {
 #[test]
 fn modules_inside_plain_reservations_are_planned_with_a_warning() {
     let mut m = virt_two_carveouts(1280);
-    let module = |node: &str, base, size| Module {
-        node: node.into(),
-        range: PhysRange::from_raw(base, size).unwrap(),
-        bootargs: None,
-    };
     let ramdisk = "/chosen/guest@0/module@4c000000";
     m.guests
         .push(Guest { ramdisk: Some(module(ramdisk, 0x4c00_0000, 0x34_5678)), ..small_guest(0, 1, None, 0x4800_0000) });
