@@ -103,16 +103,40 @@ fn refuses_a_dtb_with_a_bad_magic() {
     run.assert_status(2);
     // "this" as a big-endian word.
     run.assert_logged("DTB at 0x40000000: bad magic 0x74686973 (an FDT starts with 0xd00dfeed)");
-    run.assert_not_logged("MMU on");
+    // Only the header was looked at: the blob was never mapped whole.
+    run.assert_not_logged("used bytes at");
 }
 
-/// Without the Virtualization Extensions QEMU starts the image in Supervisor
-/// mode; `_start` exits at once, before anything could log (status 3).
+/// Without the Virtualization Extensions (QEMU `virt` without
+/// `virtualization=on` clears ID_PFR1's field) the CPU has no Hyp mode:
+/// `_start` refuses it by that feature, not by its part number, in one line
+/// (semihosting's debug console: QEMU's stderr) before anything else could
+/// log, with status 14.
+#[test]
+fn refuses_a_cpu_without_the_virtualization_extensions() {
+    let run = run_monitor("no-virt", "virt", &[]);
+    run.assert_status(14);
+    run.assert_not_logged("Hyp monitor starting");
+    assert!(
+        run.qemu_stderr.contains("carve: this CPU has no Virtualization Extensions (ID_PFR1.Virtualization = 0)"),
+        "the refusal's line is missing\n{}",
+        run.context()
+    );
+}
+
+/// A CPU that has the Virtualization Extensions but was started outside Hyp
+/// mode (with `secure=on` QEMU starts an ELF in Secure SVC) is refused as
+/// such: status 3 and one line saying to start carve in Hyp mode.
 #[test]
 fn refuses_to_start_outside_hyp_mode() {
-    let run = run_monitor("not-hyp", "virt", &[]);
+    let run = run_monitor("not-hyp", "virt,secure=on,virtualization=on", &[]);
     run.assert_status(3);
     run.assert_not_logged("Hyp monitor starting");
+    assert!(
+        run.qemu_stderr.contains("carve: not started in Hyp mode: this CPU has the Virtualization Extensions"),
+        "the refusal's line is missing\n{}",
+        run.context()
+    );
 }
 
 /// `/chosen/carve,log` names a UART: the log goes there, as defmt frames

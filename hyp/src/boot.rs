@@ -4,15 +4,13 @@
 //! hand it on; the device-tree reader in carve-core validates the rest before
 //! anything parses it. Every refusal is a value with the numbers in it.
 
-use crate::arch::phys::{self, PhysReadError};
-
 /// Where QEMU puts the DTB when it starts an ELF image (`-kernel`, r2 = 0): the start of RAM on `virt`.
 pub const QEMU_VIRT_DTB: u32 = 0x4000_0000;
 /// FDT header magic (Devicetree Specification v0.4, 5.2).
 pub const FDT_MAGIC: u32 = 0xd00d_feed;
 /// The header is ten big-endian words.
 pub const FDT_HEADER_WORDS: usize = 10;
-const FDT_HEADER_SIZE: u32 = 4 * FDT_HEADER_WORDS as u32;
+pub const FDT_HEADER_SIZE: u32 = 4 * FDT_HEADER_WORDS as u32;
 /// The largest blob the monitor maps at boot; more is taken for garbage.
 /// Board DTBs are tens of KiB, but `totalsize` counts free space too: QEMU
 /// grows a `-dtb` blob to twice its file size plus 20000 bytes (a 1 MiB
@@ -38,8 +36,6 @@ pub struct Dtb {
 pub enum DtbError {
     /// The Devicetree Specification requires an 8-byte aligned blob.
     Misaligned { addr: u32 },
-    /// The header could not be read there.
-    Unreadable { addr: u32, why: PhysReadError },
     /// No FDT magic: not a device tree, or the wrong address.
     BadMagic { addr: u32, found: u32 },
     /// `totalsize` smaller than a header or larger than [`MAX_DTB_SIZE`].
@@ -53,9 +49,6 @@ impl defmt::Format for DtbError {
         match *self {
             Self::Misaligned { addr } => {
                 defmt::write!(f, "DTB at {=u32:#010x}: not 8-byte aligned", addr)
-            }
-            Self::Unreadable { addr, why } => {
-                defmt::write!(f, "DTB at {=u32:#010x}: header not readable: {}", addr, why)
             }
             Self::BadMagic { addr, found } => defmt::write!(
                 f,
@@ -91,14 +84,15 @@ pub fn dtb_address(r2: u32) -> u32 {
     }
 }
 
-/// Reads and checks the FDT header at `addr`; `image` is the monitor's `[start, end)`.
-pub fn check_dtb(addr: u32, image: (usize, usize)) -> Result<Dtb, DtbError> {
+/// Checks the FDT header of the blob at physical `addr`, whose first bytes are
+/// `header` (the caller mapped them); `image` is the monitor's physical `[start, end)`.
+pub fn check_dtb(addr: u32, header: &[u8], image: (u64, u64)) -> Result<Dtb, DtbError> {
     if addr & 7 != 0 {
         return Err(DtbError::Misaligned { addr });
     }
-    let mut header = [0u32; FDT_HEADER_WORDS];
-    phys::read_be32(addr, &mut header, image).map_err(|why| DtbError::Unreadable { addr, why })?;
-    let [magic, totalsize, _, _, _, version, last_comp_version, ..] = header;
+    let word =
+        |i: usize| header.get(4 * i..4 * i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]])).unwrap_or(0);
+    let (magic, totalsize, version, last_comp_version) = (word(0), word(1), word(5), word(6));
     if magic != FDT_MAGIC {
         return Err(DtbError::BadMagic { addr, found: magic });
     }
@@ -106,13 +100,9 @@ pub fn check_dtb(addr: u32, image: (usize, usize)) -> Result<Dtb, DtbError> {
         return Err(DtbError::BadSize { addr, totalsize });
     }
     let end = addr.checked_add(totalsize).ok_or(DtbError::BadRange { addr, totalsize })?;
-    if (addr as usize) < image.1 && image.0 < end as usize {
+    if u64::from(addr) < image.1 && image.0 < u64::from(end) {
         return Err(DtbError::BadRange { addr, totalsize });
     }
-    let mut bytes = [0u8; 4 * FDT_HEADER_WORDS];
-    for (chunk, w) in bytes.chunks_exact_mut(4).zip(header) {
-        chunk.copy_from_slice(&w.to_be_bytes());
-    }
-    let used = carve_core::dt::header::used_len(&bytes).unwrap_or(totalsize);
+    let used = header.get(..4 * FDT_HEADER_WORDS).and_then(carve_core::dt::header::used_len).unwrap_or(totalsize);
     Ok(Dtb { addr, size: totalsize, used, version, last_comp_version })
 }

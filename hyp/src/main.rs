@@ -76,6 +76,8 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     defmt::info!("hyp: loader registers r0={=u32:#x} r1={=u32:#x} r2={=u32:#010x}", r0, r1, r2);
 
     let layout = arch::image_layout();
+    let image_pa =
+        (arch::image_pa(layout.image.0), arch::image_pa(layout.image.0) + (layout.image.1 - layout.image.0) as u64);
     let kib = |(start, end): (usize, usize)| (end - start) / 1024;
     defmt::info!(
         "hyp: image {=usize:#010x}-{=usize:#010x} ({=usize} KiB: text {=usize}, rodata {=usize}, data {=usize}, bss {=usize}, stacks {=usize})",
@@ -88,9 +90,18 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         kib(layout.bss),
         kib(layout.stacks)
     );
+    defmt::info!("hyp: image loaded at PA {=u64:#010x}-{=u64:#010x}, runs at its link address", image_pa.0, image_pa.1);
+
+    match arch::mmu::enable_boot_map(&layout) {
+        Ok(report) => defmt::info!("hyp: MMU on ({})", report),
+        Err(e) => {
+            defmt::error!("hyp: cannot build the Hyp map: {}", e);
+            semihost::exit(ExitCode::MmuSetup)
+        }
+    }
 
     let dtb_addr = boot::dtb_address(r2);
-    let dtb = match boot::check_dtb(dtb_addr, layout.image) {
+    let dtb = match read_dtb_header(dtb_addr, image_pa) {
         Ok(dtb) => dtb,
         Err(e) => {
             defmt::error!("hyp: {}", e);
@@ -107,13 +118,13 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         dtb.last_comp_version
     );
 
-    let dtb_va = match arch::mmu::enable_boot_map(&layout, (dtb.addr, dtb.used)) {
-        Ok((report, va)) => {
-            defmt::info!("hyp: MMU on ({}); DTB's {=u32} used bytes at {=u32:#010x} (fixmap)", report, dtb.used, va);
+    let dtb_va = match arch::mmu::map_early_dtb(dtb.addr, dtb.used) {
+        Ok(va) => {
+            defmt::info!("hyp: DTB's {=u32} used bytes at {=u32:#010x} (fixmap)", dtb.used, va);
             va
         }
         Err(e) => {
-            defmt::error!("hyp: cannot turn the MMU on: {}", e);
+            defmt::error!("hyp: cannot map the DTB: {}", e);
             semihost::exit(if matches!(e, arch::mmu::MmuError::DtbTooLarge { .. }) {
                 ExitCode::BadDtb
             } else {
@@ -164,6 +175,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     };
     log_to_uart(&machine);
     let page = |a: usize| a as u64 & !0xfff;
+    arch::entry::set_cpu_mpidrs(&machine.cpus);
     // The monitor's own command line (`vmalloc=`) shapes its layout before planning.
     let layout_config =
         match carve_core::plan::bootargs::layout_config(machine.bootargs.as_deref(), &Default::default()) {
@@ -175,7 +187,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         };
     let config = carve_core::plan::PlanConfig {
         layout: layout_config,
-        monitor_image: carve_core::plan::MonitorImage::At(range(page(layout.image.0), page(layout.image.1 + 0xfff))),
+        monitor_image: carve_core::plan::MonitorImage::At(range(image_pa.0 & !0xfff, (image_pa.1 + 0xfff) & !0xfff)),
         monitor_extra: alloc::vec![range(page(dtb.addr as usize), page(dtb.addr as usize + dtb.size as usize + 0xfff))],
         ..Default::default()
     };
@@ -269,6 +281,23 @@ fn log_to_uart(machine: &carve_core::dt::Machine) {
     }
 }
 
+/// Maps the FDT header at physical `addr` in the fixmap and checks it; `image`
+/// is the monitor's physical `[start, end)`.
+#[cfg(target_arch = "arm")]
+fn read_dtb_header(addr: u32, image: (u64, u64)) -> Result<boot::Dtb, boot::DtbError> {
+    if addr & 7 != 0 {
+        return Err(boot::DtbError::Misaligned { addr });
+    }
+    let va = arch::mmu::map_early_dtb(addr, boot::FDT_HEADER_SIZE)
+        .map_err(|_| boot::DtbError::BadRange { addr, totalsize: boot::FDT_HEADER_SIZE })?;
+    let checked = boot::check_dtb(addr, arch::phys::dtb_bytes(va, boot::FDT_HEADER_SIZE), image);
+    if let Err(e) = arch::mmu::unmap_early_dtb(va, boot::FDT_HEADER_SIZE) {
+        defmt::error!("hyp: unmapping the DTB's header: {}", e);
+        semihost::exit(ExitCode::MmuSetup)
+    }
+    checked
+}
+
 /// A physical range from bounds the monitor computed itself (its image, its DTB).
 #[cfg(target_arch = "arm")]
 fn range(start: u64, end: u64) -> carve_core::addr::PhysRange {
@@ -276,13 +305,12 @@ fn range(start: u64, end: u64) -> carve_core::addr::PhysRange {
         .unwrap_or(carve_core::addr::PhysRange { base: carve_core::addr::PhysAddr::new(0), size: 0 })
 }
 
-/// A secondary CPU's Rust entry (`_secondary_start`, reached through PSCI CPU_ON).
-///
-/// It turns its MMU on with the boot CPU's tables and runs the vCPU that the
-/// guest's CPU_ON asked for.
+/// A secondary CPU's Rust entry, with its MMU on and the monitor's map in
+/// HTTBR: from `_secondary_start` (PSCI CPU_ON, `pen` = 0) or `_secondary_pen`
+/// (released by SYS_FLAGS, `pen` = 1). It runs the vCPU the guest's CPU_ON asked for.
 #[cfg(target_arch = "arm")]
-extern "C" fn hyp_secondary(cpu: u32) -> ! {
-    vm::run_secondary(cpu)
+extern "C" fn hyp_secondary(cpu: u32, pen: u32) -> ! {
+    vm::run_secondary(cpu, pen != 0)
 }
 
 /// On the host there is no monitor: say how to build one.

@@ -8,7 +8,7 @@
 //! maintenance requirements), A3.8.3 (memory barriers).
 
 use aarch32_cpu::register::{
-    BpIAll, Ccsidr, Clidr, Csselr, Ctr, Dccimvac, Dccisw, Dccmvac, Dccsw, Dcisw, Iciallu, SysRegRead, SysRegWrite,
+    BpIAll, Ccsidr, Clidr, Csselr, Ctr, Dccimvac, Dccisw, Dccmvac, Dccsw, Iciallu, SysRegRead, SysRegWrite,
 };
 
 use super::regs::{Tlbiallh, Tlbiallhis, Tlbiallis, Tlbiallnsnhis, Tlbimvahis, Vttbr};
@@ -61,7 +61,6 @@ pub fn clean_invalidate_dcache_range_poc(start: usize, len: usize) {
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[allow(dead_code)] // Clean and CleanInvalidate serve the whole-cache cleans
 enum SetWayOp {
-    Invalidate,
     Clean,
     CleanInvalidate,
 }
@@ -92,12 +91,11 @@ fn data_cache_by_set_way(op: SetWayOp, last_level: u32) {
             let way_bits = if ways > 1 { way << way_shift } else { 0 };
             for set in 0..sets {
                 let value = way_bits | (set << line_shift) | (level << 1);
-                // SAFETY: `value` names a line of a cache CCSIDR just described.
-                // Clean and clean+invalidate keep memory's contents; Invalidate is
-                // reached only through `invalidate_dcache_l1`, whose contract covers it.
+                // SAFETY: `value` names a line of a cache CCSIDR just described;
+                // clean and clean+invalidate keep memory's contents. (Invalidating
+                // by set/way, which discards data, is only done by `_start`.)
                 unsafe {
                     match op {
-                        SetWayOp::Invalidate => <Dcisw as SysRegWrite>::write_raw(value),
                         SetWayOp::Clean => <Dccsw as SysRegWrite>::write_raw(value),
                         SetWayOp::CleanInvalidate => <Dccisw as SysRegWrite>::write_raw(value),
                     }
@@ -115,22 +113,6 @@ fn data_cache_by_set_way(op: SetWayOp, last_level: u32) {
 #[allow(dead_code)] // used by the whole-cache cleans, which guests need
 fn level_of_coherency() -> u32 {
     (Clidr::read().0 >> 24) & 0b111
-}
-
-/// Invalidates this PE's level-1 data cache by set/way, discarding its contents.
-///
-/// Out of reset, and after a boot loader that turned its caches off, the
-/// cache may hold stale lines for memory this monitor has since written with
-/// caches off; they must go before HSCTLR.C is set (Arm ARM B2.2, cache
-/// enabling and disabling). Linux does the same for L1 only: outer levels are
-/// shared with other PEs and, by the boot protocol, clean.
-///
-/// # Safety
-/// No line may hold data still needed: the boot protocol requires the loader to
-/// enter with data caches clean and off, and this PE must not have enabled its
-/// data cache since.
-pub unsafe fn invalidate_dcache_l1() {
-    data_cache_by_set_way(SetWayOp::Invalidate, 1);
 }
 
 /// Cleans every data and unified cache up to the point of coherency, by set/way.

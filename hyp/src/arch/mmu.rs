@@ -1,4 +1,4 @@
-//! Translation-table memory for carve-core's table code, and the boot Hyp stage-1 map.
+//! Translation-table memory for carve-core's table code, and the monitor's Hyp stage-1 map.
 //!
 //! [`TablePool`] implements [`TableMemory`] over a static, page-aligned pool of
 //! table pages in `.bss`: the one place where descriptors are written to
@@ -6,26 +6,29 @@
 //! atomic with LPAE, Arm ARM A3.5.3), then its cache line is cleaned to the point
 //! of coherency and a DSB completes it, because a walker need not snoop the data
 //! cache (ID_MMFR3.CohWalk; HTCR asks for cacheable walks, which QEMU ignores).
+//! The image runs at its link address, not where it was loaded: a pool
+//! page's physical address (what a descriptor holds) is its virtual address
+//! plus the image's offset ([`super::image_pa`]).
 //!
-//! [`enable_boot_map`] identity-maps the image with per-section permissions
-//! (text RX, rodata RO XN, data/bss/stacks RW XN, stack guard pages unmapped),
-//! the UART page (Device) and the DTB (RO XN), then turns the MMU and caches on
-//! in the order the Arm ARM asks for (B3.10 TLB maintenance, B2.2 cache
-//! enabling): tables visible to the walker, HMAIR0/HTCR/HTTBR, ISB, TLBIALLH,
-//! DSB, ISB, stale cache lines invalidated, HSCTLR.{M,C,I}, ISB. Identity, so the code runs on at the
-//! same addresses and a table's physical address is also where to write it.
+//! `_start` turned the MMU on with a boot table that maps the whole image
+//! read/write/execute (`entry.rs`). [`enable_boot_map`] builds the monitor's
+//! own map (the image with per-section permissions: text RX, rodata RO XN,
+//! data/bss/stacks RW XN, stack guard pages unmapped) and switches HTTBR to
+//! it (Arm ARM B3.10: tables visible to the walker, HTTBR, ISB, TLBIALLH,
+//! DSB, ISB); both map the image at the same addresses with the same memory
+//! type, so the code runs on across the switch. The device tree goes into the
+//! fixmap's early DT window ([`map_early_dtb`]), never at its physical address.
 
 use core::arch::asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use aarch32_cpu::register::{Hmair0, Hmair1, Hsctlr};
 use carve_core::addr::{Address, PhysAddr, VirtAddr, PAGE_SIZE};
-use carve_core::mm::{Attrs, HypStage1, MapError, MapStats, PageTable, RegimeKind, TableMemory, HMAIR0, HTCR_VALUE};
+use carve_core::mm::{Attrs, HypStage1, MapError, MapStats, PageTable, RegimeKind, TableMemory};
 use spin::Mutex;
 
 use super::cache;
-use super::entry::stack_ranges;
-use super::regs::{Htcr, Httbr};
+use super::entry::{stack_ranges, HYP_HTTBR};
+use super::regs::Httbr;
 use super::ImageLayout;
 
 /// Pages in the table pool. The boot map needs a root, one level-2 table and a
@@ -40,7 +43,9 @@ const ENTRIES_PER_PAGE: usize = PAGE / 8;
 /// reader names the console: the boot map only needs it to exist.
 pub const QEMU_VIRT_UART0: u32 = 0x0900_0000;
 
-/// The pool's memory: 8 KiB aligned so two-page roots (stage-2) can be aligned to their size.
+/// The pool's memory. Two-page roots (stage-2) must be aligned to their size
+/// physically, and the image is only 4 KiB aligned where it was loaded:
+/// [`TablePool::alloc_table`] picks pairs by their physical address.
 #[repr(C, align(8192))]
 struct PoolArea([[u64; ENTRIES_PER_PAGE]; POOL_PAGES]);
 
@@ -77,8 +82,14 @@ impl TablePool {
         Some(Self { used: [0; POOL_PAGES / 64] })
     }
 
+    /// The pool's virtual address.
     fn base() -> usize {
         (&raw const POOL_AREA) as usize
+    }
+
+    /// The pool's physical address.
+    fn pa_base() -> u64 {
+        super::image_pa(Self::base())
     }
 
     /// Pages in use.
@@ -88,7 +99,7 @@ impl TablePool {
 
     /// Whether `table` is one of the pool's pages.
     pub fn owns(&self, table: PhysAddr) -> bool {
-        let base = Self::base() as u64;
+        let base = Self::pa_base();
         table.as_u64() >= base && table.as_u64() < base + POOL_BYTES as u64
     }
 
@@ -97,16 +108,16 @@ impl TablePool {
         self.slot(table, index)
     }
 
-    /// The address of descriptor `index` of `table`, which must lie in the pool.
-    /// Anything else is a bug in the table code: it stops the run.
+    /// The virtual address of descriptor `index` of `table` (physical), which
+    /// must lie in the pool. Anything else is a bug in the table code: it stops the run.
     fn slot(&self, table: PhysAddr, index: usize) -> *mut u64 {
-        let base = Self::base() as u64;
+        let base = Self::pa_base();
         let addr = table.as_u64().checked_add(8 * index as u64);
         match addr {
             Some(a) if a >= base && a < base + POOL_BYTES as u64 && table.as_u64() & (PAGE_SIZE - 1) == 0 => {
                 let page = ((table.as_u64() - base) / PAGE_SIZE) as usize;
                 assert!(self.in_use(page), "table {:#x} is not allocated", table.as_u64());
-                a as usize as *mut u64
+                (Self::base() + (a - base) as usize) as *mut u64
             }
             _ => panic!("descriptor {:#x}[{}] is outside the table pool", table.as_u64(), index),
         }
@@ -118,7 +129,9 @@ impl TableMemory for TablePool {
         if pages == 0 || pages > 2 {
             return None; // roots are at most two pages (stage-2); the pool is 8 KiB aligned
         }
-        let first = (0..=POOL_PAGES - pages).step_by(pages).find(|&i| (i..i + pages).all(|p| !self.in_use(p)))?;
+        // A root of `pages` pages is aligned to its size physically (VTTBR, Arm ARM B4.1.159).
+        let aligned = |i: usize| (Self::pa_base() + (i * PAGE) as u64) % (pages * PAGE) as u64 == 0;
+        let first = (0..=POOL_PAGES - pages).find(|&i| aligned(i) && (i..i + pages).all(|p| !self.in_use(p)))?;
         (first..first + pages).for_each(|p| self.set(p, true));
         let start = Self::base() + first * PAGE;
         for i in 0..pages * ENTRIES_PER_PAGE {
@@ -128,11 +141,11 @@ impl TableMemory for TablePool {
         }
         // The walker must see the zeroes (invalid descriptors) before the table is linked.
         cache::clean_dcache_range_poc(start, pages * PAGE);
-        PhysAddr::from_u64(start as u64)
+        PhysAddr::from_u64(super::image_pa(start))
     }
 
     fn free_table(&mut self, table: PhysAddr, pages: usize) {
-        let base = Self::base() as u64;
+        let base = Self::pa_base();
         let offset = table.as_u64().wrapping_sub(base);
         let first = (offset / PAGE_SIZE) as usize;
         assert!(
@@ -270,8 +283,9 @@ impl defmt::Format for MapReport {
     }
 }
 
-/// Identity-maps `[start, end)` (rounded out to pages) with `attrs`.
-fn map_identity(
+/// Maps the image's `[start, end)` (virtual, rounded out to pages) at its
+/// physical address (where the loader put it) with `attrs`.
+fn map_image(
     table: &mut PageTable<HypStage1>,
     pool: &mut TablePool,
     what: &'static str,
@@ -285,85 +299,76 @@ fn map_identity(
         return Ok(MapStats::default()); // an empty section (no .data, say)
     }
     let va = VirtAddr::from_u64(first).ok_or(bad)?;
-    let pa = PhysAddr::from_u64(first).ok_or(bad)?;
+    let pa = PhysAddr::from_u64(super::image_pa(first as usize)).ok_or(bad)?;
     table.map(pool, va, pa, last - first, attrs).map_err(|error| MmuError::Map { what, error })
 }
 
-/// Builds the boot Hyp stage-1 map and turns the MMU and caches on.
+/// Builds the monitor's Hyp stage-1 map and switches to it from `_start`'s boot table.
 ///
-/// The image and stacks are identity-mapped; the device tree is not: the
-/// part of it its blocks use (`dtb`: physical address and length, checked
-/// by the caller not to overlap the image) is mapped read-only in the
-/// fixmap's early DT window, before any allocator exists, so a blob anywhere
-/// in physical memory cannot collide with the linear map or vmalloc. Returns
-/// the report and the blob's virtual address.
-pub fn enable_boot_map(layout: &ImageLayout, dtb: (u32, u32)) -> Result<(MapReport, u32), MmuError> {
+/// The image and stacks are mapped at their link addresses, each part with
+/// its own permissions; nothing else yet (the device tree goes into the
+/// fixmap with [`map_early_dtb`]). Every other CPU switches to the same map
+/// after turning its MMU on ([`HYP_HTTBR`]).
+pub fn enable_boot_map(layout: &ImageLayout) -> Result<MapReport, MmuError> {
     let mut pool = TablePool::take().ok_or(MmuError::PoolTaken)?;
     let mut table = PageTable::<HypStage1>::new(&mut pool).map_err(|error| MmuError::Map { what: "root", error })?;
     let r = |(start, end): (usize, usize)| (start as u64, end as u64);
 
     let mut stats = MapStats::default();
-    stats += map_identity(&mut table, &mut pool, ".text", r(layout.text), Attrs::text())?;
-    stats += map_identity(&mut table, &mut pool, ".rodata", r(layout.rodata), Attrs::rodata())?;
+    stats += map_image(&mut table, &mut pool, ".text", r(layout.text), Attrs::text())?;
+    stats += map_image(&mut table, &mut pool, ".rodata", r(layout.rodata), Attrs::rodata())?;
     // .data and .bss (heap and table pool included) are contiguous.
-    stats += map_identity(&mut table, &mut pool, ".data/.bss", (r(layout.data).0, r(layout.bss).1), Attrs::ram_nx())?;
+    stats += map_image(&mut table, &mut pool, ".data/.bss", (r(layout.data).0, r(layout.bss).1), Attrs::ram_nx())?;
     for (start, end) in stack_ranges() {
-        stats += map_identity(&mut table, &mut pool, "stack", r((start, end)), Attrs::ram_nx())?;
+        stats += map_image(&mut table, &mut pool, "stack", r((start, end)), Attrs::ram_nx())?;
     }
-    let fdt =
-        carve_core::mm::kmap::fixmap::fdt(PhysAddr::new(u64::from(dtb.0)), u64::from(dtb.1)).map_err(|e| match e {
-            carve_core::mm::KmapError::TooLarge { size, max } => MmuError::DtbTooLarge { size, max },
-            _ => MmuError::BadRegion { what: "DTB", start: u64::from(dtb.0), end: u64::from(dtb.0) + u64::from(dtb.1) },
-        })?;
-    stats += table
-        .map(&mut pool, fdt.va, fdt.pa, fdt.size, Attrs::rodata())
-        .map_err(|error| MmuError::Map { what: "DTB (fixmap)", error })?;
 
     let root = table.root().as_u64();
-    // SAFETY: the tables map everything this CPU touches from here on (code,
-    // data, its stack, the fault stack) at the addresses it uses now, and the DTB in the fixmap,
-    // and every descriptor was cleaned to the point of coherency; the register
-    // values are carve-core's documented HMAIR0/HTCR for these tables.
-    unsafe { switch_on(root) };
+    // SAFETY: the new table maps everything this CPU touches from here on
+    // (code, data, its stack, the fault stack) at the addresses it uses now,
+    // to the same physical pages and with the same memory type as the boot
+    // table; every descriptor was cleaned to the point of coherency.
+    unsafe { switch_tables(root) };
+    HYP_HTTBR.store(root, core::sync::atomic::Ordering::Release);
+    // The other CPUs read it with their caches off.
+    cache::clean_dcache_range_poc((&raw const HYP_HTTBR) as usize, 8);
 
     let report = MapReport { root, table_pages: pool.pages_in_use(), stats };
     *HYP_MAP.lock() = Some(HypMap { table, pool });
-    Ok((report, fdt.target.raw()))
+    Ok(report)
 }
 
-/// Programs the Hyp translation registers for the tables at `root` and sets
-/// HSCTLR.{M, C, I}, in the order the Arm ARM requires.
+/// Points HTTBR at `root` while the MMU is on (Arm ARM B3.10): the table
+/// writes complete, HTTBR, ISB, then TLBIALLH, DSB, ISB drop every entry of
+/// the old table.
 ///
 /// # Safety
-/// `root` must be a complete Hyp stage-1 table that identity-maps all code and
-/// data in use, visible to the walker; caches must be off and clean (boot protocol).
-unsafe fn switch_on(root: u64) {
-    // SAFETY: memory attributes for AttrIndx 0 (Normal WB) and 1 (Device), as the tables use them.
-    unsafe {
-        Hmair0::write(Hmair0(HMAIR0));
-        Hmair1::write(Hmair1(0));
-    }
-    // SAFETY: T0SZ = 0 (4 GiB, walk from level 1), cacheable inner-shareable walks.
-    unsafe { Htcr::write(HTCR_VALUE) };
-    // SAFETY: the root table's physical address; bits [4:0] are zero (32-byte aligned root).
-    unsafe { Httbr::write(root) };
-    cache::isb(); // the new HMAIR0/HTCR/HTTBR are in effect for what follows
-    cache::tlb_invalidate_hyp_all(); // TLBIALLH, DSB, ISB: no stale Hyp entries
-
-    // Caches: no stale lines may be hit once HSCTLR.C/I are set (Arm ARM B2.2).
-    // SAFETY: the data cache has been off since entry, and the boot protocol
-    // has the loader leave it clean, so nothing in it is needed.
-    unsafe { cache::invalidate_dcache_l1() };
-    cache::invalidate_icache_all(); // ICIALLU, BPIALL, DSB, ISB
-
+/// `root` must be a complete Hyp stage-1 table, visible to the walker, that
+/// maps the code, data and stack in use at the same addresses, to the same
+/// physical pages and with the same memory type, as the table in use.
+unsafe fn switch_tables(root: u64) {
     cache::dsb();
-    Hsctlr::modify(|h| {
-        h.set_m(true); // stage-1 translation for Hyp
-        h.set_c(true); // data and unified caches
-        h.set_i(true); // instruction cache
-        h.set_wxn(false); // permissions as the tables say (text is read-only anyway)
-    });
-    cache::isb(); // fetch and execute from here on under the new translation
+    // SAFETY: the caller's promise; bits [4:0] of the root are zero (32-byte aligned root).
+    unsafe { Httbr::write(root) };
+    cache::isb();
+    cache::tlb_invalidate_hyp_all();
+}
+
+/// Maps `len` bytes of the device tree at physical `pa` read-only in the
+/// fixmap's early DT window, before any allocator exists, so a blob anywhere
+/// in physical memory cannot collide with the linear map or vmalloc. Returns
+/// the virtual address of its first byte. Undo with [`unmap_early_dtb`].
+pub fn map_early_dtb(pa: u32, len: u32) -> Result<u32, MmuError> {
+    let fdt = carve_core::mm::kmap::fixmap::fdt(PhysAddr::new(u64::from(pa)), u64::from(len)).map_err(|e| match e {
+        carve_core::mm::KmapError::TooLarge { size, max } => MmuError::DtbTooLarge { size, max },
+        _ => MmuError::BadRegion { what: "DTB", start: u64::from(pa), end: u64::from(pa) + u64::from(len) },
+    })?;
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
+    map.table
+        .map(&mut map.pool, fdt.va, fdt.pa, fdt.size, Attrs::rodata())
+        .map_err(|error| MmuError::Map { what: "DTB (fixmap)", error })?;
+    Ok(fdt.target.raw())
 }
 
 /// Maps the plan's lowmem linear map (`va = pa - phys_offset + PAGE_OFFSET`),
@@ -379,15 +384,6 @@ pub fn map_linear(runs: &[carve_core::plan::LinearRun]) -> Result<MapStats, MmuE
             .map_err(|error| MmuError::Map { what: "lowmem", error })?;
     }
     Ok(stats)
-}
-
-/// Turns the MMU on for a secondary CPU with the boot CPU's Hyp tables.
-pub fn enable_secondary() -> Result<(), MmuError> {
-    let root = HYP_MAP.lock().as_ref().map(|m| m.table.root().as_u64()).ok_or(MmuError::PoolTaken)?;
-    // SAFETY: the same complete tables the boot CPU runs on (identity map of
-    // the image and stacks included), cleaned to the point of coherency.
-    unsafe { switch_on(root) };
-    Ok(())
 }
 
 /// Runs `f` with the memory stage-2 tables come from: the buddy allocator

@@ -6,7 +6,7 @@
 //! - [`cache`]: barriers, cache and TLB maintenance.
 //! - [`mmu`]: translation-table memory, the boot Hyp stage-1 map (the DTB in the fixmap) and the linear map.
 //! - [`guest`]: the virtualization registers, entering a guest, firmware PSCI calls.
-//! - [`phys`]: reading loader-provided memory (the DTB) by physical address.
+//! - [`phys`]: reading loader-provided memory (the DTB) through the fixmap.
 //! - [`heap`]: the global allocator.
 //! - [`uart`]: PL011 and 8250/16550 drivers; [`logger`]: the global defmt logger (semihosting or a UART).
 //! - [`memmap`]: the page records over the vmemmap window, translation-table memory from the buddy.
@@ -149,10 +149,16 @@ pub fn trap_selftest() -> bool {
     [r0, r1, r2, r3, r12] == [!PROBE[0], PROBE[1], PROBE[2], PROBE[3], PROBE[4]]
 }
 
-/// The physical address of `_secondary_start`, for PSCI CPU_ON (the image is identity-mapped).
+/// The physical address of an address `va` in the image: where the loader
+/// put that byte (the image runs at its link address, [`entry`]).
+pub fn image_pa(va: usize) -> u64 {
+    u64::from((va as u32).wrapping_add(entry::phys_offset()))
+}
+
+/// The physical address of `_secondary_start`, for PSCI CPU_ON: a CPU starts with its MMU off.
 pub fn secondary_entry() -> u32 {
     extern "C" {
         fn _secondary_start();
     }
-    _secondary_start as *const () as usize as u32
+    image_pa(_secondary_start as *const () as usize) as u32
 }

@@ -36,6 +36,11 @@ pub enum ExitCode {
     GuestFault = 10,
     /// The device tree describes nothing the monitor can plan or run (the log says why).
     BadPlan = 11,
+    /// The loader put the image where it cannot run: not 4 KiB aligned, over
+    /// the DTB, past 4 GiB, or overlapping its own link address (no log: exits from `_start`).
+    BadLoad = 13,
+    /// The CPU has no Virtualization Extensions or no LPAE (no log: exits from `_start`).
+    NoVirtualization = 14,
 }
 
 impl ExitCode {

@@ -529,12 +529,9 @@ fn run_cpu(cpu: u32) -> ! {
 /// Whether any vCPU has been entered yet.
 static ENTERED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
-/// A secondary CPU started through PSCI CPU_ON (by the monitor or for a guest's CPU_ON).
-pub fn run_secondary(cpu: u32) -> ! {
-    if let Err(e) = mmu::enable_secondary() {
-        defmt::error!("vm: CPU {=u32}: cannot turn the MMU on: {}", cpu, e);
-        semihost::exit(ExitCode::MmuSetup)
-    }
+/// A secondary CPU, its MMU on: started through PSCI CPU_ON (by the monitor
+/// or for a guest's CPU_ON), or released from the boot monitor's holding loop (`pen`).
+pub fn run_secondary(cpu: u32, _pen: bool) -> ! {
     run_cpu(cpu)
 }
 

@@ -235,7 +235,7 @@ fn measure(p: &Plan) -> Overhead {
     let mut mem = VecMemory::default();
     let mut hyp = PageTable::<HypStage1>::new(&mut mem).unwrap();
     let img = p.monitor_image;
-    assert!(img.end() <= p.page_offset().as_u64(), "the image's identity map sits below PAGE_OFFSET");
+    assert!(img.end() <= p.page_offset().as_u64(), "the image's mapping sits below PAGE_OFFSET");
     map_in(&mut hyp, &mut mem, img.start(), img.start(), img.size, PAGE_SIZE);
     for l in &p.monitor.lowmem {
         map_in(&mut hyp, &mut mem, l.va.as_u64(), l.pa.as_u64(), l.size, l.size);

@@ -296,6 +296,23 @@ pub struct HypStage1;
 #[derive(Clone, Copy, Debug)]
 pub struct Stage2;
 
+/// The attribute bits of a Hyp stage-1 block or page (Arm ARM B3.6.2): AttrIndx
+/// into [`HMAIR0`], `AP[2:1]` with `AP[1]` set, SH inner shareable for Normal
+/// memory, AF, XN. NS and nG are 0; PXN does not exist at PL2. A `const fn`,
+/// so the entry code's boot table (hyp/src/arch/entry.rs) uses the same bits.
+pub const fn hyp_leaf_attrs(attrs: Attrs) -> u64 {
+    let (index, sh) = match attrs.mem {
+        MemType::Normal => (HMAIR_NORMAL_INDEX, SH_INNER),
+        MemType::Device => (HMAIR_DEVICE_INDEX, 0),
+    };
+    let ap = match attrs.access {
+        Access::ReadWrite => HYP_AP_RW,
+        Access::ReadOnly => HYP_AP_RO,
+    };
+    let xn = if attrs.exec { 0 } else { XN };
+    xn | AF | sh | ap | (index << ATTR_INDX_SHIFT)
+}
+
 impl Regime for HypStage1 {
     type Input = VirtAddr;
     const NAME: &'static str = "Hyp stage-1";
@@ -304,19 +321,8 @@ impl Regime for HypStage1 {
     const ROOT_LEVEL: u8 = 1;
     const ROOT_ENTRIES: usize = 4;
 
-    /// AttrIndx into [`HMAIR0`], `AP[2:1]` with `AP[1]` set, SH inner shareable for
-    /// Normal memory, AF, XN. NS and nG are 0; PXN does not exist at PL2.
     fn encode_leaf(attrs: Attrs) -> u64 {
-        let (index, sh) = match attrs.mem {
-            MemType::Normal => (HMAIR_NORMAL_INDEX, SH_INNER),
-            MemType::Device => (HMAIR_DEVICE_INDEX, 0),
-        };
-        let ap = match attrs.access {
-            Access::ReadWrite => HYP_AP_RW,
-            Access::ReadOnly => HYP_AP_RO,
-        };
-        let xn = if attrs.exec { 0 } else { XN };
-        xn | AF | sh | ap | (index << ATTR_INDX_SHIFT)
+        hyp_leaf_attrs(attrs)
     }
 
     /// Any AttrIndx but the Normal one reads as Device.

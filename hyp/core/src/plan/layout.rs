@@ -14,7 +14,8 @@
 //! PAGE_OFFSET  lowmem linear map: va = pa - phys_offset + PAGE_OFFSET
 //! ```
 //!
-//! Below `PAGE_OFFSET` the monitor keeps only an identity map of its own image.
+//! Below `PAGE_OFFSET` the monitor keeps only its own image, at its one link
+//! address (0xbf000000, `hyp/link.x`), mapped to wherever it was loaded.
 //!
 //! Seed 000 (lowmem/vmalloc intermix): the virtual range a `no-map` hole (or
 //! a gap between banks) takes inside the linear map is vmalloc space, and the
