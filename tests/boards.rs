@@ -92,3 +92,72 @@ fn every_debian_board_dtb_plans_or_is_refused_clearly() {
     assert!(broken.is_empty(), "{} boards broke:\n{}", broken.len(), broken.join("\n"));
     assert_eq!(planned + n_refused, files.len());
 }
+
+fn debian_dtb(name: &str) -> Vec<u8> {
+    let path = dtb_dir().join(name);
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}: run scripts/setup", path.display()))
+}
+
+/// Versatile Express has no PSCI firmware: the monitor powers it off through
+/// the configuration controller the tree's `arm,vexpress-shutdown` node names
+/// (function 8 on the motherboard, site 0), and starts CPUs through SYS_FLAGS,
+/// both in the system registers at 0x1c010000 (the iofpga bus's 0x10000,
+/// translated through two buses' `ranges`).
+#[test]
+fn vexpress_powers_off_and_starts_cpus_through_its_system_registers() {
+    use carve_core::addr::PhysRange;
+    use carve_core::dt::machine::{CpuStart, PowerOff, UartKind};
+    let m = Machine::from_dtb(&debian_dtb("vexpress-v2p-ca15-tc1.dtb")).unwrap();
+    let sysreg = PhysRange::from_raw(0x1c01_0000, 0x1000).unwrap();
+    assert_eq!(m.psci, None);
+    assert_eq!(m.cpu_start, Some(CpuStart::VexpressSysFlags { sysreg }));
+    assert_eq!(
+        m.power_off,
+        Some(PowerOff::VexpressSysCfg {
+            node: "/bus@8000000/motherboard-bus@8000000/iofpga-bus@300000000/mcc/shutdown".into(),
+            sysreg,
+            dcc: 0,
+            function: 8,
+            site: 0,
+            position: 0,
+            device: 0,
+        }),
+        "{:?}",
+        m.warnings
+    );
+    assert_eq!(m.cpus, [0, 1]);
+    // Its UARTs are PL011s.
+    let blob = debian_dtb("vexpress-v2p-ca15-tc1.dtb");
+    let tree = carve_core::dt::Tree::parse(&blob).unwrap();
+    let uart = tree.find("/bus@8000000/motherboard-bus@8000000/iofpga-bus@300000000/serial@a0000").unwrap();
+    assert_eq!(carve_core::dt::machine::uart_kind(uart).unwrap(), Some(UartKind::Pl011));
+}
+
+/// Debian's Orange Pi PC tree has no PSCI node (U-Boot's, or QEMU's Linux
+/// loader, adds one): without it the monitor can neither power off nor
+/// start a CPU, and says no guest can have a vCPU off the boot CPU; with the
+/// node a loader adds (`method = "smc"`), both go through the firmware. Its
+/// UARTs are `snps,dw-apb-uart` 8250s with `reg-shift = <2>` and 32-bit access.
+#[test]
+fn orangepi_pc_uses_the_psci_firmware_a_loader_names() {
+    use carve_core::dt::machine::{CpuStart, PowerOff, UartKind};
+    let blob = debian_dtb("sun8i-h3-orangepi-pc.dtb");
+    let m = Machine::from_dtb(&blob).unwrap();
+    assert_eq!((m.power_off.clone(), m.cpu_start.clone()), (None, None));
+    assert_eq!(m.cpus, [0, 1, 2, 3]);
+    assert_eq!(m.uart_kind, Some(UartKind::Ns16550 { reg_shift: 2, io_width: 4 }));
+
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("boards");
+    std::fs::create_dir_all(&dir).unwrap();
+    let with_psci = dir.join("orangepi-pc-psci.dtb");
+    std::fs::write(&with_psci, &blob).unwrap();
+    let fdtput = |args: &[&str]| {
+        let out = std::process::Command::new(carve_tests::tool("fdtput")).arg(&with_psci).args(args).output().unwrap();
+        assert!(out.status.success(), "fdtput {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    fdtput(&["-c", "/psci"]);
+    fdtput(&["-t", "s", "/psci", "compatible", "arm,psci-1.0", "arm,psci-0.2", "arm,psci"]);
+    fdtput(&["-t", "s", "/psci", "method", "smc"]);
+    let m = Machine::from_dtb(&std::fs::read(&with_psci).unwrap()).unwrap();
+    assert_eq!((m.power_off, m.cpu_start), (Some(PowerOff::Psci), Some(CpuStart::Psci)));
+}

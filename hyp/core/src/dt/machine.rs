@@ -219,6 +219,29 @@ pub struct Psci {
     pub v02: bool,
 }
 
+/// How the monitor powers the machine off (its own end on a board, a guest's SYSTEM_OFF).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PowerOff {
+    /// PSCI SYSTEM_OFF through the firmware: the tree's PSCI node says `method = "smc"`.
+    Psci,
+    /// The Versatile Express configuration controller: a write of `function`
+    /// (8, shutdown) to SYS_CFGCTRL in the system registers at `sysreg`, for
+    /// the `arm,vexpress-shutdown` node `node` (its `arm,vexpress-sysreg,func`,
+    /// and the site, position and DCC its ancestors give).
+    VexpressSysCfg { node: String, sysreg: PhysRange, dcc: u32, function: u32, site: u32, position: u32, device: u32 },
+}
+
+/// How the monitor starts the machine's other CPUs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpuStart {
+    /// PSCI CPU_ON through the firmware (SMC).
+    Psci,
+    /// A boot monitor holds them in a loop until the Versatile Express
+    /// SYS_FLAGS register (the system registers at `sysreg`) names where to
+    /// go, and an interrupt wakes them (the board has no PSCI firmware).
+    VexpressSysFlags { sysreg: PhysRange },
+}
+
 /// What carve reads from a device tree.
 #[derive(Clone, Debug, Default)]
 pub struct Machine {
@@ -239,6 +262,10 @@ pub struct Machine {
     /// `arm,armv7-timer`: its node, if present.
     pub timer: Option<String>,
     pub psci: Option<Psci>,
+    /// How to power the machine off, when the tree says.
+    pub power_off: Option<PowerOff>,
+    /// How to start the other CPUs, when the tree says.
+    pub cpu_start: Option<CpuStart>,
     /// MPIDR affinity values of the `/cpus` nodes.
     pub cpus: Vec<u64>,
     /// Memory nodes whose every bank has size 0 (a bootloader is meant to fill them in).
@@ -538,6 +565,7 @@ impl Machine {
             self.psci = Some(Psci { node: n.path.clone(), method, v02 });
             break;
         }
+        self.read_board_control(tree)?;
         if let Some(cpus) = tree.root.child("cpus") {
             // CPU ids are only counted: odd cell counts here (some old trees say 0)
             // are worth a warning, not a refusal.
@@ -549,6 +577,70 @@ impl Machine {
                 }
             };
             self.cpus.extend(cpus.children.iter().filter_map(|c| cpu_mpidr(c, cells)));
+        }
+        Ok(())
+    }
+
+    /// How the monitor powers off and starts CPUs: PSCI firmware reached by
+    /// SMC (from Hyp mode, an HVC would come back to the monitor itself: a
+    /// `method = "hvc"` node is no firmware carve can call), else the
+    /// Versatile Express system registers.
+    fn read_board_control(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
+        if self.psci.as_ref().is_some_and(|p| p.method == PsciMethod::Smc) {
+            self.power_off = Some(PowerOff::Psci);
+            self.cpu_start = Some(CpuStart::Psci);
+            return Ok(());
+        }
+        let mut sysregs: Vec<&Node<'_>> = Vec::new();
+        let mut shutdown: Option<&Node<'_>> = None;
+        tree.root.walk(&mut |n| {
+            if !n.is_enabled() {
+                return;
+            }
+            if n.is_compatible("arm,vexpress-sysreg") {
+                sysregs.push(n);
+            }
+            if shutdown.is_none()
+                && (n.is_compatible("arm,vexpress-shutdown") || n.is_compatible("arm,vexpress-poweroff"))
+            {
+                shutdown = Some(n);
+            }
+        });
+        let Some(&first) = sysregs.first() else { return Ok(()) };
+        let sysreg = |n: &Node<'_>| -> Result<PhysRange, DtError> {
+            let d = device(tree, n)?;
+            d.regs
+                .first()
+                .copied()
+                .ok_or_else(|| DtError::prop(&n.path, "reg", "missing: where are the system registers?"))
+        };
+        self.cpu_start = Some(CpuStart::VexpressSysFlags { sysreg: sysreg(first)? });
+        if let Some(node) = shutdown {
+            match vexpress_function(tree, node)? {
+                Some((bridge, dcc, function, site, position, device)) => {
+                    match sysregs.iter().find(|s| phandle(s).ok().flatten() == Some(bridge)) {
+                        Some(b) => {
+                            self.power_off = Some(PowerOff::VexpressSysCfg {
+                                node: node.path.clone(),
+                                sysreg: sysreg(b)?,
+                                dcc,
+                                function,
+                                site,
+                                position,
+                                device,
+                            })
+                        }
+                        None => self.warnings.push(format!(
+                            "{}: its config bridge (phandle {bridge:#x}) is no arm,vexpress-sysreg node: no power-off",
+                            node.path
+                        )),
+                    }
+                }
+                None => self.warnings.push(format!(
+                    "{}: the site is the master site (0xf), which carve does not resolve: no power-off",
+                    node.path
+                )),
+            }
         }
         Ok(())
     }
@@ -570,6 +662,53 @@ pub fn cpu_mpidr(node: &Node<'_>, cells: Cells) -> Option<u64> {
     let reg = node.prop("reg")?;
     let bytes = 4 * cells.address as usize;
     (reg.len() >= bytes).then(|| super::tree::cells_to_u64(&reg[..bytes]))
+}
+
+/// A Versatile Express configuration function (the `arm,vexpress,config-bus`
+/// binding): the node's `arm,vexpress-sysreg,func = <function device>`, and
+/// from the node or its nearest ancestor that has them, the config bridge
+/// (`arm,vexpress,config-bridge`, a phandle), `arm,vexpress,site`,
+/// `arm,vexpress,position` and `arm,vexpress,dcc` (0 when absent). `None`
+/// when the site is 0xf, the "master site" a board resolves at run time.
+#[allow(clippy::type_complexity)]
+fn vexpress_function(tree: &Tree<'_>, node: &Node<'_>) -> Result<Option<(u32, u32, u32, u32, u32, u32)>, DtError> {
+    let func = node.prop("arm,vexpress-sysreg,func").ok_or_else(|| {
+        DtError::prop(&node.path, "arm,vexpress-sysreg,func", "missing: which configuration function powers off?")
+    })?;
+    let &[f0, f1, f2, f3, d0, d1, d2, d3] = func else {
+        return Err(DtError::prop(
+            &node.path,
+            "arm,vexpress-sysreg,func",
+            format!("{} bytes, expected two cells (function, device)", func.len()),
+        ));
+    };
+    let (function, device) = (u32::from_be_bytes([f0, f1, f2, f3]), u32::from_be_bytes([d0, d1, d2, d3]));
+    // The node, then its ancestors, nearest first.
+    let ancestors: Vec<&Node<'_>> = core::iter::successors(Some(node.path.as_str()), |p| p.rfind('/').map(|i| &p[..i]))
+        .filter_map(|p| if p.is_empty() { Some(&tree.root) } else { tree.find(p) })
+        .collect();
+    let nearest = |prop: &'static str| -> Result<Option<u32>, DtError> {
+        for n in &ancestors {
+            if let Some(v) = n.u32_prop(prop)? {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    };
+    let bridge = nearest("arm,vexpress,config-bridge")?.ok_or_else(|| {
+        DtError::prop(
+            &node.path,
+            "arm,vexpress,config-bridge",
+            "missing on the node and its buses: which system registers?",
+        )
+    })?;
+    let site = nearest("arm,vexpress,site")?.unwrap_or(0);
+    if site == 0xf {
+        return Ok(None);
+    }
+    let position = nearest("arm,vexpress,position")?.unwrap_or(0);
+    let dcc = nearest("arm,vexpress,dcc")?.unwrap_or(0);
+    Ok(Some((bridge, dcc, function, site, position, device)))
 }
 
 /// Reserved ranges read so far: each static range, and one per dynamic region.

@@ -132,6 +132,10 @@ fn dtb(spec: &Spec) -> Vec<u8> {
     w.property_string("device_type", "memory").unwrap();
     w.property_array_u64("reg", &[spec.ram.0, spec.ram.1]).unwrap();
     w.end_node(mem).unwrap();
+    let psci = w.begin_node("psci").unwrap();
+    w.property_string_list("compatible", vec!["arm,psci-1.0".into(), "arm,psci-0.2".into()]).unwrap();
+    w.property_string("method", "smc").unwrap();
+    w.end_node(psci).unwrap();
     let uart = w.begin_node("pl011@9000000").unwrap();
     w.property_string_list("compatible", vec!["arm,pl011".into(), "arm,primecell".into()]).unwrap();
     w.property_array_u64("reg", &[0x0900_0000, 0x1000]).unwrap();

@@ -204,6 +204,20 @@ pub fn plan(machine: &Machine, config: &PlanConfig) -> Result<Plan, PlanError> {
     let free = free.align_inward(crate::addr::PAGE_SIZE);
     let (guests, monitor_free) = guests::place(machine, config, &ram, &carveouts, free, &mut warnings)?;
 
+    // A vCPU on another CPU than the boot CPU needs that CPU started.
+    if machine.cpu_start.is_none() {
+        for g in &guests {
+            if let Some((vcpu, &cpu)) = g.cpu_ids.iter().enumerate().find(|(_, &c)| c != 0) {
+                return Err(PlanError::new(
+                    g.name.as_str(),
+                    alloc::format!(
+                        "vCPU {vcpu} runs on CPU {cpu}, but the tree gives no way to start a CPU (no PSCI node with method \"smc\", no Versatile Express system registers)"
+                    ),
+                ));
+            }
+        }
+    }
+
     // 4. The monitor's virtual space.
     let monitor = layout::lay_out(&ram, &carveouts, &config.layout)?;
 

@@ -9,7 +9,7 @@ use proptest::prelude::*;
 use super::layout::VmallocSource;
 use super::*;
 use crate::addr::{Ipa, PhysAddr, SIZE_2M, SIZE_4G};
-use crate::dt::machine::{Guest, Module, MovableRequest, RamBank, Reserved, ReservedKind};
+use crate::dt::machine::{CpuStart, Guest, Module, MovableRequest, RamBank, Reserved, ReservedKind};
 
 const MIB: u64 = 1 << 20;
 
@@ -38,6 +38,7 @@ fn virt_two_carveouts(mb: u64) -> Machine {
             carve("fb@60000000", 0x6000_0000, 128 * MIB, true, false),
         ],
         cpus: vec![0, 1],
+        cpu_start: Some(CpuStart::Psci),
         ..Machine::default()
     }
 }
@@ -637,6 +638,7 @@ fn virt_cma(guests: Vec<Guest>) -> Machine {
         ram: vec![bank(0x4000_0000, 1024 * MIB)],
         reserved: vec![cma_pool("cma@50000000", 0x5000_0000, 64 * MIB, 1), dsp],
         cpus: vec![0, 1],
+        cpu_start: Some(CpuStart::Psci),
         guests,
         ..Machine::default()
     }
@@ -864,4 +866,21 @@ proptest! {
             Err(e) => prop_assert!(e.subject.starts_with("guest@"), "{}", e),
         }
     }
+}
+
+#[test]
+fn a_vcpu_off_the_boot_cpu_needs_a_way_to_start_it() {
+    let mut m = four_cpu_machine(vec![small_guest(0, 2, None, 0x4800_0000)]);
+    m.cpu_start = None;
+    let e = plan(&m, &PlanConfig::default()).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "guest@0: vCPU 1 runs on CPU 1, but the tree gives no way to start a CPU (no PSCI node with method \"smc\", no Versatile Express system registers)"
+    );
+    // One vCPU on the boot CPU needs nothing started.
+    m.guests = vec![small_guest(0, 1, None, 0x4800_0000)];
+    plan(&m, &PlanConfig::default()).unwrap();
+    m.cpu_start = Some(CpuStart::VexpressSysFlags { sysreg: PhysRange::from_raw(0x1c01_0000, 0x1000).unwrap() });
+    m.guests = vec![small_guest(0, 2, None, 0x4800_0000)];
+    plan(&m, &PlanConfig::default()).unwrap();
 }
