@@ -174,6 +174,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         }
     };
     log_to_uart(&machine);
+    board_control(&machine);
     let page = |a: usize| a as u64 & !0xfff;
     arch::entry::set_cpu_mpidrs(&machine.cpus);
     // The monitor's own command line (`vmalloc=`) shapes its layout before planning.
@@ -278,6 +279,35 @@ fn log_to_uart(machine: &carve_core::dt::Machine) {
             defmt::error!("hyp: cannot map the log UART {=str}: {}", log.device.node.as_str(), e);
             arch::logger::settle();
         }
+    }
+}
+
+/// How this machine powers off (and, later, starts CPUs), as its tree says:
+/// logged, and the registers it takes mapped in the fixmap's board slot.
+#[cfg(target_arch = "arm")]
+fn board_control(machine: &carve_core::dt::Machine) {
+    use carve_core::dt::machine::PowerOff;
+    match &machine.power_off {
+        Some(PowerOff::Psci) => {
+            defmt::info!("hyp: power-off: PSCI SYSTEM_OFF through the firmware (SMC)");
+            arch::power::set(&PowerOff::Psci, None);
+        }
+        Some(off @ PowerOff::VexpressSysCfg { node, sysreg, function, site, .. }) => {
+            match arch::mmu::map_board(sysreg.start()) {
+                Ok(va) => {
+                    defmt::info!(
+                        "hyp: power-off: {=str}, SYS_CFGCTRL function {=u32} site {=u32} of the system registers at {=u64:#010x}",
+                        node.as_str(),
+                        *function,
+                        *site,
+                        sysreg.start()
+                    );
+                    arch::power::set(off, Some(va));
+                }
+                Err(e) => defmt::error!("hyp: cannot map the system registers for power-off: {}", e),
+            }
+        }
+        None => defmt::warn!("hyp: the tree names no way to power off (no PSCI with SMC, no arm,vexpress-shutdown)"),
     }
 }
 

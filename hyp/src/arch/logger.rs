@@ -4,9 +4,11 @@
 //! a zero byte), so any byte stream carries them and `defmt-print -e ELF`
 //! decodes them from QEMU's stdout (semihosting) or from a UART's output
 //! alike. Frames go to the current sink:
-//! - [`Sink::Semihosting`]: QEMU's `-semihosting` stdout (the tests' path);
+//! - [`Sink::Semihosting`]: QEMU's `-semihosting` stdout (the tests' path;
+//!   only in the image built with the `semihosting` feature);
 //! - [`Sink::Uart`]: a UART the monitor owns, set by [`use_uart`] once the
-//!   device tree has named it and the Hyp map reaches it.
+//!   device tree has named it and the Hyp map reaches it;
+//! - [`Sink::Nowhere`]: the image a board boots, until a UART takes the log.
 //!
 //! Until [`use_uart`] or [`settle`] is called, every whole frame is also
 //! kept in a small buffer, and [`use_uart`] sends those first: the UART's log
@@ -28,10 +30,20 @@ const EARLY_BYTES: usize = 16 * 1024;
 #[derive(Clone, Copy, Debug)]
 pub enum Sink {
     /// QEMU's semihosting stdout.
+    #[cfg(feature = "semihosting")]
     Semihosting,
+    /// No semihosting and no UART yet: frames are only kept for [`use_uart`].
+    #[cfg(not(feature = "semihosting"))]
+    Nowhere,
     /// A UART the monitor owns.
     Uart(Uart),
 }
+
+/// Where frames go before a UART takes them.
+#[cfg(feature = "semihosting")]
+const FIRST_SINK: Sink = Sink::Semihosting;
+#[cfg(not(feature = "semihosting"))]
+const FIRST_SINK: Sink = Sink::Nowhere;
 
 /// The logger's state. Only touched inside the critical section that
 /// `acquire` enters and `release` leaves (or that [`use_uart`]/[`settle`] enter).
@@ -61,7 +73,7 @@ unsafe impl Sync for Cell {}
 static STATE: Cell = Cell(UnsafeCell::new(State {
     encoder: defmt::Encoder::new(),
     restore: critical_section::RestoreState::invalid(),
-    out: Out { sink: Sink::Semihosting, early: [0; EARLY_BYTES], early_len: 0, frame_start: None, early_full: false },
+    out: Out { sink: FIRST_SINK, early: [0; EARLY_BYTES], early_len: 0, frame_start: None, early_full: false },
 }));
 
 /// Set while a frame is being written (between `acquire` and `release`).
@@ -82,12 +94,15 @@ impl Out {
     /// Sends encoded bytes to the sink, and keeps them while early frames are kept.
     fn emit(&mut self, bytes: &[u8]) {
         match self.sink {
+            #[cfg(feature = "semihosting")]
             Sink::Semihosting => {
                 use semihosting::io::Write as _;
                 if let Ok(mut out) = semihosting::io::stdout() {
                     let _ = out.write_all(bytes);
                 }
             }
+            #[cfg(not(feature = "semihosting"))]
+            Sink::Nowhere => {}
             Sink::Uart(u) => u.write_all(bytes),
         }
         if self.frame_start.is_some() && !self.early_full {
@@ -185,4 +200,23 @@ pub fn use_uart(uart: Uart) {
 /// Stops keeping early frames (the sink is final: no UART will take the log).
 pub fn settle() {
     KEEPING.store(false, Ordering::Relaxed);
+}
+
+/// Whether a frame is being written (by any CPU): logging now would wait for
+/// it, or, on the CPU writing it, nest.
+#[cfg_attr(feature = "semihosting", allow(dead_code))] // for the board's exit (semihost.rs)
+pub fn busy() -> bool {
+    TAKEN.load(Ordering::Relaxed)
+}
+
+/// Waits until everything the log UART was given has left it (before power-off).
+#[cfg_attr(feature = "semihosting", allow(dead_code))] // for the board's exit (semihost.rs)
+pub fn flush() {
+    critical_section::with(|_| {
+        // SAFETY: inside the critical section (re-entrant on this CPU), only the sink is read.
+        let sink = unsafe { with_state(|s| s.out.sink) };
+        if let Sink::Uart(u) = sink {
+            u.flush();
+        }
+    })
 }

@@ -444,6 +444,20 @@ pub fn map_console(pa: u64, size: u64) -> Result<usize, MmuError> {
     Ok(fix.target.raw() as usize)
 }
 
+/// Maps the page holding the board's control registers at physical `pa` as
+/// Device memory in the fixmap's board slot, for good; returns the virtual
+/// address of `pa`.
+pub fn map_board(pa: u64) -> Result<usize, MmuError> {
+    let at = PhysAddr::from_u64(pa).ok_or(MmuError::BadRegion { what: "board registers", start: pa, end: pa })?;
+    let fix = carve_core::mm::kmap::fixmap::board(at);
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
+    map.table
+        .map(&mut map.pool, fix.va, fix.pa, fix.size, Attrs::device())
+        .map_err(|error| MmuError::Map { what: "board registers (fixmap)", error })?;
+    Ok(fix.target.raw() as usize)
+}
+
 /// Unmaps the fixmap's early DT window once the tree has been copied out of it.
 pub fn unmap_early_dtb(va: u32, len: u32) -> Result<(), MmuError> {
     let first = u64::from(va) & !(PAGE_SIZE - 1);

@@ -11,7 +11,7 @@
 //! - [`uart`]: PL011 and 8250/16550 drivers; [`logger`]: the global defmt logger (semihosting or a UART).
 //! - [`memmap`]: the page records over the vmemmap window, translation-table memory from the buddy.
 //! - [`memops`]: bulk copy, zero and record fill with LDM/STM.
-//! - [`semihost`]: exit statuses and the semihosting exit.
+//! - [`semihost`]: exit statuses and how the run ends (semihosting, or [`power`]: the board's power-off).
 //!
 //! `unsafe` lives only in this module, each block with its `// SAFETY:` reason.
 
@@ -24,6 +24,7 @@ pub mod memmap;
 pub mod memops;
 pub mod mmu;
 pub mod phys;
+pub mod power;
 pub mod regs;
 pub mod semihost;
 pub mod uart;

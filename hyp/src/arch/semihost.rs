@@ -1,9 +1,12 @@
-//! Ending the run: the monitor's exit statuses and the semihosting exit call.
+//! Ending the run: the monitor's exit statuses, and how the run ends.
 //!
-//! Under QEMU `-semihosting`, SYS_EXIT_EXTENDED ends QEMU with the given
-//! status, which `scripts/run-hyp` and the tests check. Every fatal path logs
-//! its reason first, then exits with one of these codes: the run never hangs
-//! silently.
+//! In the image the QEMU tests run (feature `semihosting`), SYS_EXIT_EXTENDED
+//! ends QEMU with the given status, which `scripts/run-hyp` and the tests
+//! check. In the image a board boots there is no semihosting host: the
+//! status is logged (`hyp: stopping: ...`, on the log UART) and the board is
+//! powered off the way its tree says ([`super::power`]). Every fatal path
+//! logs its reason first, then exits with one of these codes: the run never
+//! hangs silently where a mechanism exists to end it.
 
 /// Why the monitor stopped: QEMU's exit status.
 ///
@@ -50,9 +53,26 @@ impl ExitCode {
     }
 }
 
-/// Ends the run with `code` (semihosting SYS_EXIT_EXTENDED, falling back to SYS_EXIT).
+/// Ends the run with `code`: semihosting's SYS_EXIT_EXTENDED (falling back
+/// to SYS_EXIT) in the QEMU test image; on a board, a last log line with the
+/// status, the log flushed, then the board's power-off.
 ///
-/// Call it after logging why: this writes nothing.
+/// Call it after logging why.
 pub fn exit(code: ExitCode) -> ! {
-    semihosting::process::exit(code.status())
+    #[cfg(feature = "semihosting")]
+    semihosting::process::exit(code.status());
+    #[cfg(not(feature = "semihosting"))]
+    {
+        // A CPU that stops inside a log frame (a panic in the logger) cannot log again.
+        if !super::logger::busy() {
+            if code == ExitCode::Success {
+                defmt::info!("hyp: stopping: status 0 (Success): powering off");
+            } else {
+                defmt::error!("hyp: stopping: status {=i32} ({}): powering off", code.status(), code);
+            }
+        }
+        super::logger::flush();
+        super::power::off();
+        super::guest::park()
+    }
 }
