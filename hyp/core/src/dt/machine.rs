@@ -1049,7 +1049,7 @@ fn cpu_ids(node: &Node<'_>) -> Result<Option<Vec<u32>>, DtError> {
 }
 
 /// A device node's `reg` windows translated through every parent bus's `ranges`.
-fn device(tree: &Tree<'_>, node: &Node<'_>) -> Result<Device, DtError> {
+pub(crate) fn device(tree: &Tree<'_>, node: &Node<'_>) -> Result<Device, DtError> {
     // The chain of ancestors, root first.
     let mut chain: Vec<&Node<'_>> = Vec::new();
     let mut path = String::new();

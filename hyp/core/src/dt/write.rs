@@ -10,7 +10,12 @@
 //! - the devices passed through (the GIC's distributor and CPU interface, the
 //!   timer, the console UART) and whatever they reference by phandle that has
 //!   no `reg` of its own (fixed clocks, fixed regulators), with the buses that
-//!   hold them.
+//!   hold them;
+//! - the devices the console UART cannot work without: the providers of its
+//!   clocks, resets and pin control, and what those need in turn (a clock
+//!   controller, a pin controller, the Versatile Express system registers its
+//!   clocks are configured through). [`passed_through`] lists these devices
+//!   with the console: a lone guest is given them all.
 //!
 //! Every other node with `reg` is dropped, so the guest never probes a device
 //! the monitor did not map, and so is every node without `reg` that nothing
@@ -24,7 +29,7 @@ use alloc::vec::Vec;
 
 use vm_fdt::FdtWriter;
 
-use super::machine::{cpu_mpidr, root_role, RootRole};
+use super::machine::{cpu_mpidr, root_role, Device, RootRole};
 use super::tree::{strings, DtError, Node, Tree};
 use super::Machine;
 use crate::addr::IpaRange;
@@ -112,6 +117,8 @@ pub struct Selection<'t, 'a> {
     special: Vec<Option<RootRole>>,
     gic: Option<usize>,
     cpus: Vec<usize>,
+    /// The devices (nodes with `reg`) kept for the console: the UART and its providers.
+    devices: Vec<usize>,
 }
 
 impl Selection<'_, '_> {
@@ -165,15 +172,25 @@ pub fn strip_for_guest<'t, 'a>(
         special: Vec::new(),
         gic: None,
         cpus: Vec::new(),
+        devices: Vec::new(),
     };
     index(&mut sel, &tree.root, None, None);
     sel.gic = machine.gic.as_ref().and_then(|g| sel.index_of(&g.node));
     sel.cpus = guest_cpus(&sel, tree, guest)?;
     let mut seeds: Vec<usize> = sel.gic.into_iter().chain(sel.cpus.iter().copied()).collect();
-    seeds.extend(machine.uart.as_ref().and_then(|u| sel.index_of(&u.node)));
     seeds.extend((0..sel.nodes.len()).filter(|&i| TIMERS.iter().any(|t| sel.nodes[i].is_compatible(t))));
-    mark(&mut sel, &seeds);
+    let console: Vec<usize> = machine.uart.as_ref().and_then(|u| sel.index_of(&u.node)).into_iter().collect();
+    mark(&mut sel, &seeds, &console);
     Ok(sel)
+}
+
+/// The devices the guest's tree lists besides the GIC (whose hypervisor
+/// parts the writer leaves out): the console UART and the devices it depends
+/// on, each with its `reg` windows translated to physical addresses. A guest
+/// given the console must have all of them mapped, 1:1.
+pub fn passed_through(tree: &Tree<'_>, machine: &Machine, guest: &GuestPlan) -> Result<Vec<Device>, DtError> {
+    let sel = strip_for_guest(tree, machine, guest)?;
+    sel.devices.iter().map(|&i| super::machine::device(tree, sel.nodes[i])).collect()
 }
 
 /// Flattens the tree depth first; root children get their [`RootRole`].
@@ -221,48 +238,114 @@ fn guest_cpus(sel: &Selection<'_, '_>, tree: &Tree<'_>, guest: &GuestPlan) -> Re
 }
 
 /// Keeps the root, the seeds, everything they reference (transitively) that
-/// may be kept, and every ancestor of a kept node.
-fn mark(sel: &mut Selection<'_, '_>, seeds: &[usize]) {
+/// may be kept, and every ancestor of a kept node; for the `devices` seeds
+/// (the console), also the devices they depend on ([`dependencies`]), and
+/// theirs in turn, recorded in [`Selection::devices`].
+fn mark(sel: &mut Selection<'_, '_>, seeds: &[usize], devices: &[usize]) {
     let phandles = phandles(sel);
+    // (node, whether its device dependencies come too)
     let mut queue = Vec::new();
-    keep(sel, 0, &mut queue);
+    let mut with_devices = alloc::vec![false; sel.nodes.len()];
+    keep(sel, 0, &mut queue, false, &mut with_devices);
     for &s in seeds {
-        keep(sel, s, &mut queue);
+        keep(sel, s, &mut queue, false, &mut with_devices);
     }
-    while let Some(i) = queue.pop() {
+    for &d in devices {
+        keep(sel, d, &mut queue, true, &mut with_devices);
+        sel.devices.push(d);
+    }
+    while let Some((i, devs)) = queue.pop() {
         let node = sel.nodes[i];
         for t in references(node, &phandles) {
             if referable(sel, t) {
-                keep_subtree(sel, t, &mut queue);
+                keep_subtree(sel, t, &mut queue, devs, &mut with_devices);
+            }
+        }
+        if devs {
+            for t in dependencies(node, sel, &phandles) {
+                if sel.special[t].is_some() || Some(t) == sel.gic {
+                    continue;
+                }
+                // The device is the node, or the nearest ancestor with `reg`
+                // (a pin group's controller, say).
+                let device =
+                    core::iter::successors(Some(t), |&a| sel.parent[a]).find(|&a| sel.nodes[a].has_prop("reg"));
+                if let Some(d) = device.filter(|&d| d != 0 && Some(d) != sel.gic && !sel.devices.contains(&d)) {
+                    sel.devices.push(d);
+                    keep(sel, d, &mut queue, true, &mut with_devices);
+                }
+                keep_subtree(sel, t, &mut queue, true, &mut with_devices);
             }
         }
     }
 }
 
-/// Marks `i` and its ancestors kept; queues each newly kept node for its references.
-fn keep(sel: &mut Selection<'_, '_>, i: usize, queue: &mut Vec<usize>) {
+/// Marks `i` and its ancestors kept; queues each newly kept node for its
+/// references (again when it is now reached on a device's behalf, `devs`).
+fn keep(sel: &mut Selection<'_, '_>, i: usize, queue: &mut Vec<(usize, bool)>, devs: bool, with: &mut [bool]) {
     if sel.special.get(i).is_some_and(|s| s.is_some()) {
         return;
     }
     let mut at = Some(i);
     while let Some(k) = at {
-        if sel.keep[k] {
+        let news = !sel.keep[k] || (devs && !with[k]);
+        if !news {
             break;
         }
         sel.keep[k] = true;
-        queue.push(k);
+        with[k] |= devs;
+        queue.push((k, devs));
         at = sel.parent[k];
     }
 }
 
 /// A referenced node comes with its children, except those with `reg`.
-fn keep_subtree(sel: &mut Selection<'_, '_>, i: usize, queue: &mut Vec<usize>) {
-    keep(sel, i, queue);
+fn keep_subtree(sel: &mut Selection<'_, '_>, i: usize, queue: &mut Vec<(usize, bool)>, devs: bool, with: &mut [bool]) {
+    keep(sel, i, queue, devs, with);
     for c in sel.children[i].clone() {
         if !sel.nodes[c].has_prop("reg") {
-            keep_subtree(sel, c, queue);
+            keep_subtree(sel, c, queue, devs, with);
         }
     }
+}
+
+/// Properties through which a device needs another one to work, and the
+/// provider's property that says how many argument cells follow each phandle
+/// (`None`: a plain list of phandles). An interrupt parent counts (an
+/// Allwinner pin controller's interrupts go through the R_INTC stacked on the
+/// GIC); the GIC itself is passed through apart. DMA is left out: a device
+/// given to a guest works without its DMA channels, and a DMA engine works on
+/// guest physical addresses only with `dma-ranges` the monitor does not write yet.
+const DEPENDENCIES: [(&str, Option<&str>); 6] = [
+    ("clocks", Some("#clock-cells")),
+    ("resets", Some("#reset-cells")),
+    ("power-domains", Some("#power-domain-cells")),
+    ("interrupt-parent", None),
+    ("interrupts-extended", Some("#interrupt-cells")),
+    ("arm,vexpress,config-bridge", None),
+];
+
+/// The nodes `node` depends on through [`DEPENDENCIES`], `pinctrl-N` and
+/// `*-supply`, each phandle read with its provider's argument count (so an
+/// argument never passes for a phandle). A malformed list stops where it breaks.
+fn dependencies(node: &Node<'_>, sel: &Selection<'_, '_>, phandles: &BTreeMap<u32, usize>) -> Vec<usize> {
+    let mut out = Vec::new();
+    for p in &node.props {
+        let args = match DEPENDENCIES.iter().find(|(name, _)| *name == p.name) {
+            Some((_, args)) => *args,
+            None if p.name.ends_with("-supply") || (follows(p.name) && p.name.starts_with("pinctrl-")) => None,
+            None => continue,
+        };
+        let cells: Vec<u32> = p.value.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let mut at = 0;
+        while let Some(&ph) = cells.get(at) {
+            let Some(&t) = phandles.get(&ph) else { break };
+            out.push(t);
+            let n = args.and_then(|a| sel.nodes[t].u32_prop(a).ok().flatten()).unwrap_or(0) as usize;
+            at += 1 + n;
+        }
+    }
+    out
 }
 
 /// A referenced node is kept only if it has no `reg` (it is no device the
