@@ -300,13 +300,13 @@ pub fn test_alloc(vms: &[Vm], caller: usize, pages: u32, align: u32, flags: u32)
     vm::wait_deferred_init(cpu);
     let mut r = carve_core::vm::psci::ALREADY_ON;
     for _ in 0..100_000 {
-        r = arch::guest::firmware_psci(carve_core::vm::psci::CPU_ON, mpidr, arch::secondary_entry(), cpu);
+        r = arch::smp::cpu_on(cpu, mpidr);
         if r != carve_core::vm::psci::ALREADY_ON {
             break;
         }
     }
     if r != hc::SUCCESS {
-        defmt::error!("cma: firmware CPU_ON of CPU {=u32} for the test allocation failed: {=i32}", cpu, r);
+        defmt::error!("cma: CPU_ON of CPU {=u32} for the test allocation failed: {=i32}", cpu, r);
         *JOB.lock() = None;
         test.state = TestState::Failed(hc::INTERNAL_FAILURE);
         return hc::INTERNAL_FAILURE;
@@ -361,9 +361,9 @@ pub fn run_job(job: Job) -> ! {
         }
     };
     TEST.lock().state = state;
-    arch::guest::firmware_psci(carve_core::vm::psci::CPU_OFF, 0, 0, 0);
-    defmt::error!("cma: firmware CPU_OFF returned on CPU {=u32}", job.cpu);
-    arch::guest::park()
+    // Off, or (a boot monitor's CPUs) back in the pen until started again.
+    arch::smp::cpu_off(job.cpu);
+    vm::run_cpu(job.cpu)
 }
 
 /// `CMA_TEST_STATUS(what)` for `vm`.

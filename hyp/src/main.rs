@@ -176,7 +176,6 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     log_to_uart(&machine);
     board_control(&machine);
     let page = |a: usize| a as u64 & !0xfff;
-    arch::entry::set_cpu_mpidrs(&machine.cpus);
     // The monitor's own command line (`vmalloc=`) shapes its layout before planning.
     let layout_config =
         match carve_core::plan::bootargs::layout_config(machine.bootargs.as_deref(), &Default::default()) {
@@ -282,19 +281,38 @@ fn log_to_uart(machine: &carve_core::dt::Machine) {
     }
 }
 
-/// How this machine powers off (and, later, starts CPUs), as its tree says:
-/// logged, and the registers it takes mapped in the fixmap's board slot.
+/// How this machine powers off and starts its other CPUs, as its tree says:
+/// logged, and the registers that takes mapped in the fixmap's board slots.
 #[cfg(target_arch = "arm")]
 fn board_control(machine: &carve_core::dt::Machine) {
-    use carve_core::dt::machine::PowerOff;
+    use arch::mmu::BoardPage;
+    use carve_core::dt::machine::{CpuStart, PowerOff};
+    // The system registers' page, mapped once for both uses.
+    let mut sysregs: Option<(u64, usize)> = None;
+    let mut map_sysregs = |pa: u64| -> Option<usize> {
+        let page = pa & !0xfff;
+        if let Some((p, va)) = sysregs {
+            return (p == page).then_some(va + (pa - page) as usize);
+        }
+        match arch::mmu::map_board(BoardPage::SysRegs, pa) {
+            Ok(va) => {
+                sysregs = Some((page, va - (pa - page) as usize));
+                Some(va)
+            }
+            Err(e) => {
+                defmt::error!("hyp: cannot map the system registers at {=u64:#010x}: {}", pa, e);
+                None
+            }
+        }
+    };
     match &machine.power_off {
         Some(PowerOff::Psci) => {
             defmt::info!("hyp: power-off: PSCI SYSTEM_OFF through the firmware (SMC)");
             arch::power::set(&PowerOff::Psci, None);
         }
         Some(off @ PowerOff::VexpressSysCfg { node, sysreg, function, site, .. }) => {
-            match arch::mmu::map_board(sysreg.start()) {
-                Ok(va) => {
+            match map_sysregs(sysreg.start()) {
+                Some(va) => {
                     defmt::info!(
                         "hyp: power-off: {=str}, SYS_CFGCTRL function {=u32} site {=u32} of the system registers at {=u64:#010x}",
                         node.as_str(),
@@ -304,10 +322,35 @@ fn board_control(machine: &carve_core::dt::Machine) {
                     );
                     arch::power::set(off, Some(va));
                 }
-                Err(e) => defmt::error!("hyp: cannot map the system registers for power-off: {}", e),
+                None => defmt::error!("hyp: no power-off: the system registers are not mapped"),
             }
         }
         None => defmt::warn!("hyp: the tree names no way to power off (no PSCI with SMC, no arm,vexpress-shutdown)"),
+    }
+    match (&machine.cpu_start, &machine.gic) {
+        (Some(CpuStart::Psci), _) => {
+            defmt::info!("hyp: CPUs start through PSCI CPU_ON (SMC)");
+            arch::smp::use_psci();
+        }
+        (Some(CpuStart::VexpressSysFlags { sysreg }), Some(gic)) => {
+            let gicd = arch::mmu::map_board(BoardPage::GicDistributor, gic.distributor.start());
+            match (map_sysregs(sysreg.start()), gicd) {
+                (Some(va), Ok(gicd)) => {
+                    defmt::info!(
+                        "hyp: CPUs start from the boot monitor's loop: SYS_FLAGS at {=u64:#010x}, SGI 0 from the GIC distributor at {=u64:#010x}",
+                        sysreg.start() + 0x30,
+                        gic.distributor.start()
+                    );
+                    arch::smp::use_sys_flags(va, gicd, &machine.cpus);
+                }
+                (_, Err(e)) => defmt::error!("hyp: cannot map the GIC distributor: {}: no CPU can start", e),
+                (None, _) => defmt::error!("hyp: the system registers are not mapped: no CPU can start"),
+            }
+        }
+        (Some(CpuStart::VexpressSysFlags { .. }), None) => {
+            defmt::error!("hyp: SYS_FLAGS needs a GIC to wake the CPUs, and the tree has none: no CPU can start")
+        }
+        (None, _) => {}
     }
 }
 

@@ -444,12 +444,22 @@ pub fn map_console(pa: u64, size: u64) -> Result<usize, MmuError> {
     Ok(fix.target.raw() as usize)
 }
 
+/// Which board page of the fixmap ([`map_board`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum BoardPage {
+    /// The Versatile Express system registers (power-off, SYS_FLAGS).
+    SysRegs = 0,
+    /// The GIC distributor (waking CPUs with an SGI).
+    GicDistributor = 1,
+}
+
 /// Maps the page holding the board's control registers at physical `pa` as
-/// Device memory in the fixmap's board slot, for good; returns the virtual
-/// address of `pa`.
-pub fn map_board(pa: u64) -> Result<usize, MmuError> {
-    let at = PhysAddr::from_u64(pa).ok_or(MmuError::BadRegion { what: "board registers", start: pa, end: pa })?;
-    let fix = carve_core::mm::kmap::fixmap::board(at);
+/// Device memory in the fixmap's board slot `page`, for good; returns the
+/// virtual address of `pa`.
+pub fn map_board(page: BoardPage, pa: u64) -> Result<usize, MmuError> {
+    let bad = MmuError::BadRegion { what: "board registers", start: pa, end: pa };
+    let at = PhysAddr::from_u64(pa).ok_or(bad)?;
+    let fix = carve_core::mm::kmap::fixmap::board(page as u32, at).map_err(|_| bad)?;
     let mut guard = HYP_MAP.lock();
     let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
     map.table

@@ -6,6 +6,7 @@
 //! - [`cache`]: barriers, cache and TLB maintenance.
 //! - [`mmu`]: translation-table memory, the boot Hyp stage-1 map (the DTB in the fixmap) and the linear map.
 //! - [`guest`]: the virtualization registers, entering a guest, firmware PSCI calls.
+//! - [`smp`]: starting and stopping the other CPUs (PSCI, or a boot monitor's SYS_FLAGS).
 //! - [`phys`]: reading loader-provided memory (the DTB) through the fixmap.
 //! - [`heap`]: the global allocator.
 //! - [`uart`]: PL011 and 8250/16550 drivers; [`logger`]: the global defmt logger (semihosting or a UART).
@@ -27,6 +28,7 @@ pub mod phys;
 pub mod power;
 pub mod regs;
 pub mod semihost;
+pub mod smp;
 pub mod uart;
 pub mod vectors;
 
@@ -162,4 +164,12 @@ pub fn secondary_entry() -> u32 {
         fn _secondary_start();
     }
     image_pa(_secondary_start as *const () as usize) as u32
+}
+
+/// The physical address of `_secondary_pen`, for a boot monitor's SYS_FLAGS release.
+pub fn secondary_pen_entry() -> u32 {
+    extern "C" {
+        fn _secondary_pen();
+    }
+    image_pa(_secondary_pen as *const () as usize) as u32
 }

@@ -16,9 +16,6 @@ use spin::Mutex;
 
 use super::guest::firmware_psci;
 
-/// PSCI SYSTEM_OFF's function ID (PSCI 0.2 and later, DEN 0022D 5.1.9).
-const PSCI_SYSTEM_OFF: u32 = 0x8400_0008;
-
 /// Versatile Express system registers (ARM DUI 0447J, 4.3): SYS_CFGDATA,
 /// SYS_CFGCTRL (start bit 31, write bit 30, DCC [29:26], function [25:20],
 /// site [17:16], position [15:12], device [11:0]) and SYS_CFGSTAT.
@@ -68,7 +65,7 @@ pub fn off() {
     match m {
         Mechanism::None => {}
         Mechanism::Psci => {
-            firmware_psci(PSCI_SYSTEM_OFF, 0, 0, 0);
+            firmware_psci(carve_core::vm::psci::SYSTEM_OFF, 0, 0, 0);
         }
         Mechanism::VexpressSysCfg { va, ctrl } => {
             // SAFETY: `va` maps the system registers' page as Device memory for

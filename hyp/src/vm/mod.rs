@@ -1,10 +1,12 @@
 //! Guests: stage-2 from the plan, boot images loaded, vCPUs entered, traps served.
 //!
 //! A guest's RAM is the plan's extents mapped at its dense IPA range with the
-//! largest blocks. When one guest runs, it is given the console UART and the
-//! GIC distributor and CPU interface at their physical addresses (it owns the
-//! interrupt controller: HCR.IMO/FMO stay clear). When several run, none is
-//! given a device: they share nothing. Every other access is a stage-2 fault.
+//! largest blocks. When one guest runs, it is given the console UART, the
+//! devices the UART depends on (its clock, reset and pin controllers, as its
+//! DTB lists them: `dt::write::passed_through`), and the GIC distributor and
+//! CPU interface, at their physical addresses (it owns the interrupt
+//! controller: HCR.IMO/FMO stay clear). When several run, none is given a
+//! device: they share nothing. Every other access is a stage-2 fault.
 //!
 //! The movable part of a guest's RAM (a CMA pool's free pages, lent at build
 //! time) is mapped page by page, so a contiguous allocation can move one page
@@ -26,7 +28,7 @@ use alloc::vec::Vec;
 use carve_core::addr::{Address, Ipa, IpaRange, PhysAddr, PhysRange, Size, PAGE_SIZE};
 use carve_core::dt::machine::{FaultPolicy, Machine};
 use carve_core::dt::tree::Tree;
-use carve_core::dt::write::{guest_dtb, guest_mpidrs, GuestDtbOptions};
+use carve_core::dt::write::{guest_dtb, guest_mpidrs, passed_through, GuestDtbOptions};
 use carve_core::mm::{Attrs, MapStats, PageTable, Stage2, VTCR_VALUE};
 use carve_core::plan::{GuestPlan, Plan};
 use carve_core::vm::boot::{self, BootLayout};
@@ -71,6 +73,8 @@ pub struct Vm {
     pub done: Option<Ending>,
     /// The frame behind page `i` of the plan's movable part (IPA `movable.ipa + i * 4 KiB`).
     pub movable: Vec<u32>,
+    /// The device windows mapped 1:1 in its stage-2 (node, physical range), kept for restarts.
+    pub devices: Vec<(String, PhysRange)>,
     /// Stage-2 faults on a page being moved, retried once the move was done.
     pub migration_waits: u64,
 }
@@ -173,7 +177,7 @@ pub fn for_each_piece(
 }
 
 /// Builds guest `index` of the plan: stage-2, images and DTB in its RAM.
-/// `devices` says whether it is given the UART and the GIC.
+/// `devices` says whether it is given the console, what it depends on, and the GIC.
 pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, devices: bool) -> Result<Vm, VmError> {
     let desc = g.desc.as_ref().ok_or_else(|| format!("{}: not described by the device tree", g.name))?;
     let kernel = desc.kernel.as_ref().ok_or_else(|| format!("{}: no kernel module", g.name))?;
@@ -182,7 +186,8 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
     // The movable part's pages, lent by their CMA pool; then stage-2: RAM, then the devices the guest is given.
     let vmid = (index + 1) as u8;
     let movable = crate::cma::lend(g, vmid)?;
-    let stage2 = build_stage2(machine, g, devices, &movable)?;
+    let devices = if devices { passthrough(tree, machine, g)? } else { Vec::new() };
+    let stage2 = build_stage2(g, &devices, &movable)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
         .map_err(|e| format!("{e}"))?;
     let opts = GuestDtbOptions { initrd: layout.initrd, bootargs: desc.bootargs.as_deref(), owned_carveouts: &[] };
@@ -219,6 +224,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         done: None,
         movable,
         migration_waits: 0,
+        devices,
     };
     load_images(&vm)?;
     vm.power[0] = Power::OnPending;
@@ -226,12 +232,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
     Ok(vm)
 }
 
-fn build_stage2(
-    machine: &Machine,
-    g: &GuestPlan,
-    devices: bool,
-    movable: &[u32],
-) -> Result<PageTable<Stage2>, VmError> {
+fn build_stage2(g: &GuestPlan, devices: &[(String, PhysRange)], movable: &[u32]) -> Result<PageTable<Stage2>, VmError> {
     let mut stats = MapStats::default();
     let stage2 = mmu::with_pool(|pool| -> Result<PageTable<Stage2>, VmError> {
         let mut s2 = PageTable::<Stage2>::new(pool).map_err(|e| format!("{}: stage-2 root: {e}", g.name))?;
@@ -255,22 +256,18 @@ fn build_stage2(
             s2.destroy(pool);
             return Err(e);
         }
-        if devices {
-            for (what, r) in passthrough(machine) {
-                let base = r.start() & !(PAGE_SIZE - 1);
-                let size = (r.end() - base).next_multiple_of(PAGE_SIZE);
-                let ipa = Ipa::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the IPA space"))?;
-                let pa = PhysAddr::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the PA space"))?;
-                stats +=
-                    s2.map(pool, ipa, pa, size, Attrs::device()).map_err(|err| format!("{}: {what}: {err}", g.name))?;
-                defmt::info!(
-                    "vm: {=str}: {=str} passed through at {=u64:#010x} ({=u64} KiB)",
-                    g.name.as_str(),
-                    what,
-                    base,
-                    size / 1024
-                );
-            }
+        for (what, base, size) in device_pages(devices) {
+            let ipa = Ipa::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the IPA space"))?;
+            let pa = PhysAddr::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the PA space"))?;
+            stats +=
+                s2.map(pool, ipa, pa, size, Attrs::device()).map_err(|err| format!("{}: {what}: {err}", g.name))?;
+            defmt::info!(
+                "vm: {=str}: {=str} passed through at {=u64:#010x} ({=u64} KiB)",
+                g.name.as_str(),
+                what.as_str(),
+                base,
+                size / 1024
+            );
         }
         Ok(s2)
     })
@@ -324,19 +321,55 @@ fn load_images(vm: &Vm) -> Result<(), VmError> {
     Ok(())
 }
 
-/// The device windows a lone guest is given: the console UART and the GIC distributor and CPU interface.
-fn passthrough(machine: &Machine) -> Vec<(&'static str, PhysRange)> {
-    let mut v = Vec::new();
-    if let Some(u) = &machine.uart {
-        if let Some(r) = u.regs.first() {
-            v.push(("UART", *r));
+/// The pages that hold `devices`' windows, merged where devices share a page
+/// (an Allwinner clock and pin controller do): (names, base, size).
+fn device_pages(devices: &[(String, PhysRange)]) -> Vec<(String, u64, u64)> {
+    let mut pages: Vec<(String, u64, u64)> = devices
+        .iter()
+        .map(|(what, r)| {
+            let base = r.start() & !(PAGE_SIZE - 1);
+            (what.clone(), base, r.end().next_multiple_of(PAGE_SIZE))
+        })
+        .collect();
+    pages.sort_by_key(|p| p.1);
+    let mut merged: Vec<(String, u64, u64)> = Vec::new();
+    for (what, start, end) in pages {
+        match merged.last_mut() {
+            Some(last) if start <= last.2 => {
+                last.0 = format!("{} and {what}", last.0);
+                last.2 = last.2.max(end);
+            }
+            _ => merged.push((what, start, end)),
+        }
+    }
+    merged.into_iter().map(|(what, start, end)| (what, start, end - start)).collect()
+}
+
+/// The device windows a lone guest is given: the console UART and the
+/// devices it depends on, as its DTB lists them, and the GIC distributor and
+/// CPU interface (never its hypervisor parts). None may be the monitor's log UART.
+fn passthrough(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan) -> Result<Vec<(String, PhysRange)>, VmError> {
+    let listed = passed_through(tree, machine, g).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
+    let mut v: Vec<(String, PhysRange)> = Vec::new();
+    for d in listed {
+        let name = d.node.rsplit('/').next().unwrap_or(d.node.as_str());
+        for r in d.regs {
+            v.push((String::from(name), r));
         }
     }
     if let Some(gic) = &machine.gic {
-        v.push(("GIC distributor", gic.distributor));
-        v.push(("GIC CPU interface", gic.cpu_interface));
+        v.push((String::from("GIC distributor"), gic.distributor));
+        v.push((String::from("GIC CPU interface"), gic.cpu_interface));
     }
-    v
+    if let Some(log) = &machine.log_uart {
+        if let Some((what, _)) = v.iter().find(|(_, r)| log.device.regs.iter().any(|l| l.overlaps(r))) {
+            return Err(format!(
+                "{}: would be given {what}, which holds the monitor's log UART {}",
+                g.name, log.device.node
+            ));
+        }
+    }
+    Ok(v)
 }
 
 /// Copies a boot module from where the loader put it into guest RAM.
@@ -358,13 +391,12 @@ fn load(vm: &Vm, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmErro
 
 /// Boots a guest again from its images: fresh (zeroed) RAM, fresh stage-2
 /// tables, the same plan. Returns vCPU 0's first registers.
-pub fn restart(vm: &mut Vm, machine: &Machine) -> Result<TrapFrame, VmError> {
+pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
     if vm.power.len() > 1 {
         return Err(format!("{}: restarting a guest of {} vCPUs is not supported", vm.name(), vm.power.len()));
     }
-    let devices = VMS_COUNT.load(core::sync::atomic::Ordering::Relaxed) == 1;
     // Tear the old stage-2 down first, so the new one gets the same pages back.
-    let old = core::mem::replace(&mut vm.stage2, build_stage2(machine, &vm.plan, devices, &vm.movable)?);
+    let old = core::mem::replace(&mut vm.stage2, build_stage2(&vm.plan, &vm.devices, &vm.movable)?);
     mmu::with_pool(|pool| old.destroy(pool));
     let t0 = crate::arch::counter();
     for e in &vm.plan.extents {
@@ -391,9 +423,6 @@ pub fn restart(vm: &mut Vm, machine: &Machine) -> Result<TrapFrame, VmError> {
     Ok(vm.boot_frame())
 }
 
-/// How many guests run (the device pass-through decision depends on it).
-pub static VMS_COUNT: core::sync::atomic::AtomicUsize = core::sync::atomic::AtomicUsize::new(0);
-
 /// Builds every guest of the plan, starts those on other CPUs, runs the one on this CPU.
 pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
     let devices = plan.guests.len() == 1;
@@ -410,7 +439,6 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
             }
         }
     }
-    VMS_COUNT.store(vms.len(), core::sync::atomic::Ordering::Relaxed);
     let others: Vec<(u32, u32, String)> = vms
         .iter()
         .filter(|v| !v.cpu_ids.contains(&0))
@@ -419,9 +447,9 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
     let spare = (0..machine.cpus.len() as u32).find(|c| !vms.iter().any(|v| v.cpu_ids.contains(c)));
     *VMS.lock() = vms;
     for (cpu, mpidr, name) in others {
-        let r = guest::firmware_psci(carve_core::vm::psci::CPU_ON, mpidr, crate::arch::secondary_entry(), cpu);
+        let r = crate::arch::smp::cpu_on(cpu, mpidr);
         if r != 0 {
-            defmt::error!("vm: {=str}: firmware CPU_ON of CPU {=u32} failed ({=i32})", name.as_str(), cpu, r);
+            defmt::error!("vm: {=str}: CPU_ON of CPU {=u32} failed ({=i32})", name.as_str(), cpu, r);
             semihost::exit(ExitCode::BadPlan)
         }
     }
@@ -481,7 +509,7 @@ fn run_deferred_init(cpu: u32) -> ! {
 }
 
 /// Runs whatever vCPU waits for physical CPU `cpu`; parks the CPU if none does.
-fn run_cpu(cpu: u32) -> ! {
+pub fn run_cpu(cpu: u32) -> ! {
     if let Some(job) = crate::cma::take_job(cpu) {
         crate::cma::run_job(job)
     }
@@ -530,8 +558,12 @@ fn run_cpu(cpu: u32) -> ! {
 static ENTERED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// A secondary CPU, its MMU on: started through PSCI CPU_ON (by the monitor
-/// or for a guest's CPU_ON), or released from the boot monitor's holding loop (`pen`).
-pub fn run_secondary(cpu: u32, _pen: bool) -> ! {
+/// or for a guest's CPU_ON), or released from the boot monitor's holding
+/// loop (`pen`), where it waits until a start is asked for it.
+pub fn run_secondary(cpu: u32, pen: bool) -> ! {
+    if pen {
+        crate::arch::smp::wait_for_start(cpu);
+    }
     run_cpu(cpu)
 }
 

@@ -10,11 +10,11 @@
 use aarch32_cpu::register::{Hdfar, Hifar, Hpfar};
 use carve_core::dt::machine::FaultPolicy;
 use carve_core::vm::hypercall as hc;
-use carve_core::vm::psci::{self, Action, Call, GuestCpus, Power, INTERNAL_FAILURE, SUCCESS};
+use carve_core::vm::psci::{Action, Call, GuestCpus, Power, INTERNAL_FAILURE, SUCCESS};
 
 use super::inject::{self, Abort};
 use super::{Ending, Vm, PLAN, VMS};
-use crate::arch::guest::{self, firmware_psci};
+use crate::arch::guest;
 use crate::arch::mmu;
 use crate::arch::semihost::{self, ExitCode};
 use crate::arch::vectors::TrapFrame;
@@ -58,11 +58,11 @@ pub fn handle(frame: &mut TrapFrame, hsr: u32) {
         After::Resume => {}
         After::Ended(code) => super::after_end(code),
         After::StartCpu(target, pcpu, index, vcpu) => {
-            let r = firmware_psci(psci::CPU_ON, target, crate::arch::secondary_entry(), pcpu);
+            let r = crate::arch::smp::cpu_on(pcpu, target);
             if r == SUCCESS {
                 frame.r[0] = SUCCESS as u32;
             } else {
-                defmt::error!("vm: firmware CPU_ON of CPU {=u32} (MPIDR {=u32:#x}) failed: {=i32}", pcpu, target, r);
+                defmt::error!("vm: CPU_ON of CPU {=u32} (MPIDR {=u32:#x}) failed: {=i32}", pcpu, target, r);
                 let mut vms = VMS.lock();
                 vms[index].pending[vcpu] = None;
                 vms[index].power[vcpu] = Power::Off;
@@ -70,9 +70,9 @@ pub fn handle(frame: &mut TrapFrame, hsr: u32) {
             }
         }
         After::CpuOff => {
-            firmware_psci(psci::CPU_OFF, 0, 0, 0);
-            defmt::error!("vm: firmware CPU_OFF returned on CPU {=u32}", cpu);
-            semihost::exit(ExitCode::UnhandledTrap)
+            // Off, or (a boot monitor's CPUs) back in the pen until started again.
+            crate::arch::smp::cpu_off(cpu);
+            super::run_cpu(cpu)
         }
     }
 }
@@ -148,14 +148,7 @@ fn psci_call(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame) -> A
 
 /// Boots the guest again in place (its vCPU 0 is this CPU), or ends it if that fails.
 fn restart_or_end(vms: &mut [Vm], index: usize, frame: &mut TrapFrame) -> After {
-    let result = {
-        let plan = PLAN.lock();
-        match plan.as_ref() {
-            Some((machine, _)) => super::restart(&mut vms[index], machine),
-            None => Err(alloc::string::String::from("no plan kept")),
-        }
-    };
-    match result {
+    match super::restart(&mut vms[index]) {
         Ok(fresh) => {
             *frame = fresh;
             After::Resume

@@ -270,7 +270,7 @@ pub mod fixmap {
     //! | indices | use |
     //! |---|---|
     //! | [`FIX_CONSOLE`] | the early console UART |
-    //! | [`FIX_BOARD`] | the board's control registers (power-off, CPU release) |
+    //! | [`FIX_BOARD`] .. + [`FIX_BOARD_PAGES`] | the board's control registers (power-off, CPU release, the GIC distributor) |
     //! | [`FIX_KMAP_BEGIN`] .. [`FIX_KMAP_END`] | [`KMAP_ATOMIC_SLOTS`] per CPU, for [`FIX_MAX_CPUS`] CPUs |
     //! | [`FIX_FDT_BEGIN`] .. [`FIXMAP_PAGES`] | the early device tree, [`FIX_FDT_PAGES`] pages |
 
@@ -281,20 +281,23 @@ pub mod fixmap {
     pub const FIXMAP_PAGES: u32 = ((FIXMAP_END.raw() - FIXMAP_BASE.raw()) as u64 / PAGE_SIZE) as u32;
     /// The early console's page.
     pub const FIX_CONSOLE: u32 = 0;
-    /// The page of the board's control registers the monitor drives itself
-    /// (the Versatile Express system registers: power-off and SYS_FLAGS).
+    /// The pages of the board's control registers the monitor drives itself
+    /// (the Versatile Express system registers, for power-off and SYS_FLAGS;
+    /// the GIC distributor, to wake CPUs a boot monitor holds).
     pub const FIX_BOARD: u32 = 1;
+    /// How many board pages.
+    pub const FIX_BOARD_PAGES: u32 = 2;
     /// CPUs with fixmap slots of their own (two Cortex-A15 clusters of four).
     pub const FIX_MAX_CPUS: u32 = 8;
     /// Atomic kmap slots per CPU: how deep one CPU's mappings may nest (a copy's source and destination, and two spare).
     pub const KMAP_ATOMIC_SLOTS: u32 = 4;
     /// The first per-CPU kmap slot.
-    pub const FIX_KMAP_BEGIN: u32 = 2;
+    pub const FIX_KMAP_BEGIN: u32 = FIX_BOARD + FIX_BOARD_PAGES;
     /// One past the last per-CPU kmap slot.
     pub const FIX_KMAP_END: u32 = FIX_KMAP_BEGIN + FIX_MAX_CPUS * KMAP_ATOMIC_SLOTS;
     /// The first page of the early device-tree window.
     pub const FIX_FDT_BEGIN: u32 = FIX_KMAP_END;
-    /// Pages of the early device-tree window: the rest of the fixmap (884 KiB).
+    /// Pages of the early device-tree window: the rest of the fixmap (880 KiB).
     /// A tree is mapped up to the end of its strings block, not its `totalsize`
     /// (QEMU pads its generated DTB to 1 MiB).
     pub const FIX_FDT_PAGES: u32 = FIXMAP_PAGES - FIX_FDT_BEGIN;
@@ -341,12 +344,15 @@ pub mod fixmap {
         FixMapping { va, pa: page, size: PAGE_SIZE, target: VirtAddr::new(va.raw() + off) }
     }
 
-    /// The board registers' fixed mapping: the page holding the register at `pa` (map it as Device).
-    pub fn board(pa: PhysAddr) -> FixMapping {
+    /// Board page `index`'s fixed mapping: the page holding the register at `pa` (map it as Device).
+    pub fn board(index: u32, pa: PhysAddr) -> Result<FixMapping, KmapError> {
+        if index >= FIX_BOARD_PAGES {
+            return Err(KmapError::NoSlot);
+        }
         let page = pa.align_down(PAGE_SIZE);
-        let va = VirtAddr::new(FIXMAP_BASE.raw() + FIX_BOARD * PAGE_SIZE as u32);
+        let va = VirtAddr::new(FIXMAP_BASE.raw() + (FIX_BOARD + index) * PAGE_SIZE as u32);
         let off = (pa.as_u64() - page.as_u64()) as u32;
-        FixMapping { va, pa: page, size: PAGE_SIZE, target: VirtAddr::new(va.raw() + off) }
+        Ok(FixMapping { va, pa: page, size: PAGE_SIZE, target: VirtAddr::new(va.raw() + off) })
     }
 
     /// The early device tree's fixed mapping: `size` bytes at `pa` (map them read-only, never executable).
@@ -529,7 +535,13 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len() as u32, FIX_MAX_CPUS * KMAP_ATOMIC_SLOTS);
-        assert!(all.iter().all(|&i| i != FIX_CONSOLE && i != FIX_BOARD && i < FIX_FDT_BEGIN));
+        assert!(all.iter().all(|&i| i != FIX_CONSOLE && !(FIX_BOARD..FIX_BOARD + FIX_BOARD_PAGES).contains(&i)));
+        assert!(all.iter().all(|&i| i < FIX_FDT_BEGIN));
+        assert_eq!(
+            board(1, PhysAddr::new(0x2c00_1f00)).unwrap().target.raw(),
+            fix_to_virt(FIX_BOARD + 1).unwrap().raw() + 0xf00
+        );
+        assert!(board(FIX_BOARD_PAGES, PhysAddr::new(0)).is_err());
 
         let c = console(PhysAddr::new(0x0900_0018));
         assert_eq!(
