@@ -40,6 +40,14 @@ carve_dtc() { # carve_dtc IN.dts OUT.dtb
     dtc -q -I dts -O dtb -i "$CARVE_ROOT/dts" -i "$(dirname "$1")" -o "$2" "$1"
 }
 
+# Whether the flat image FILE makes semihosting calls: an A32 `svc 0x123456`
+# (0xef123456) or `hlt 0xf000` (0xe10f0070), the traps semihosting uses, at
+# any word of it. The board image must have neither. (grep reads all of od's
+# output: with -q it would stop early, and pipefail would count od's SIGPIPE.)
+carve_has_semihosting() { # carve_has_semihosting FILE
+    od -An -v -tx4 -w4 "$1" | grep -x ' \(ef123456\|e10f0070\)' >/dev/null
+}
+
 # --- QEMU runs (scripts/run, scripts/bench) -----------------------------------
 
 # QEMU's -icount for the measured runs: one instruction is 1 ns of guest time

@@ -110,6 +110,16 @@ pub fn monitor_elf() -> &'static Path {
     })
 }
 
+/// The board image `scripts/build` leaves beside the monitor ELF: `hyp.zImage`
+/// (no semihosting, Linux's zImage header), and `hyp-board`, the ELF it was
+/// made of, which decodes its log.
+pub fn board_image() -> (PathBuf, PathBuf) {
+    let dir = monitor_elf().parent().expect("the ELF has a directory");
+    let (zimage, elf) = (dir.join("hyp.zImage"), dir.join("hyp-board"));
+    assert!(zimage.is_file() && elf.is_file(), "scripts/build left no {} or {}", zimage.display(), elf.display());
+    (zimage, elf)
+}
+
 /// The plan tool (`scripts/plan`'s binary), built once per test process.
 pub fn plan_tool() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
@@ -300,10 +310,16 @@ pub fn run_qemu(dir: &Path, name: &str, q: &Qemu<'_>, extra: &[&str], timeout_s:
 /// `bytes` (defmt frames, as a UART or semihosting carried them) decoded
 /// against the monitor's ELF by `defmt-print`.
 pub fn decode_defmt(bytes: &[u8]) -> String {
+    decode_defmt_with(monitor_elf(), bytes)
+}
+
+/// `bytes` decoded by `defmt-print` against `elf` (the image that logged them:
+/// `hyp-board` for the board image).
+pub fn decode_defmt_with(elf: &Path, bytes: &[u8]) -> String {
     use std::io::Write as _;
     let mut child = Command::new(tool("defmt-print"))
         .arg("-e")
-        .arg(monitor_elf())
+        .arg(elf)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
