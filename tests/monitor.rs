@@ -26,6 +26,8 @@ fn boots_in_hyp_mode_and_turns_the_mmu_on() {
     let run = run_monitor("boot", MACHINE_HYP, &[]);
     run.assert_status(0);
     run.assert_logged("hyp: CPU mode Hyp (0x1a)");
+    run.assert_logged("hyp: CPU Cortex-A15 r");
+    run.assert_logged("Virtualization Extensions true (ID_PFR1");
     run.assert_logged("DTB at 0x40000000 (r2 = 0: start of RAM): magic 0xd00dfeed ok");
     run.assert_logged("hyp: MMU on");
     run.assert_logged("hyp: trap path ok");

@@ -167,6 +167,7 @@ fn vexpress_a15_boots_a_linux_guest_on_both_cpus() {
     let b = boot_board("vexpress-a15");
     check_board(&b, 2);
     b.assert_logged("hyp: loader registers r0=0x0 r1=0x8e0 r2=0x88000000");
+    b.assert_logged("hyp: CPU Cortex-A15 r");
     b.assert_logged("iofpga-bus@300000000/serial@a0000 (carve,log)");
     b.assert_logged("hyp: CPUs start from the boot monitor's loop");
     b.assert_logged("mcc/shutdown, SYS_CFGCTRL function 8 site 0");
@@ -180,6 +181,8 @@ fn orangepi_pc_boots_a_linux_guest_on_four_cpus() {
     let b = boot_board("orangepi-pc");
     check_board(&b, 4);
     b.assert_logged("hyp: loader registers r0=0x0 r1=0x0 r2=0x48000000");
+    // Accepted by its features, as the Cortex-A15 is.
+    b.assert_logged("hyp: CPU Cortex-A7 r0p5: Virtualization Extensions true");
     b.assert_logged("log on /soc/serial@1c28400 (carve,log)");
     b.assert_logged("hyp: CPUs start through PSCI CPU_ON (SMC)");
     b.assert_logged("hyp: power-off: PSCI SYSTEM_OFF through the firmware (SMC)");

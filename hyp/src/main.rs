@@ -1,9 +1,11 @@
 //! carve's monitor: the Hyp-mode (PL2) image for ARMv7-A with the Virtualization Extensions.
 //!
-//! `_start` (arch/entry.rs) checks Hyp mode, picks a stack, clears `.bss`,
-//! sets HVBAR and calls [`hyp_main`], which for now reports what it was handed
-//! (CPU, image, DTB), turns the Hyp stage-1 MMU on and exits through
-//! semihosting. Reading the DT and building the memory plan (carve-core) come next.
+//! `_start` (arch/entry.rs) maps the image at its link address wherever the
+//! loader put it, turns the MMU on, picks a stack, clears `.bss`, sets HVBAR
+//! and calls [`hyp_main`]: it checks the CPU's features, switches to the
+//! monitor's own Hyp map, reads the DTB through the fixmap, sends the log to
+//! the UART `/chosen/carve,log` names, learns how the board powers off and
+//! starts CPUs, plans the machine, brings its memory up and runs the guests.
 //!
 //! Only `arch` touches the hardware and holds `unsafe`; the rest of the crate
 //! denies it. On a host target this crate is a stub: build it with `cargo hyp`.
@@ -74,6 +76,24 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         arch::mpidr()
     );
     defmt::info!("hyp: loader registers r0={=u32:#x} r1={=u32:#x} r2={=u32:#010x}", r0, r1, r2);
+    // By feature, not by part number: any core with both runs carve (`_start`
+    // refuses a core without them that was started outside Hyp mode).
+    let cpu = arch::cpu_features();
+    let midr = arch::midr();
+    defmt::info!(
+        "hyp: CPU {=str} r{=u32}p{=u32}: Virtualization Extensions {=bool} (ID_PFR1 {=u32:#010x}), LPAE {=bool} (ID_MMFR0 {=u32:#010x})",
+        arch::cpu_name(midr),
+        (midr >> 20) & 0xf,
+        midr & 0xf,
+        cpu.virtualization,
+        cpu.id_pfr1,
+        cpu.lpae,
+        cpu.id_mmfr0
+    );
+    if !(cpu.virtualization && cpu.lpae) {
+        defmt::error!("hyp: this CPU lacks the Virtualization Extensions or LPAE: carve runs on cores that have both (Cortex-A15, A7, A17)");
+        semihost::exit(ExitCode::NoVirtualization)
+    }
 
     let layout = arch::image_layout();
     let image_pa =
@@ -251,7 +271,8 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
 }
 
 /// Sends the log to the UART `/chosen/carve,log` names, early frames first;
-/// without one the log stays where it is (semihosting).
+/// without one the log stays where it is (semihosting; in the board image,
+/// nowhere: a board names its log UART).
 #[cfg(target_arch = "arm")]
 fn log_to_uart(machine: &carve_core::dt::Machine) {
     let Some(log) = &machine.log_uart else {

@@ -34,7 +34,7 @@ pub mod vectors;
 
 use core::arch::asm;
 
-use aarch32_cpu::register::{CntPct, Cntfrq, Midr, Mpidr, SysRegRead};
+use aarch32_cpu::register::{CntPct, Cntfrq, IdMmfr0, IdPfr1, Midr, Mpidr, SysRegRead};
 
 /// CPSR.M of the mode the CPU runs in (Arm ARM B1.3.1): 0x1a is Hyp.
 pub fn cpsr_mode() -> u32 {
@@ -63,6 +63,36 @@ pub fn spsr_hyp() -> u32 {
 /// MIDR, the main ID register (implementer, part number, revision).
 pub fn midr() -> u32 {
     <Midr as SysRegRead>::read_raw()
+}
+
+/// What carve needs of a core, read by feature rather than by part number.
+#[derive(Clone, Copy, Debug)]
+pub struct CpuFeatures {
+    /// ID_PFR1.Virtualization, bits [15:12] non-zero (Arm ARM B4.1.95).
+    pub virtualization: bool,
+    /// ID_MMFR0.VMSA support, bits [3:0] at least 0b0101: VMSAv7 with the
+    /// Long-descriptor format, LPAE (Arm ARM B4.1.89).
+    pub lpae: bool,
+    pub id_pfr1: u32,
+    pub id_mmfr0: u32,
+}
+
+/// This core's features.
+pub fn cpu_features() -> CpuFeatures {
+    let (id_pfr1, id_mmfr0) = (IdPfr1::read().0, IdMmfr0::read().0);
+    CpuFeatures { virtualization: (id_pfr1 >> 12) & 0xf != 0, lpae: id_mmfr0 & 0xf >= 5, id_pfr1, id_mmfr0 }
+}
+
+/// A name for the core MIDR describes, for the log only: features, not the
+/// name, decide whether carve runs ([`cpu_features`]).
+pub fn cpu_name(midr: u32) -> &'static str {
+    match (midr >> 24, (midr >> 4) & 0xfff) {
+        (0x41, 0xc07) => "Cortex-A7",
+        (0x41, 0xc0d) => "Cortex-A12",
+        (0x41, 0xc0e) => "Cortex-A17",
+        (0x41, 0xc0f) => "Cortex-A15",
+        _ => "an Armv7-A core",
+    }
 }
 
 /// MPIDR, the multiprocessor affinity register.

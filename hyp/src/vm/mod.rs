@@ -15,8 +15,8 @@
 //!
 //! Each vCPU runs on its own physical CPU: vCPU `v` of a guest on CPU
 //! `cpu_ids[v]` (the plan's, from `carve,cpu-ids` or the lowest free CPUs). The boot CPU (CPU 0) builds every guest, starts the first
-//! vCPU of each guest that lives on another CPU through the firmware's PSCI
-//! CPU_ON, and then runs its own.
+//! vCPU of each guest that lives on another CPU (`arch::smp`: the firmware's
+//! PSCI CPU_ON, or a boot monitor's SYS_FLAGS), and then runs its own.
 
 mod inject;
 mod trap;
