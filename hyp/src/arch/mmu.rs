@@ -436,11 +436,17 @@ pub fn map_console(pa: u64, size: u64) -> Result<usize, MmuError> {
     if size == 0 || (pa & (PAGE_SIZE - 1)) + size > PAGE_SIZE || PhysAddr::from_u64(pa).is_none() {
         return Err(bad);
     }
+    map_fixed_device(fix, "log UART (fixmap)")
+}
+
+/// Maps a fixmap slot's device page as Device memory, for good; returns the
+/// virtual address of the byte asked for.
+fn map_fixed_device(fix: carve_core::mm::kmap::fixmap::FixMapping, what: &'static str) -> Result<usize, MmuError> {
     let mut guard = HYP_MAP.lock();
     let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
     map.table
         .map(&mut map.pool, fix.va, fix.pa, fix.size, Attrs::device())
-        .map_err(|error| MmuError::Map { what: "log UART (fixmap)", error })?;
+        .map_err(|error| MmuError::Map { what, error })?;
     Ok(fix.target.raw() as usize)
 }
 
@@ -460,12 +466,7 @@ pub fn map_board(page: BoardPage, pa: u64) -> Result<usize, MmuError> {
     let bad = MmuError::BadRegion { what: "board registers", start: pa, end: pa };
     let at = PhysAddr::from_u64(pa).ok_or(bad)?;
     let fix = carve_core::mm::kmap::fixmap::board(page as u32, at).map_err(|_| bad)?;
-    let mut guard = HYP_MAP.lock();
-    let map = guard.as_mut().ok_or(MmuError::PoolTaken)?;
-    map.table
-        .map(&mut map.pool, fix.va, fix.pa, fix.size, Attrs::device())
-        .map_err(|error| MmuError::Map { what: "board registers (fixmap)", error })?;
-    Ok(fix.target.raw() as usize)
+    map_fixed_device(fix, "board registers (fixmap)")
 }
 
 /// Unmaps the fixmap's early DT window once the tree has been copied out of it.
