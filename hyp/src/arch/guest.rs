@@ -13,12 +13,28 @@ use super::regs::{Vtcr, Vttbr};
 use super::vectors::TrapFrame;
 use super::{cache, midr};
 
-/// HCR (B4.1.65) while a guest runs: stage-2 on (VM), set/way invalidation
-/// upgraded to clean+invalidate (SWIO), SMC trapped (TSC: it becomes a PSCI
-/// call to the monitor), TLB and cache maintenance broadcast (FB) and barriers
-/// upgraded to Inner Shareable (BSU = 0b01), since a vCPU may be any CPU.
-/// IMO/FMO/AMO stay clear: the guest owns the GIC CPU interface it is given.
-pub const HCR_GUEST: u32 = (1 << 0) | (1 << 1) | (1 << 19) | (1 << 9) | (0b01 << 10);
+/// HCR bits (Arm ARM B4.1.65, HCR, Hyp Configuration Register). aarch32-cpu's
+/// `Hcr` names most of them but not TSC, so the monitor names the ones it sets.
+pub mod hcr {
+    /// VM, bit 0: stage-2 translation on for the Non-secure PL1&0 regime.
+    pub const VM: u32 = 1 << 0;
+    /// SWIO, bit 1: a guest's data cache invalidate by set/way is done as clean and invalidate.
+    pub const SWIO: u32 = 1 << 1;
+    /// FB, bit 9: a guest's TLB and branch predictor maintenance is broadcast in the Inner Shareable domain.
+    pub const FB: u32 = 1 << 9;
+    /// BSU, bits [11:10] = 0b01: a guest's barriers apply to at least the Inner Shareable domain.
+    pub const BSU_INNER_SHAREABLE: u32 = 0b01 << 10;
+    /// TSC, bit 19: a guest's SMC traps to Hyp mode (HSR.EC 0x13).
+    pub const TSC: u32 = 1 << 19;
+}
+
+/// HCR while a guest runs: stage-2 on, set/way invalidation upgraded to
+/// clean+invalidate, SMC trapped (it becomes a PSCI call to the monitor), TLB
+/// and cache maintenance broadcast and barriers upgraded to Inner Shareable,
+/// since a vCPU may be any CPU. IMO, FMO and AMO (bits 4, 3, 5) stay clear: the
+/// guest owns the GIC CPU interface it is given.
+pub const HCR_GUEST: u32 = hcr::VM | hcr::SWIO | hcr::FB | hcr::BSU_INNER_SHAREABLE | hcr::TSC;
+const _: () = assert!(HCR_GUEST == 0x0008_0603);
 
 /// CPSR for entering a Linux guest (booting.rst): SVC mode, IRQ, FIQ and
 /// asynchronous aborts masked, ARM state, little-endian.
