@@ -5,6 +5,7 @@
 //! - [`plan`]: a pure function from that description to a memory plan.
 //! - [`mm`]: LPAE translation tables (Hyp stage-1 and stage-2) and the walker.
 //! - [`vm`]: guest boot layout and PSCI decisions.
+//! - [`syndrome`]: the Hyp Syndrome Register decoded (exception class, aborts, calls).
 //!
 //! The crate is `no_std` + `alloc` and forbids `unsafe`: raw table memory is
 //! reached through the [`mm::table::TableMemory`] trait, which the monitor
@@ -18,4 +19,5 @@ pub mod addr;
 pub mod dt;
 pub mod mm;
 pub mod plan;
+pub mod syndrome;
 pub mod vm;

@@ -16,7 +16,10 @@
 //!   exit ends the run at once, without a log ([`ExitCode::DoubleFault`]).
 //! - **Trap** (+0x14, +0x18, and +0x08 whose SVC/HVC is a deliberate instruction
 //!   on a good stack): save every register the monitor's code can change into a
-//!   [`TrapFrame`] on the Hyp stack, call [`hyp_trap`], restore, `eret`. Hyp mode
+//!   [`TrapFrame`] on the Hyp stack, call [`hyp_trap`], restore, `eret`. A trap
+//!   from a guest goes to the handler the `vm` layer installed with
+//!   [`set_guest_trap_handler`], with the HSR as a [`Syndrome`] (carve-core
+//!   decodes it); the architecture layer never calls up into `vm` by name. Hyp mode
 //!   has no banked LR: it uses LR_usr (Arm ARM B1.3.2), so the guest's LR_usr is
 //!   saved and restored with r0-r12. ELR_hyp and SPSR_hyp (the guest's return
 //!   state) are saved too, because the handler may take another exception to Hyp
@@ -25,9 +28,10 @@
 //!   mode is never right (semihosting's `svc 0x123456` does not get here: QEMU
 //!   intercepts it), so [`hyp_trap`] reports it like a fatal exception.
 
-use core::sync::atomic::AtomicU32;
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use aarch32_cpu::register::{Hdfar, Hifar, Hsr};
+use carve_core::syndrome::{Class, Syndrome};
 
 use super::entry::{StackSlot, FAULT_STACK};
 use super::semihost::{self, ExitCode};
@@ -91,7 +95,31 @@ static FAULT_DEPTH: AtomicU32 = AtomicU32::new(0);
 /// The HVC immediate of the boot self-test: an HVC with it, executed in Hyp
 /// mode, returns with r0 inverted (see [`hyp_trap`] and `arch::trap_selftest`).
 /// It runs the same save, call, restore and `eret` code as a guest trap.
-pub const SELFTEST_HVC: u32 = 0xca7e;
+pub const SELFTEST_HVC: u16 = 0xca7e;
+
+/// A handler of traps from guests.
+pub type GuestTrapHandler = fn(&mut TrapFrame, Syndrome);
+
+/// The address of the [`GuestTrapHandler`] the `vm` layer installed (0: none yet).
+static GUEST_TRAP: AtomicUsize = AtomicUsize::new(0);
+
+/// Installs the handler of traps from guests. The `vm` layer calls it before
+/// it starts any guest (and so before any other CPU enters one: PSCI CPU_ON
+/// makes what the caller wrote visible to the CPU it starts).
+pub fn set_guest_trap_handler(handler: GuestTrapHandler) {
+    GUEST_TRAP.store(handler as usize, Ordering::Relaxed);
+}
+
+/// The installed handler, if any.
+#[inline(always)]
+fn guest_trap_handler() -> Option<GuestTrapHandler> {
+    match GUEST_TRAP.load(Ordering::Relaxed) {
+        0 => None,
+        // SAFETY: a non-zero value was stored by `set_guest_trap_handler` from a
+        // `GuestTrapHandler`, and a function pointer and `usize` have one size here.
+        addr => Some(unsafe { core::mem::transmute::<usize, GuestTrapHandler>(addr) }),
+    }
+}
 
 core::arch::global_asm!(
     r#"
@@ -201,14 +229,14 @@ fn vector_name(vector: u32) -> &'static str {
 ///
 /// Called by the fatal stub on the fault stack with the saved registers.
 extern "C" fn hyp_fault(frame: &FaultFrame) -> ! {
-    let hsr = Hsr::read().raw_value();
+    let hsr = Syndrome::from_raw(Hsr::read().raw_value());
     defmt::error!("hyp: {} in Hyp mode at ELR_hyp={=u32:#010x}", vector_name(frame.vector), super::elr_hyp());
     defmt::error!(
-        "hyp: HSR={=u32:#010x} (EC={=u32:#04x} IL={=u32} ISS={=u32:#09x}) HDFAR={=u32:#010x} HIFAR={=u32:#010x}",
-        hsr,
-        hsr >> 26,
-        (hsr >> 25) & 1,
-        hsr & 0x01ff_ffff,
+        "hyp: HSR={=u32:#010x} (EC={=u8:#04x} IL={=u8} ISS={=u32:#09x}) HDFAR={=u32:#010x} HIFAR={=u32:#010x}",
+        hsr.raw(),
+        hsr.ec(),
+        u8::from(hsr.il32()),
+        hsr.iss(),
         Hdfar::read().0,
         Hifar::read().0
     );
@@ -227,41 +255,42 @@ fn log_registers(r: &[u32; 13]) {
 
 /// CPSR.M for Hyp mode.
 const MODE_HYP: u32 = 0x1a;
-/// HSR.EC for an HVC executed in AArch32 state (Arm ARM B3.13.6, use of the HSR).
-const EC_HVC: u32 = 0x12;
 
 /// Handles a trap, IRQ or Hyp call taken to Hyp mode; returning resumes the interrupted code.
 ///
-/// Guest traps are later work: for now the only one handled is the boot
-/// self-test (HVC #[`SELFTEST_HVC`] from Hyp mode, answered by inverting r0).
-/// An SVC or another HVC from Hyp mode is a monitor bug: logged, and the run
-/// ends with [`ExitCode::HypException`]. Anything from a guest is logged with
-/// the whole frame and ends the run with [`ExitCode::UnhandledTrap`].
+/// A trap from a guest goes to the `vm` layer's handler. From Hyp mode the
+/// only call handled is the boot self-test (HVC #[`SELFTEST_HVC`], answered
+/// by inverting r0); an SVC or another HVC from Hyp mode is a monitor bug:
+/// logged, and the run ends with [`ExitCode::HypException`]. Anything else
+/// (an IRQ, a guest trap before a handler is installed) is logged with the
+/// whole frame and ends the run with [`ExitCode::UnhandledTrap`].
 extern "C" fn hyp_trap(frame: &mut TrapFrame, kind: u32) {
     let kind = match kind {
         1 => TrapKind::Irq,
         2 => TrapKind::HypCall,
         _ => TrapKind::Trap,
     };
-    let hsr = Hsr::read().raw_value();
-    let ec = hsr >> 26;
+    let hsr = Syndrome::from_raw(Hsr::read().raw_value());
     let from_hyp = frame.spsr & 0x1f == MODE_HYP;
-    if kind == TrapKind::HypCall && ec == EC_HVC && from_hyp && hsr & 0xffff == SELFTEST_HVC {
+    if kind == TrapKind::Trap && !from_hyp {
+        if let Some(handler) = guest_trap_handler() {
+            handler(frame, hsr);
+            return;
+        }
+    }
+    if kind == TrapKind::HypCall && from_hyp && hsr.class() == Class::Hvc && hsr.call_immediate() == Some(SELFTEST_HVC)
+    {
         frame.r[0] = !frame.r[0];
         return;
     }
-    if kind == TrapKind::Trap && !from_hyp {
-        crate::vm::handle_trap(frame, hsr);
-        return;
-    }
     defmt::error!(
-        "hyp: unhandled {=str} from mode {=u32:#04x}{=str}: HSR={=u32:#010x} (EC={=u32:#04x} ISS={=u32:#09x})",
+        "hyp: unhandled {=str} from mode {=u32:#04x}{=str}: HSR={=u32:#010x} (EC={=u8:#04x} ISS={=u32:#09x})",
         kind.name(),
         frame.spsr & 0x1f,
         if from_hyp { " (Hyp mode itself)" } else { "" },
-        hsr,
-        ec,
-        hsr & 0x01ff_ffff
+        hsr.raw(),
+        hsr.ec(),
+        hsr.iss()
     );
     defmt::error!(
         "hyp: ELR_hyp={=u32:#010x} SPSR_hyp={=u32:#010x} LR_usr={=u32:#010x} HDFAR={=u32:#010x} HIFAR={=u32:#010x}",

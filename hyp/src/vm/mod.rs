@@ -39,9 +39,7 @@ use spin::Mutex;
 use crate::arch::guest::{self, VcpuRegs, SPSR_SVC_MASKED};
 use crate::arch::mmu;
 use crate::arch::semihost::{self, ExitCode};
-use crate::arch::vectors::TrapFrame;
-
-pub use trap::handle as handle_trap;
+use crate::arch::vectors::{self, TrapFrame};
 
 /// One guest: what the plan decided and what the monitor built for it.
 pub struct Vm {
@@ -425,6 +423,7 @@ pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
 
 /// Builds every guest of the plan, starts those on other CPUs, runs the one on this CPU.
 pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
+    vectors::set_guest_trap_handler(trap::handle);
     let devices = plan.guests.len() == 1;
     if !devices {
         defmt::info!("vm: {=usize} guests: none is given the UART or the GIC (they share nothing)", plan.guests.len());

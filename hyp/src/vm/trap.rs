@@ -1,30 +1,25 @@
 //! Guest traps: PSCI and carve calls (HVC, or a trapped SMC), emulated MMIO, stage-2 faults.
 //!
-//! HSR.EC values (Arm ARM B3.13.6): 0x12 HVC (ELR_hyp already past it), 0x13
-//! SMC trapped by HCR.TSC (ELR_hyp at the SMC: step over it), 0x20 prefetch
-//! abort and 0x24 data abort from a guest (stage-2). The faulting IPA is
-//! HPFAR[31:4] (IPA[39:12]) with the page offset from HDFAR; a data abort's
-//! ISS says, when ISV is set, the access size (SAS), the register (SRT) and
-//! the direction (WnR), which is what MMIO emulation needs (B3.13.6).
+//! The architecture layer hands over the HSR as a [`Syndrome`], which
+//! carve-core decodes (Arm ARM B3.13.6): an HVC (ELR_hyp already past it), an
+//! SMC trapped by HCR.TSC (ELR_hyp at the SMC: step over it by HSR.IL), and
+//! prefetch and data aborts from a guest (stage-2). The faulting IPA is
+//! HPFAR[31:4] (IPA[39:12]) with the page offset from HDFAR; a data abort
+//! with a valid ISS says the access size, the register and the direction,
+//! which is what MMIO emulation needs.
 
 use aarch32_cpu::register::{Hdfar, Hifar, Hpfar};
 use carve_core::dt::machine::FaultPolicy;
+use carve_core::syndrome::{Abort, AccessSize, Class, Syndrome};
 use carve_core::vm::hypercall as hc;
 use carve_core::vm::psci::{Action, Call, GuestCpus, Power, INTERNAL_FAILURE, SUCCESS};
 
-use super::inject::{self, Abort};
+use super::inject::{self, Abort as Inject};
 use super::{Ending, Vm, PLAN, VMS};
 use crate::arch::guest;
 use crate::arch::mmu;
 use crate::arch::semihost::{self, ExitCode};
 use crate::arch::vectors::TrapFrame;
-
-const EC_HVC: u32 = 0x12;
-const EC_SMC: u32 = 0x13;
-const EC_IABT_LOWER: u32 = 0x20;
-const EC_DABT_LOWER: u32 = 0x24;
-/// HSR.IL: the trapped instruction was 32-bit.
-const HSR_IL: u32 = 1 << 25;
 
 /// This physical CPU's number (Aff0 of MPIDR).
 fn this_cpu() -> u32 {
@@ -43,13 +38,13 @@ enum After {
 }
 
 /// Handles a trap from the guest on this CPU; returning resumes it.
-pub fn handle(frame: &mut TrapFrame, hsr: u32) {
+pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
     let cpu = this_cpu();
     let after = {
         let mut vms = VMS.lock();
         let Some(index) = vms.iter().position(|v| v.vcpu_on(cpu).is_some()) else {
             drop(vms);
-            defmt::error!("vm: a guest trap (HSR {=u32:#010x}) on CPU {=u32}, which runs no guest", hsr, cpu);
+            defmt::error!("vm: a guest trap (HSR {=u32:#010x}) on CPU {=u32}, which runs no guest", hsr.raw(), cpu);
             semihost::exit(ExitCode::UnhandledTrap)
         };
         dispatch(&mut vms, index, cpu, frame, hsr)
@@ -77,13 +72,12 @@ pub fn handle(frame: &mut TrapFrame, hsr: u32) {
     }
 }
 
-fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: u32) -> After {
-    let ec = hsr >> 26;
+fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: Syndrome) -> After {
     vms[index].traps += 1;
-    match ec {
-        EC_HVC | EC_SMC => {
-            if ec == EC_SMC {
-                frame.elr = frame.elr.wrapping_add(if hsr & HSR_IL != 0 { 4 } else { 2 });
+    match hsr.class() {
+        class @ (Class::Hvc | Class::Smc) => {
+            if class == Class::Smc {
+                frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
             }
             let id = frame.r[0];
             if id == hc::CMA_TEST_ALLOC {
@@ -96,19 +90,25 @@ fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: 
             }
             psci_call(vms, index, cpu, frame)
         }
-        EC_IABT_LOWER | EC_DABT_LOWER => abort(vms, index, frame, hsr),
-        _ => {
-            let vm = &vms[index];
-            defmt::error!(
-                "vm: {=str}: unhandled trap EC {=u32:#04x} HSR {=u32:#010x} at PC {=u32:#010x}; stopping it",
-                vm.name(),
-                ec,
-                hsr,
-                frame.elr
-            );
-            After::Ended(super::mark_ended(vms, index, Ending::Faulted))
-        }
+        Class::PrefetchAbortFromGuest | Class::DataAbortFromGuest => match hsr.abort() {
+            Some(a) => abort(vms, index, frame, hsr, a),
+            None => unhandled(vms, index, frame, hsr),
+        },
+        _ => unhandled(vms, index, frame, hsr),
     }
+}
+
+/// A trap the monitor does not serve: the guest is stopped.
+#[inline(never)] // off the hot trap path
+fn unhandled(vms: &mut [Vm], index: usize, frame: &TrapFrame, hsr: Syndrome) -> After {
+    defmt::error!(
+        "vm: {=str}: unhandled trap EC {=u8:#04x} HSR {=u32:#010x} at PC {=u32:#010x}; stopping it",
+        vms[index].name(),
+        hsr.ec(),
+        hsr.raw(),
+        frame.elr
+    );
+    After::Ended(super::mark_ended(vms, index, Ending::Faulted))
 }
 
 #[inline(never)] // off the HVC fast path: keeps carve calls short
@@ -181,7 +181,7 @@ fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
     n as i32
 }
 
-/// carve's own calls (see carve_core::vm::hypercall).
+/// carve's own calls (see carve-abi, `hyp/abi/src/hypercall.rs`).
 fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
     match frame.r[0] {
         hc::NOP => hc::SUCCESS,
@@ -210,18 +210,16 @@ fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
 }
 
 /// A stage-2 abort: the test device is emulated; anything else is a fault handled by the guest's policy.
-fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After {
-    let data = hsr >> 26 == EC_DABT_LOWER;
-    let far = if data { Hdfar::read().0 } else { Hifar::read().0 };
+fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: Abort) -> After {
+    let far = if a.is_data() { Hdfar::read().0 } else { Hifar::read().0 };
     // HPFAR[31:4] holds IPA[39:12]: build the IPA in 64 bits.
     let ipa = (u64::from(Hpfar::read().0 >> 4) << 12) | u64::from(far & 0xfff);
     let vm = &mut vms[index];
-    if data && super::is_testdev(ipa) && emulate_testdev(vm, frame, hsr, ipa) {
-        frame.elr = frame.elr.wrapping_add(if hsr & HSR_IL != 0 { 4 } else { 2 });
+    if a.is_data() && super::is_testdev(ipa) && emulate_testdev(vm, frame, a, ipa) {
+        frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
         return After::Resume;
     }
-    let write = data && hsr & (1 << 6) != 0;
-    if moved_meanwhile(vm, ipa, write, hsr) {
+    if a.status().is_translation_or_permission() && moved_meanwhile(vm, ipa, a.write()) {
         // A page that was being moved (CMA): its entry is switched now; the access goes again.
         vm.migration_waits += 1;
         return After::Resume;
@@ -229,15 +227,15 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After
     defmt::error!(
         "vm: {=str}: stage-2 {=str} abort at IPA {=u64:#012x} (not mapped for it), PC {=u32:#010x}, HSR {=u32:#010x}{=str}",
         vm.name(),
-        if data { "data" } else { "instruction" },
+        if a.is_data() { "data" } else { "instruction" },
         ipa,
         frame.elr,
-        hsr,
-        if write { " (write)" } else { "" }
+        hsr.raw(),
+        if a.write() { " (write)" } else { "" }
     );
     match vm.on_fault {
         FaultPolicy::Inject => {
-            inject::abort(frame, if data { Abort::Data { write } } else { Abort::Prefetch }, far);
+            inject::abort(frame, if a.is_data() { Inject::Data { write: a.write() } } else { Inject::Prefetch }, far);
             After::Resume
         }
         FaultPolicy::Reset => {
@@ -251,17 +249,12 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: u32) -> After
     }
 }
 
-/// Whether the fault at `ipa` (syndrome `hsr`) came from a movable page the monitor was moving
-/// (write-protected, or invalid for break-before-make) and the page is now
-/// mapped for the access: the mover held the guests' lock this trap waited on.
+/// Whether a translation or permission fault at `ipa` (the two a move causes:
+/// the entry invalid for break-before-make, or write-protected for the copy)
+/// came from a movable page the monitor was moving and the page is now mapped
+/// for the access: the mover held the guests' lock this trap waited on.
 #[inline(never)] // off the hot trap path
-fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool, hsr: u32) -> bool {
-    // Only a translation fault (the entry invalid for break-before-make, FSC
-    // 0b0001LL) or a permission fault (write-protected for the copy, 0b0011LL)
-    // comes from a move; any other status is a real fault.
-    if !matches!(hsr & 0x3c, 0x04 | 0x0c) {
-        return false;
-    }
+fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool) -> bool {
     let Some(at) = <carve_core::addr::Ipa as carve_core::addr::Address>::from_u64(ipa) else { return false };
     if vm.movable_index(at).is_none() {
         return false;
@@ -273,16 +266,11 @@ fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool, hsr: u32) -> bool {
         .is_some_and(|t| !write || t.attrs.access == carve_core::mm::table::Access::ReadWrite)
 }
 
-/// Emulates an access to the test device from the syndrome; `false` if it cannot (no valid ISS).
-fn emulate_testdev(vm: &mut Vm, frame: &mut TrapFrame, hsr: u32, ipa: u64) -> bool {
-    let isv = hsr & (1 << 24) != 0;
-    let sas = (hsr >> 22) & 0b11; // 0 byte, 1 halfword, 2 word
-    let srt = ((hsr >> 16) & 0xf) as usize;
-    let write = hsr & (1 << 6) != 0;
-    if !isv || srt > 12 {
-        return false; // no syndrome, or SP/LR/PC (banked): not emulated
-    }
-    if write {
+/// Emulates an access to the test device from the syndrome; `false` if it
+/// cannot (no valid ISS, or a banked register: SP, LR, PC).
+fn emulate_testdev(vm: &mut Vm, frame: &mut TrapFrame, a: Abort, ipa: u64) -> bool {
+    let Some(access) = a.access().filter(|x| x.reg <= 12) else { return false };
+    if a.write() {
         return true; // writes are ignored
     }
     let offset = ipa - hc::TESTDEV_IPA;
@@ -294,12 +282,13 @@ fn emulate_testdev(vm: &mut Vm, frame: &mut TrapFrame, hsr: u32, ipa: u64) -> bo
         hc::TESTDEV_ID => hc::TESTDEV_MAGIC,
         _ => 0,
     };
-    let shift = (offset & 3) * 8;
-    let v = value >> shift;
-    frame.r[srt] = match sas {
-        0 => v & 0xff,
-        1 => v & 0xffff,
-        _ => v,
+    let v = value >> ((offset & 3) * 8);
+    frame.r[usize::from(access.reg)] = match (access.size, access.sign_extend) {
+        (AccessSize::Byte, false) => v & 0xff,
+        (AccessSize::Byte, true) => v as u8 as i8 as u32,
+        (AccessSize::Halfword, false) => v & 0xffff,
+        (AccessSize::Halfword, true) => v as u16 as i16 as u32,
+        (AccessSize::Word, _) => v,
     };
     true
 }
