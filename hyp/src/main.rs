@@ -22,8 +22,6 @@ mod arch;
 #[cfg(target_arch = "arm")]
 mod boot;
 #[cfg(target_arch = "arm")]
-mod cma;
-#[cfg(target_arch = "arm")]
 mod log;
 #[cfg(target_arch = "arm")]
 mod mm;
@@ -253,7 +251,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     mm::log_meminfo(&plan, &figures);
     if mm::selftest_has(machine.bootargs.as_deref(), "cma") {
         defmt::info!("cma: test calls enabled (carve.selftest=cma)");
-        cma::enable_test_calls();
+        vm::enable_cma_test_calls();
     }
     if mm::selftest_requested(machine.bootargs.as_deref()) {
         let ok = mm::selftest(&plan, &figures);

@@ -1,4 +1,4 @@
-//! The monitor's own memory, made real: sections and vmemmap, the buddy allocator, vmalloc, CMA pools, and the `carve.selftest=mm` self-tests.
+//! The monitor's own memory, made real: sections and vmemmap, the buddy allocator, vmalloc, CMA pools ([`cma`]), and the `carve.selftest=mm` self-tests.
 //!
 //! [`init`] runs once the lowmem linear map is on, in the order the core's
 //! API asks for: sections of the plan, the vmemmap backed only for present
@@ -32,6 +32,8 @@ use spin::Mutex;
 use crate::arch;
 use crate::arch::memmap::{self, MemState, VmemmapStore, MEM};
 use crate::arch::mmu;
+
+pub mod cma;
 
 /// vmalloc over the Hyp map (lock after `MEM`, before `HYP_MAP`).
 pub static VMALLOC: Mutex<Option<Vmalloc>> = Mutex::new(None);
@@ -632,7 +634,7 @@ fn test_cma() -> bool {
         }
         // Claim the whole pool: every lent page moves.
         let t0 = arch::counter();
-        let a = crate::cma::alloc(0, pool_pages, 1, map, |m| crate::cma::migrate_page(&mut s2, vttbr, m));
+        let a = cma::alloc(0, pool_pages, 1, map, |m| cma::migrate_page(&mut s2, vttbr, m));
         let ticks = arch::counter() - t0;
         let (mut patterns, mut moved_to) = (0u32, Vec::new());
         for i in 0..lent.len() {
@@ -666,7 +668,7 @@ fn test_cma() -> bool {
                     instructions(a.ticks - a.claim_ticks) / u64::from(moved)
                 );
                 ok &= a.moved as usize == lent.len() && a.va.is_some() == map;
-                ok &= crate::cma::free(a).is_ok();
+                ok &= cma::free(a).is_ok();
             }
             Err(e) => {
                 defmt::error!("mm-selftest: cma: allocation: {=str}", e.as_str());

@@ -10,7 +10,7 @@
 //!
 //! The movable part of a guest's RAM (a CMA pool's free pages, lent at build
 //! time) is mapped page by page, so a contiguous allocation can move one page
-//! at a time while the guest runs ([`crate::cma`]); [`Vm::movable`] keeps the
+//! at a time while the guest runs ([`cma`]); [`Vm::movable`] keeps the
 //! frame behind each of its pages.
 //!
 //! Each vCPU runs on its own physical CPU: vCPU `v` of a guest on CPU
@@ -18,6 +18,7 @@
 //! vCPU of each guest that lives on another CPU (`arch::smp`: the firmware's
 //! PSCI CPU_ON, or a boot monitor's SYS_FLAGS), and then runs its own.
 
+mod cma;
 mod inject;
 mod trap;
 
@@ -40,6 +41,8 @@ use crate::arch::guest::{self, VcpuRegs, SPSR_SVC_MASKED};
 use crate::arch::mmu;
 use crate::arch::semihost::{self, ExitCode};
 use crate::arch::vectors::{self, TrapFrame};
+
+pub use cma::enable_test_calls as enable_cma_test_calls;
 
 /// One guest: what the plan decided and what the monitor built for it.
 pub struct Vm {
@@ -183,7 +186,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
 
     // The movable part's pages, lent by their CMA pool; then stage-2: RAM, then the devices the guest is given.
     let vmid = (index + 1) as u8;
-    let movable = crate::cma::lend(g, vmid)?;
+    let movable = cma::lend(g, vmid)?;
     let devices = if devices { passthrough(tree, machine, g)? } else { Vec::new() };
     let stage2 = build_stage2(g, &devices, &movable)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
@@ -509,8 +512,8 @@ fn run_deferred_init(cpu: u32) -> ! {
 
 /// Runs whatever vCPU waits for physical CPU `cpu`; parks the CPU if none does.
 pub fn run_cpu(cpu: u32) -> ! {
-    if let Some(job) = crate::cma::take_job(cpu) {
-        crate::cma::run_job(job)
+    if let Some(job) = cma::take_job(cpu) {
+        cma::run_job(job)
     }
     if DEFERRED_CPU.load(core::sync::atomic::Ordering::Acquire) == cpu {
         run_deferred_init(cpu)

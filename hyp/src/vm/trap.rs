@@ -81,7 +81,7 @@ fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: 
             }
             let id = frame.r[0];
             if id == hc::CMA_TEST_ALLOC {
-                frame.r[0] = crate::cma::test_alloc(vms, index, frame.r[1], frame.r[2], frame.r[3]) as u32;
+                frame.r[0] = super::cma::test_alloc(vms, index, frame.r[1], frame.r[2], frame.r[3]) as u32;
                 return After::Resume;
             }
             if hc::is_carve_call(id) {
@@ -192,8 +192,8 @@ fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
             hc::INFO_RESTARTS => vm.restarts as i32,
             _ => hc::INVALID_PARAMETERS,
         },
-        hc::CMA_TEST_STATUS => crate::cma::test_status(vm, frame.r[1]),
-        hc::CMA_TEST_FREE => crate::cma::test_free(vm),
+        hc::CMA_TEST_STATUS => super::cma::test_status(vm, frame.r[1]),
+        hc::CMA_TEST_FREE => super::cma::test_free(vm),
         hc::DUMP_MAP => {
             if let Some((machine, plan)) = PLAN.lock().as_ref() {
                 crate::report::log_plan(machine, plan);

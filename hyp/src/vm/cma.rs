@@ -1,16 +1,13 @@
-//! CMA at run time: guest RAM lent from pools, and contiguous allocations that move it while the guest runs on.
+//! A guest's movable memory: lent from a CMA pool at build time, moved page by page while the guest runs.
 //!
 //! A guest with movable memory (`memory-region` + `carve,movable-memory`)
-//! gets the top of its RAM from free pages of a CMA pool ([`lend`]), mapped in
-//! stage-2 page by page. A contiguous allocation ([`alloc`]) claims a run of
-//! the pool; for each guest page in its way the core's [`CmaPool`] names a
-//! fresh page from the buddy, and [`migrate_page`] moves it while the guest
-//! runs: the stage-2 entry is made read-only (the TLB invalidated by the
-//! guest's VMID), the page copied, then the entry switched to the new page
-//! by break-before-make (invalid, TLB by VMID, new entry). A guest access
-//! that faults meanwhile waits on the guests' lock and is retried once the
-//! entry is switched (`vm::trap`). Migrations stop at the first failure and
-//! the allocation is undone ([`CmaPool::abort_contig`]): no guest page is lost.
+//! gets the top of its RAM from free pages of a CMA pool ([`lend`]), mapped
+//! in stage-2 page by page ([`Vm::movable`] keeps the frame behind each).
+//! When a contiguous allocation from the pool (`mm::cma::alloc`) finds one
+//! of those pages in its way, [`migrate_guest_page`] moves it: the guest is
+//! looked up by VMID under the guests' lock, which its traps wait on, and
+//! `mm::cma::migrate_page` does the page and table work. A guest access that
+//! faults meanwhile is retried once the entry is switched (`vm::trap`).
 //!
 //! The test calls (`carve.selftest=cma` in the monitor's bootargs) let a guest
 //! start an allocation from its own pool on a physical CPU no guest uses
@@ -19,33 +16,24 @@
 
 use alloc::format;
 use alloc::string::String;
-use core::sync::atomic::{AtomicU32, Ordering};
+use alloc::vec::Vec;
 
-use carve_core::addr::{Address, PhysAddr, PhysRange, VirtRange, PAGE_SIZE};
-use carve_core::mm::table::Access;
-use carve_core::mm::{Attrs, CmaAllocation, Migration, PageTable, Pfn, Stage2};
+use carve_core::addr::{Address, PAGE_SIZE};
+use carve_core::mm::{Migration, Pfn};
 use carve_core::plan::GuestPlan;
 use carve_core::vm::hypercall as hc;
 use spin::Mutex;
 
+use super::{Vm, VmError, PLAN, VMS};
 use crate::arch;
-use crate::arch::memmap::{self, MEM};
-use crate::arch::mmu;
-use crate::mm::{copy_page, with_page, CMA, VMALLOC};
-use crate::vm::{self, Vm, VmError};
+use crate::arch::memmap;
+use crate::mm::cma::{self as pool, Allocation};
+use crate::mm::with_page;
 
 /// Lends the movable part of guest `g` (VMID `vmid`) from its pool: the frame behind each of its pages.
-pub fn lend(g: &GuestPlan, vmid: u8) -> Result<alloc::vec::Vec<u32>, VmError> {
-    let Some(m) = &g.movable else { return Ok(alloc::vec::Vec::new()) };
-    let mut mem = MEM.lock();
-    let state = mem.as_mut().ok_or_else(|| format!("{}: no page allocator for movable memory", g.name))?;
-    let mut pools = CMA.lock();
-    let pool = pools
-        .iter_mut()
-        .find(|p| p.name() == m.pool)
-        .ok_or_else(|| format!("{}: no CMA pool {} for its movable memory", g.name, m.pool))?;
-    let pages = pool
-        .lend(&mut state.buddy, m.size / PAGE_SIZE, vmid, m.ipa)
+pub fn lend(g: &GuestPlan, vmid: u8) -> Result<Vec<u32>, VmError> {
+    let Some(m) = &g.movable else { return Ok(Vec::new()) };
+    let pages = pool::lend(&m.pool, m.size / PAGE_SIZE, vmid, m.ipa)
         .map_err(|e| format!("{}: movable memory from {}: {e}", g.name, m.pool))?;
     defmt::info!(
         "cma: {=str}: {=usize} pages ({=u64} KiB) of IPA {=u64:#x}.. lent from pool {=str} (PA {=u64:#x}..{=u64:#x}), mapped page by page",
@@ -53,148 +41,24 @@ pub fn lend(g: &GuestPlan, vmid: u8) -> Result<alloc::vec::Vec<u32>, VmError> {
         pages.len(),
         m.size / 1024,
         m.ipa.as_u64(),
-        pool.name(),
+        m.pool.as_str(),
         pages.first().map(|p| p.raw_addr()).unwrap_or(0),
         pages.last().map(|p| p.raw_addr() + PAGE_SIZE).unwrap_or(0)
     );
     Ok(pages.into_iter().map(|p| p.0 as u32).collect())
 }
 
-/// Moves one guest page as `m` says, in the stage-2 `stage2` of the guest
-/// whose VTTBR is `vttbr`: read-only, copy, switch (see the module's doc). On
-/// an error the guest still maps the old page, read/write.
-pub fn migrate_page(stage2: &mut PageTable<Stage2>, vttbr: u64, m: &Migration) -> Result<(), String> {
-    let from = m.from.addr().ok_or("a frame past the physical space")?;
-    let to = m.to.addr().ok_or("a frame past the physical space")?;
-    let remap = |s2: &mut PageTable<Stage2>, pa: PhysAddr, attrs: Attrs| -> Result<(), String> {
-        mmu::with_guest_tables(vttbr, |tm| s2.remap_page(tm, m.ipa, pa, attrs))
-            .ok_or("no Hyp map")?
-            .map_err(|e| format!("IPA {:#x}: {e}", m.ipa.as_u64()))
-    };
-    remap(stage2, from, Attrs { access: Access::ReadOnly, ..Attrs::ram() })?;
-    if let Err(e) = copy_page(m.to, m.from) {
-        let _ = remap(stage2, from, Attrs::ram());
-        return Err(e);
-    }
-    remap(stage2, to, Attrs::ram())
-}
-
 /// Moves a page of a running guest (looked up by VMID under the guests' lock, which its traps wait on).
-fn migrate_guest_page(m: &Migration) -> Result<(), String> {
-    let mut vms = vm::VMS.lock();
+pub fn migrate_guest_page(m: &Migration) -> Result<(), String> {
+    let mut vms = VMS.lock();
     let v: &mut Vm = vms.iter_mut().find(|v| v.vmid == m.vmid).ok_or("no guest with that VMID")?;
     let i = v.movable_index(m.ipa).ok_or("not a movable page of the guest")?;
     if v.movable.get(i).map(|&f| u64::from(f)) != Some(m.from.0) {
         return Err(format!("the guest's page at IPA {:#x} is not {}", m.ipa.as_u64(), m.from));
     }
     let vttbr = v.vttbr();
-    migrate_page(&mut v.stage2, vttbr, m)?;
+    pool::migrate_page(&mut v.stage2, vttbr, m)?;
     v.movable[i] = m.to.0 as u32;
-    Ok(())
-}
-
-/// A finished contiguous allocation.
-#[derive(Clone, Debug)]
-pub struct Allocation {
-    pub pool: usize,
-    pub range: PhysRange,
-    pub va: Option<VirtRange>,
-    pub moved: u32,
-    /// Counter ticks for all of it, and for the claim alone (choosing the run, fresh pages from the buddy).
-    pub ticks: u64,
-    pub claim_ticks: u64,
-}
-
-/// Guest pages moved by the allocation under way (for the status call).
-static MOVED: AtomicU32 = AtomicU32::new(0);
-
-/// Claims `count` pages aligned to `align` pages from pool `pool`, moving the
-/// guest pages in the way with `mover` (each guest's own, or a test's), then
-/// maps the range in vmalloc space if `map`. On a failure the allocation is
-/// undone and the guests keep every page.
-pub fn alloc(
-    pool: usize,
-    count: u64,
-    align: u64,
-    map: bool,
-    mut mover: impl FnMut(&Migration) -> Result<(), String>,
-) -> Result<Allocation, String> {
-    let t0 = arch::counter();
-    let a: CmaAllocation = {
-        let mut mem = MEM.lock();
-        let m = mem.as_mut().ok_or("no page allocator")?;
-        let mut pools = CMA.lock();
-        let p = pools.get_mut(pool).ok_or("no such CMA pool")?;
-        let mut vmalloc = VMALLOC.lock();
-        let v = if map { Some(vmalloc.as_mut().ok_or("no vmalloc")?) } else { None };
-        p.alloc_contig(&mut m.buddy, count, align, v).map_err(|e| format!("{}: {e}", p.name()))?
-    };
-    let claim_ticks = arch::counter() - t0;
-    MOVED.store(0, Ordering::Relaxed);
-    let mut failure = None;
-    for (k, m) in a.migrations.iter().enumerate() {
-        if let Err(e) = mover(m) {
-            failure =
-                Some((k, format!("moving {} (IPA {:#x} of VMID {}) to {}: {e}", m.from, m.ipa.as_u64(), m.vmid, m.to)));
-            break;
-        }
-        MOVED.fetch_add(1, Ordering::Relaxed);
-    }
-    let mapped = match (&failure, a.va) {
-        (None, Some(va)) => {
-            let mut mem = MEM.lock();
-            mmu::with_hyp_table(mem.as_mut(), |t, tm| t.map(tm, va.base, a.range.base, a.range.size, Attrs::ram_nx()))
-                .ok_or_else(|| String::from("no Hyp map"))
-                .and_then(|r| r.map(|_| ()).map_err(|e| format!("mapping the allocation: {e}")))
-        }
-        _ => Ok(()),
-    };
-    if let Err(e) = mapped {
-        failure = Some((a.migrations.len(), e));
-    }
-    if let Some((done, why)) = failure {
-        undo(pool, &a, done);
-        return Err(why);
-    }
-    Ok(Allocation {
-        pool,
-        range: a.range,
-        va: a.va,
-        moved: a.migrations.len() as u32,
-        ticks: arch::counter() - t0,
-        claim_ticks,
-    })
-}
-
-fn undo(pool: usize, a: &CmaAllocation, done: usize) {
-    let mut mem = MEM.lock();
-    let Some(m) = mem.as_mut() else { return };
-    let mut pools = CMA.lock();
-    let Some(p) = pools.get_mut(pool) else { return };
-    match p.abort_contig(&mut m.buddy, a, done) {
-        Ok(Some(va)) => {
-            if let Some(v) = VMALLOC.lock().as_mut() {
-                let _ = v.free(va.base);
-            }
-        }
-        Ok(None) => {}
-        Err(e) => defmt::error!("cma: undoing an allocation: {=str}", format!("{e}").as_str()),
-    }
-}
-
-/// Gives an allocation back: unmapped (if it was mapped) and its pages free in the pool.
-pub fn free(a: &Allocation) -> Result<(), String> {
-    let mut mem = MEM.lock();
-    let m = mem.as_mut().ok_or("no page allocator")?;
-    if let Some(va) = a.va {
-        mmu::with_hyp_table(Some(&mut *m), |t, tm| t.unmap(tm, va.base, va.size))
-            .ok_or("no Hyp map")?
-            .map_err(|e| format!("unmapping the allocation: {e}"))?;
-        VMALLOC.lock().as_mut().ok_or("no vmalloc")?.free(va.base).map_err(|e| format!("{e}"))?;
-    }
-    let mut pools = CMA.lock();
-    let p = pools.get_mut(a.pool).ok_or("no such CMA pool")?;
-    p.free_contig(&mut m.buddy, a.range.base).map_err(|e| format!("{e}"))?;
     Ok(())
 }
 
@@ -226,8 +90,6 @@ fn poison_pass(a: &Allocation, write: bool) -> Result<bool, String> {
     }
     Ok(ok)
 }
-
-// --- the test calls ----------------------------------------------------------------------
 
 /// What a test allocation is doing.
 enum TestState {
@@ -275,16 +137,16 @@ pub fn test_alloc(vms: &[Vm], caller: usize, pages: u32, align: u32, flags: u32)
         return hc::DENIED;
     }
     let Some(m) = &vm.plan.movable else { return hc::NOT_SUPPORTED };
-    let Some(pool) = CMA.lock().iter().position(|p| p.name() == m.pool) else { return hc::NOT_SUPPORTED };
+    let Some(pool) = pool::pool_index(&m.pool) else { return hc::NOT_SUPPORTED };
     if !align.is_power_of_two() {
         return hc::INVALID_PARAMETERS;
     }
     let count = match pages {
-        0 => CMA.lock().get(pool).map(|p| p.total_pages()).unwrap_or(0),
+        0 => pool::pool_pages(pool).unwrap_or(0),
         n => u64::from(n),
     };
     // The lowest CPU no guest runs on.
-    let Some((cpu, mpidr)) = vm::PLAN.lock().as_ref().and_then(|(machine, _)| {
+    let Some((cpu, mpidr)) = PLAN.lock().as_ref().and_then(|(machine, _)| {
         (0..machine.cpus.len() as u32)
             .find(|c| !vms.iter().any(|v| v.cpu_ids.contains(c)))
             .map(|c| (c, machine.cpus[c as usize] as u32))
@@ -295,9 +157,8 @@ pub fn test_alloc(vms: &[Vm], caller: usize, pages: u32, align: u32, flags: u32)
     *JOB.lock() = Some(Job { cpu, pool, count, align: u64::from(align), map: flags & hc::CMA_MAP != 0, vmid: vm.vmid });
     test.state = TestState::Running;
     test.pages = count;
-    MOVED.store(0, Ordering::Relaxed);
     // The CPU may still be listing the monitor's deferred memory, or on its way off after an earlier job.
-    vm::wait_deferred_init(cpu);
+    super::wait_deferred_init(cpu);
     let mut r = carve_core::vm::psci::ALREADY_ON;
     for _ in 0..100_000 {
         r = arch::smp::cpu_on(cpu, mpidr);
@@ -335,7 +196,7 @@ pub fn take_job(cpu: u32) -> Option<Job> {
 
 /// Runs a test allocation on this CPU, then turns the CPU off.
 pub fn run_job(job: Job) -> ! {
-    let r = alloc(job.pool, job.count, job.align, job.map, migrate_guest_page).and_then(|a| {
+    let r = pool::alloc(job.pool, job.count, job.align, job.map, migrate_guest_page).and_then(|a| {
         poison_pass(&a, true)?;
         Ok(a)
     });
@@ -363,7 +224,7 @@ pub fn run_job(job: Job) -> ! {
     TEST.lock().state = state;
     // Off, or (a boot monitor's CPUs) back in the pen until started again.
     arch::smp::cpu_off(job.cpu);
-    vm::run_cpu(job.cpu)
+    super::run_cpu(job.cpu)
 }
 
 /// `CMA_TEST_STATUS(what)` for `vm`.
@@ -380,7 +241,7 @@ pub fn test_status(vm: &Vm, what: u32) -> i32 {
             TestState::Done(_) => 2,
             TestState::Failed(code) => code,
         },
-        hc::CMA_STATUS_MOVED => MOVED.load(Ordering::Relaxed) as i32,
+        hc::CMA_STATUS_MOVED => pool::moved_so_far() as i32,
         hc::CMA_STATUS_WAITS => vm.migration_waits.min(i32::MAX as u64) as i32,
         hc::CMA_STATUS_PAGES => test.pages.min(i32::MAX as u64) as i32,
         _ => hc::INVALID_PARAMETERS,
@@ -398,7 +259,7 @@ pub fn test_free(vm: &Vm) -> i32 {
         return hc::DENIED;
     };
     let intact = poison_pass(&a, false);
-    let freed = free(&a);
+    let freed = pool::free(&a);
     defmt::info!(
         "cma: {=str}: the allocation at PA {=u64:#x}..{=u64:#x} {=str} after the guest ran on ({=u64} of its accesses waited for a move); freed: {=str}",
         vm.name(),
