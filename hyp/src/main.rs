@@ -2,10 +2,14 @@
 //!
 //! `_start` (arch/entry.rs) maps the image at its link address wherever the
 //! loader put it, turns the MMU on, picks a stack, clears `.bss`, sets HVBAR
-//! and calls [`hyp_main`]: it checks the CPU's features, switches to the
-//! monitor's own Hyp map, reads the DTB through the fixmap, sends the log to
-//! the UART `/chosen/carve,log` names, learns how the board powers off and
-//! starts CPUs, plans the machine, brings its memory up and runs the guests.
+//! and calls [`hyp_main`], which runs the boot's steps ([`boot`]): it checks
+//! the CPU's features, switches to the monitor's own Hyp map, reads the DTB
+//! through the fixmap, checks the trap path, sends the log to the UART
+//! `/chosen/carve,log` names, learns how the board powers off and starts
+//! CPUs, plans the machine and logs the plan, maps lowmem, brings its memory
+//! up, runs the self-tests `carve.selftest=` asks for, and runs the guests
+//! (`vm`). The first step that fails logs one sentence and ends the run with
+//! its [`BootError`]'s exit status.
 //!
 //! Only `arch` touches the hardware and holds `unsafe`; the rest of the crate
 //! denies it. On a host target this crate is a stub: build it with `cargo hyp`.
@@ -59,11 +63,68 @@ fn mode_name(mode: u32) -> &'static str {
 /// The boot CPU's Rust entry, called by `_start` with the loader's r0-r2.
 ///
 /// r2 is the DTB's physical address (0 under QEMU's ELF loader: the DTB is
-/// then at the start of RAM).
+/// then at the start of RAM). Boot is the steps of [`boot`]; the first that
+/// fails logs its [`BootError`] and ends the run with that error's status.
 #[cfg(target_arch = "arm")]
 extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     arch::heap::init();
+    match boot(r0, r1, r2) {
+        Ok(Booted { tree, machine, plan, self_tests }) => {
+            if plan.guests.is_empty() {
+                match self_tests {
+                    Some(ok) => semihost::exit(if ok { ExitCode::Success } else { ExitCode::Panic }),
+                    None => {
+                        defmt::info!("hyp: no guest under /chosen: nothing to run");
+                        semihost::exit(ExitCode::Success)
+                    }
+                }
+            }
+            *vm::PLAN.lock() = Some((machine.clone(), plan.clone()));
+            vm::start(&tree, &machine, &plan)
+        }
+        Err(e) => {
+            defmt::error!("{}", e);
+            semihost::exit(e.exit_code())
+        }
+    }
+}
 
+/// What the boot leaves for the guests: the machine's tree, its description, and the plan.
+#[cfg(target_arch = "arm")]
+struct Booted {
+    tree: carve_core::dt::Tree<'static>,
+    machine: carve_core::dt::Machine,
+    plan: carve_core::plan::Plan,
+    /// The memory self-tests' verdict, if `carve.selftest=` asked for them.
+    self_tests: Option<bool>,
+}
+
+/// The boot, one named step after the other.
+#[cfg(target_arch = "arm")]
+fn boot(r0: u32, r1: u32, r2: u32) -> Result<Booted, BootError> {
+    check_cpu(r0, r1, r2)?;
+    let (layout, image_pa) = log_image();
+    enable_mmu(&layout)?;
+    let dtb = find_dtb(r2, image_pa)?;
+    let dtb_va = map_dtb(&dtb)?;
+    check_trap_path()?;
+    let blob = copy_dtb(dtb_va, &dtb)?;
+    let tree = carve_core::dt::Tree::parse(blob).map_err(BootError::Tree)?;
+    let machine = carve_core::dt::Machine::from_tree(&tree).map_err(BootError::Tree)?;
+    log_to_uart(&machine);
+    board_control(&machine);
+    let plan = plan_machine(&machine, image_pa, &dtb)?;
+    map_lowmem(&plan)?;
+    let figures = bring_up_memory(&plan)?;
+    let self_tests = run_self_tests(&machine, &plan, &figures);
+    Ok(Booted { tree, machine, plan, self_tests })
+}
+
+/// Logs who runs (CPU mode, MIDR, MPIDR, its features) and what the loader
+/// passed; refuses a core without the Virtualization Extensions or LPAE (by
+/// feature, not by part number: any core with both runs carve).
+#[cfg(target_arch = "arm")]
+fn check_cpu(r0: u32, r1: u32, r2: u32) -> Result<(), BootError> {
     let mode = arch::cpsr_mode();
     defmt::info!("carve {=str}: Hyp monitor starting", env!("CARGO_PKG_VERSION"));
     defmt::info!(
@@ -74,8 +135,7 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         arch::mpidr()
     );
     defmt::info!("hyp: loader registers r0={=u32:#x} r1={=u32:#x} r2={=u32:#010x}", r0, r1, r2);
-    // By feature, not by part number: any core with both runs carve (`_start`
-    // refuses a core without them that was started outside Hyp mode).
+    // `_start` refuses a core without them that was started outside Hyp mode.
     let cpu = arch::cpu_features();
     let midr = arch::midr();
     defmt::info!(
@@ -89,10 +149,15 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         cpu.id_mmfr0
     );
     if !(cpu.virtualization && cpu.lpae) {
-        defmt::error!("hyp: this CPU lacks the Virtualization Extensions or LPAE: carve runs on cores that have both (Cortex-A15, A7, A17)");
-        semihost::exit(ExitCode::NoVirtualization)
+        return Err(BootError::NoVirtualization);
     }
+    Ok(())
+}
 
+/// Logs the image's parts and where the loader put it; returns its layout
+/// (virtual, at the link address) and its physical `[start, end)`.
+#[cfg(target_arch = "arm")]
+fn log_image() -> (arch::ImageLayout, (u64, u64)) {
     let layout = arch::image_layout();
     let image_pa =
         (arch::image_pa(layout.image.0), arch::image_pa(layout.image.0) + (layout.image.1 - layout.image.0) as u64);
@@ -109,23 +174,30 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         kib(layout.stacks)
     );
     defmt::info!("hyp: image loaded at PA {=u64:#010x}-{=u64:#010x}, runs at its link address", image_pa.0, image_pa.1);
+    (layout, image_pa)
+}
 
-    match arch::mmu::enable_boot_map(&layout) {
-        Ok(report) => defmt::info!("hyp: MMU on ({})", report),
-        Err(e) => {
-            defmt::error!("hyp: cannot build the Hyp map: {}", e);
-            semihost::exit(ExitCode::MmuSetup)
-        }
+/// The monitor's own Hyp map, switched to from the one `_start` built.
+#[cfg(target_arch = "arm")]
+fn enable_mmu(layout: &arch::ImageLayout) -> Result<(), BootError> {
+    let report = arch::mmu::enable_boot_map(layout).map_err(BootError::Mmu)?;
+    defmt::info!("hyp: MMU on ({})", report);
+    Ok(())
+}
+
+/// The DTB the loader points at (r2, or QEMU's place when r2 is 0), its header
+/// read through the fixmap and checked; `image` is the monitor's physical `[start, end)`.
+#[cfg(target_arch = "arm")]
+fn find_dtb(r2: u32, image: (u64, u64)) -> Result<boot::Dtb, BootError> {
+    let addr = boot::dtb_address(r2);
+    if addr & 7 != 0 {
+        return Err(BootError::Dtb(boot::DtbError::Misaligned { addr }));
     }
-
-    let dtb_addr = boot::dtb_address(r2);
-    let dtb = match read_dtb_header(dtb_addr, image_pa) {
-        Ok(dtb) => dtb,
-        Err(e) => {
-            defmt::error!("hyp: {}", e);
-            semihost::exit(ExitCode::BadDtb)
-        }
-    };
+    let va = arch::mmu::map_early_dtb(addr, boot::FDT_HEADER_SIZE)
+        .map_err(|_| BootError::Dtb(boot::DtbError::BadRange { addr, totalsize: boot::FDT_HEADER_SIZE }))?;
+    let checked = boot::check_dtb(addr, arch::phys::dtb_bytes(va, boot::FDT_HEADER_SIZE), image);
+    arch::mmu::unmap_early_dtb(va, boot::FDT_HEADER_SIZE).map_err(BootError::DtbHeaderUnmap)?;
+    let dtb = checked.map_err(BootError::Dtb)?;
     defmt::info!(
         "hyp: DTB at {=u32:#010x}{=str}: magic {=u32:#010x} ok, totalsize {=u32} bytes, version {=u32} (compatible with {=u32})",
         dtb.addr,
@@ -135,137 +207,116 @@ extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
         dtb.version,
         dtb.last_comp_version
     );
+    Ok(dtb)
+}
 
-    let dtb_va = match arch::mmu::map_early_dtb(dtb.addr, dtb.used) {
-        Ok(va) => {
-            defmt::info!("hyp: DTB's {=u32} used bytes at {=u32:#010x} (fixmap)", dtb.used, va);
-            va
-        }
-        Err(e) => {
-            defmt::error!("hyp: cannot map the DTB: {}", e);
-            semihost::exit(if matches!(e, arch::mmu::MmuError::DtbTooLarge { .. }) {
-                ExitCode::BadDtb
-            } else {
-                ExitCode::MmuSetup
-            })
-        }
-    };
+/// The DTB's used bytes in the fixmap's early DT window; returns their virtual address.
+#[cfg(target_arch = "arm")]
+fn map_dtb(dtb: &boot::Dtb) -> Result<u32, BootError> {
+    let va = arch::mmu::map_early_dtb(dtb.addr, dtb.used).map_err(BootError::DtbMap)?;
+    defmt::info!("hyp: DTB's {=u32} used bytes at {=u32:#010x} (fixmap)", dtb.used, va);
+    Ok(va)
+}
 
+/// An HVC from Hyp mode and back: HVBAR, the trap frame and `eret` work.
+#[cfg(target_arch = "arm")]
+fn check_trap_path() -> Result<(), BootError> {
     if !arch::trap_selftest() {
-        defmt::error!("hyp: trap self-test: registers came back wrong from HVC");
-        semihost::exit(ExitCode::UnhandledTrap)
+        return Err(BootError::TrapPath);
     }
     defmt::info!("hyp: trap path ok (HVC from Hyp mode: frame saved, handled, restored, eret)");
+    Ok(())
+}
 
-    // The tree's used part, read through the fixmap, copied to the heap as a
-    // whole blob; then the early window goes.
+/// The tree's used part, read through the fixmap and copied to the heap as a
+/// whole blob; then the early window goes.
+#[cfg(target_arch = "arm")]
+fn copy_dtb(dtb_va: u32, dtb: &boot::Dtb) -> Result<&'static [u8], BootError> {
     let early = arch::phys::dtb_bytes(dtb_va, dtb.used);
     if early.get(4..8) != Some(&dtb.size.to_be_bytes()[..])
         || early.get(..4) != Some(&boot::FDT_MAGIC.to_be_bytes()[..])
     {
-        defmt::error!("hyp: the DTB reads differently with the MMU on");
-        semihost::exit(ExitCode::MmuSetup)
+        return Err(BootError::DtbChanged);
     }
-    let blob: &'static [u8] = match carve_core::dt::header::trimmed(early, dtb.size as usize) {
-        Ok(copy) => alloc::vec::Vec::leak(copy),
-        Err(e) => {
-            defmt::error!("dt: {}", defmt::Display2Format(&e));
-            semihost::exit(ExitCode::BadDtb)
-        }
-    };
-    if let Err(e) = arch::mmu::unmap_early_dtb(dtb_va, dtb.used) {
-        defmt::error!("hyp: unmapping the early DT window: {}", e);
-        semihost::exit(ExitCode::MmuSetup)
-    }
-    let tree = match carve_core::dt::Tree::parse(blob) {
-        Ok(t) => t,
-        Err(e) => {
-            defmt::error!("dt: {}", defmt::Display2Format(&e));
-            semihost::exit(ExitCode::BadDtb)
-        }
-    };
-    let machine = match carve_core::dt::Machine::from_tree(&tree) {
-        Ok(m) => m,
-        Err(e) => {
-            defmt::error!("dt: {}", defmt::Display2Format(&e));
-            semihost::exit(ExitCode::BadDtb)
-        }
-    };
-    log_to_uart(&machine);
-    board_control(&machine);
-    let page = |a: usize| a as u64 & !0xfff;
-    // The monitor's own command line (`vmalloc=`) shapes its layout before planning.
+    let copy = carve_core::dt::header::trimmed(early, dtb.size as usize).map_err(BootError::Header)?;
+    arch::mmu::unmap_early_dtb(dtb_va, dtb.used).map_err(BootError::EarlyUnmap)?;
+    Ok(alloc::vec::Vec::leak(copy))
+}
+
+/// The plan for this machine, with the monitor's own command line (`vmalloc=`)
+/// and its image and DTB kept out of every guest; verified, then logged.
+#[cfg(target_arch = "arm")]
+fn plan_machine(
+    machine: &carve_core::dt::Machine,
+    image_pa: (u64, u64),
+    dtb: &boot::Dtb,
+) -> Result<carve_core::plan::Plan, BootError> {
+    use carve_core::plan::{self, bootargs, MonitorImage, PlanConfig};
     let layout_config =
-        match carve_core::plan::bootargs::layout_config(machine.bootargs.as_deref(), &Default::default()) {
-            Ok(c) => c,
-            Err(e) => {
-                defmt::error!("plan: {}", defmt::Display2Format(&e));
-                semihost::exit(ExitCode::BadPlan)
-            }
-        };
-    let config = carve_core::plan::PlanConfig {
+        bootargs::layout_config(machine.bootargs.as_deref(), &Default::default()).map_err(BootError::Plan)?;
+    let image = monitor_range("image", image_pa.0, image_pa.1)?;
+    let dtb_range = monitor_range("DTB", u64::from(dtb.addr), u64::from(dtb.addr) + u64::from(dtb.size))?;
+    let config = PlanConfig {
         layout: layout_config,
-        monitor_image: carve_core::plan::MonitorImage::At(range(image_pa.0 & !0xfff, (image_pa.1 + 0xfff) & !0xfff)),
-        monitor_extra: alloc::vec![range(page(dtb.addr as usize), page(dtb.addr as usize + dtb.size as usize + 0xfff))],
+        monitor_image: MonitorImage::At(image),
+        monitor_extra: alloc::vec![dtb_range],
         ..Default::default()
     };
-    let plan = match carve_core::plan::plan(&machine, &config) {
-        Ok(p) => p,
-        Err(e) => {
-            defmt::error!("plan: {}", defmt::Display2Format(&e));
-            semihost::exit(ExitCode::BadPlan)
-        }
-    };
-    if let Err(e) = carve_core::plan::verify(&plan) {
-        defmt::error!("plan: broken invariant (a bug in carve): {=str}", e.as_str());
-        semihost::exit(ExitCode::Panic)
-    }
-    report::log_plan(&machine, &plan);
+    let plan = plan::plan(machine, &config).map_err(BootError::Plan)?;
+    plan::verify(&plan).map_err(BootError::PlanInvariant)?;
+    report::log_plan(machine, &plan);
     defmt::info!(
         "hyp: heap {=usize} KiB in use, {=usize} KiB free",
         arch::heap::used() / 1024,
         arch::heap::free() / 1024
     );
-    match arch::mmu::map_linear(&plan.monitor.lowmem) {
-        Ok(s) => defmt::info!(
-            "hyp: lowmem linear map on: {=u32} 1 GiB + {=u32} 2 MiB blocks + {=u32} pages",
-            s.blocks_1g,
-            s.blocks_2m,
-            s.pages_4k
-        ),
-        Err(e) => {
-            defmt::error!("hyp: cannot map lowmem: {}", e);
-            semihost::exit(ExitCode::MmuSetup)
-        }
-    }
+    Ok(plan)
+}
 
-    let figures = match mm::init(&plan) {
-        Ok(f) => f,
-        Err(e) => {
-            defmt::error!("mm: {=str}", e.as_str());
-            semihost::exit(ExitCode::MmuSetup)
-        }
-    };
-    mm::init_kmap_atomic(&plan);
-    window::init(&plan);
-    mm::log_meminfo(&plan, &figures);
+/// The pages `[start, end)` rounded out take: a range of the monitor's own (its image, its DTB).
+#[cfg(target_arch = "arm")]
+fn monitor_range(what: &'static str, start: u64, end: u64) -> Result<carve_core::addr::PhysRange, BootError> {
+    const PAGE: u64 = carve_core::addr::PAGE_SIZE;
+    carve_core::addr::PhysRange::from_bounds(start & !(PAGE - 1), end.next_multiple_of(PAGE))
+        .ok_or(BootError::MonitorRange { what, start, end })
+}
+
+/// The lowmem linear map of the plan.
+#[cfg(target_arch = "arm")]
+fn map_lowmem(plan: &carve_core::plan::Plan) -> Result<(), BootError> {
+    let s = arch::mmu::map_linear(&plan.monitor.lowmem).map_err(BootError::Lowmem)?;
+    defmt::info!(
+        "hyp: lowmem linear map on: {=u32} 1 GiB + {=u32} 2 MiB blocks + {=u32} pages",
+        s.blocks_1g,
+        s.blocks_2m,
+        s.pages_4k
+    );
+    Ok(())
+}
+
+/// The monitor's memory (page records, buddy, CMA pools, vmalloc, kmap slots, copy windows), its counters logged.
+#[cfg(target_arch = "arm")]
+fn bring_up_memory(plan: &carve_core::plan::Plan) -> Result<mm::Figures, BootError> {
+    let figures = mm::init(plan).map_err(BootError::Memory)?;
+    mm::init_kmap_atomic(plan);
+    window::init(plan);
+    mm::log_meminfo(plan, &figures);
+    Ok(figures)
+}
+
+/// The self-tests `carve.selftest=` asks for: the memory self-tests' verdict,
+/// if they ran (the CMA test calls only become available to guests).
+#[cfg(target_arch = "arm")]
+fn run_self_tests(
+    machine: &carve_core::dt::Machine,
+    plan: &carve_core::plan::Plan,
+    figures: &mm::Figures,
+) -> Option<bool> {
     if mm::selftest_has(machine.bootargs.as_deref(), "cma") {
         defmt::info!("cma: test calls enabled (carve.selftest=cma)");
         vm::enable_cma_test_calls();
     }
-    if mm::selftest_requested(machine.bootargs.as_deref()) {
-        let ok = mm::selftest(&plan, &figures);
-        if plan.guests.is_empty() {
-            semihost::exit(if ok { ExitCode::Success } else { ExitCode::Panic })
-        }
-    }
-
-    if plan.guests.is_empty() {
-        defmt::info!("hyp: no guest under /chosen: nothing to run");
-        semihost::exit(ExitCode::Success)
-    }
-    *vm::PLAN.lock() = Some((machine.clone(), plan.clone()));
-    vm::start(&tree, &machine, &plan)
+    mm::selftest_requested(machine.bootargs.as_deref()).then(|| mm::selftest(plan, figures))
 }
 
 /// Sends the log to the UART `/chosen/carve,log` names, early frames first;
@@ -373,28 +424,94 @@ fn board_control(machine: &carve_core::dt::Machine) {
     }
 }
 
-/// Maps the FDT header at physical `addr` in the fixmap and checks it; `image`
-/// is the monitor's physical `[start, end)`.
+/// Why the boot stopped before any guest ran: each logs as one sentence and has its exit status.
 #[cfg(target_arch = "arm")]
-fn read_dtb_header(addr: u32, image: (u64, u64)) -> Result<boot::Dtb, boot::DtbError> {
-    if addr & 7 != 0 {
-        return Err(boot::DtbError::Misaligned { addr });
-    }
-    let va = arch::mmu::map_early_dtb(addr, boot::FDT_HEADER_SIZE)
-        .map_err(|_| boot::DtbError::BadRange { addr, totalsize: boot::FDT_HEADER_SIZE })?;
-    let checked = boot::check_dtb(addr, arch::phys::dtb_bytes(va, boot::FDT_HEADER_SIZE), image);
-    if let Err(e) = arch::mmu::unmap_early_dtb(va, boot::FDT_HEADER_SIZE) {
-        defmt::error!("hyp: unmapping the DTB's header: {}", e);
-        semihost::exit(ExitCode::MmuSetup)
-    }
-    checked
+enum BootError {
+    /// The CPU has no Virtualization Extensions or no LPAE.
+    NoVirtualization,
+    /// The monitor's own Hyp map could not be built.
+    Mmu(arch::mmu::MmuError),
+    /// The loader's DTB is missing, misaligned or has a bad header.
+    Dtb(boot::DtbError),
+    /// The DTB header's fixmap page could not be unmapped.
+    DtbHeaderUnmap(arch::mmu::MmuError),
+    /// The DTB's used bytes could not be mapped (or do not fit the early DT window).
+    DtbMap(arch::mmu::MmuError),
+    /// An HVC from Hyp mode did not come back with the registers it should.
+    TrapPath,
+    /// The DTB's header reads differently through the MMU than before it.
+    DtbChanged,
+    /// The blob's header, read in full, is not one carve reads.
+    Header(carve_core::dt::header::HeaderError),
+    /// The early DT window could not be unmapped.
+    EarlyUnmap(arch::mmu::MmuError),
+    /// The tree does not parse, or does not describe a machine.
+    Tree(carve_core::dt::DtError),
+    /// The plan refused the machine (or the monitor's own command line).
+    Plan(carve_core::plan::PlanError),
+    /// The plan breaks one of its own invariants: a bug in carve.
+    PlanInvariant(alloc::string::String),
+    /// The monitor's own image or DTB bounds are not a physical range: a bug in carve.
+    MonitorRange { what: &'static str, start: u64, end: u64 },
+    /// The lowmem linear map could not be built.
+    Lowmem(arch::mmu::MmuError),
+    /// The monitor's memory could not be brought up.
+    Memory(alloc::string::String),
 }
 
-/// A physical range from bounds the monitor computed itself (its image, its DTB).
 #[cfg(target_arch = "arm")]
-fn range(start: u64, end: u64) -> carve_core::addr::PhysRange {
-    carve_core::addr::PhysRange::from_bounds(start, end)
-        .unwrap_or(carve_core::addr::PhysRange { base: carve_core::addr::PhysAddr::new(0), size: 0 })
+impl BootError {
+    /// The status the run ends with.
+    fn exit_code(&self) -> ExitCode {
+        match self {
+            Self::NoVirtualization => ExitCode::NoVirtualization,
+            Self::Dtb(_) | Self::Header(_) | Self::Tree(_) => ExitCode::BadDtb,
+            Self::DtbMap(arch::mmu::MmuError::DtbTooLarge { .. }) => ExitCode::BadDtb,
+            Self::Mmu(_)
+            | Self::DtbHeaderUnmap(_)
+            | Self::DtbMap(_)
+            | Self::DtbChanged
+            | Self::EarlyUnmap(_)
+            | Self::Lowmem(_)
+            | Self::Memory(_) => ExitCode::MmuSetup,
+            Self::TrapPath => ExitCode::UnhandledTrap,
+            Self::Plan(_) => ExitCode::BadPlan,
+            Self::PlanInvariant(_) | Self::MonitorRange { .. } => ExitCode::Panic,
+        }
+    }
+}
+
+#[cfg(target_arch = "arm")]
+impl defmt::Format for BootError {
+    fn format(&self, f: defmt::Formatter) {
+        use defmt::Display2Format as D;
+        match self {
+            Self::NoVirtualization => defmt::write!(
+                f,
+                "hyp: this CPU lacks the Virtualization Extensions or LPAE: carve runs on cores that have both (Cortex-A15, A7, A17)"
+            ),
+            Self::Mmu(e) => defmt::write!(f, "hyp: cannot build the Hyp map: {}", e),
+            Self::Dtb(e) => defmt::write!(f, "hyp: {}", e),
+            Self::DtbHeaderUnmap(e) => defmt::write!(f, "hyp: unmapping the DTB's header: {}", e),
+            Self::DtbMap(e) => defmt::write!(f, "hyp: cannot map the DTB: {}", e),
+            Self::TrapPath => defmt::write!(f, "hyp: trap self-test: registers came back wrong from HVC"),
+            Self::DtbChanged => defmt::write!(f, "hyp: the DTB reads differently with the MMU on"),
+            Self::Header(e) => defmt::write!(f, "dt: {}", D(e)),
+            Self::EarlyUnmap(e) => defmt::write!(f, "hyp: unmapping the early DT window: {}", e),
+            Self::Tree(e) => defmt::write!(f, "dt: {}", D(e)),
+            Self::Plan(e) => defmt::write!(f, "plan: {}", D(e)),
+            Self::PlanInvariant(e) => defmt::write!(f, "plan: broken invariant (a bug in carve): {=str}", e.as_str()),
+            Self::MonitorRange { what, start, end } => defmt::write!(
+                f,
+                "hyp: the monitor's {=str} {=u64:#x}-{=u64:#x} is not a physical range (a bug in carve)",
+                what,
+                start,
+                end
+            ),
+            Self::Lowmem(e) => defmt::write!(f, "hyp: cannot map lowmem: {}", e),
+            Self::Memory(e) => defmt::write!(f, "mm: {=str}", e.as_str()),
+        }
+    }
 }
 
 /// A secondary CPU's Rust entry, with its MMU on and the monitor's map in
