@@ -96,7 +96,12 @@ fn run_guests(name: &str, smp: u32, guests: &[Guest]) -> Run {
         args.extend(["-smp".into(), smp.to_string()]);
     }
     let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-    let qemu = carve_tests::Qemu { binary: "qemu-system-arm", machine: MACHINE, mem_mib: MEM_MIB };
+    let qemu = carve_tests::Qemu {
+        binary: "qemu-system-arm",
+        machine: MACHINE,
+        mem_mib: MEM_MIB,
+        image: carve_tests::Image::Plain,
+    };
     carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S)
 }
 

@@ -175,3 +175,31 @@ fn the_log_goes_to_the_uart_carve_log_names() {
         assert!(log.contains(line), "the UART log lacks {line:?}\n{context}");
     }
 }
+
+/// The plain image (`scripts/build`, what a board boots) carries no self-test:
+/// asked for one on its command line it refuses to run (status 12) instead of
+/// running without it, and none of the self-tests' log lines is in its ELF
+/// (defmt keeps every format string in the ELF), while the self-test image has them.
+#[test]
+fn the_plain_image_has_no_self_tests_and_says_so() {
+    let run = run_monitor("plain-selftest", MACHINE_HYP, &["-append", "carve.selftest=mm"]);
+    run.assert_status(12);
+    run.assert_logged("hyp: bootargs ask for carve.selftest=, but this image has no self-tests (build it with scripts/build --selftest)");
+    run.assert_not_logged("mm-selftest");
+    let has = |elf: &Path, text: &str| {
+        let bytes = std::fs::read(elf).expect("read the ELF");
+        bytes.windows(text.len()).any(|w| w == text.as_bytes())
+    };
+    for text in ["mm-selftest: ", "mm-bench: ", "test calls enabled"] {
+        assert!(!has(carve_tests::monitor_elf(), text), "the plain image holds {text:?}");
+        assert!(has(carve_tests::selftest_elf(), text), "the self-test image lacks {text:?}");
+    }
+}
+
+/// A self-test name the monitor does not know is refused with the names it does.
+#[test]
+fn an_unknown_self_test_is_refused() {
+    let run = run_monitor("unknown-selftest", MACHINE_HYP, &["-append", "carve.selftest=mm,nosuch"]);
+    run.assert_status(12);
+    run.assert_logged("hyp: bootargs carve.selftest=nosuch: no such self-test (there are mm, cma, or all)");
+}

@@ -167,6 +167,8 @@ struct Options<'a> {
     blobs: &'a [(PathBuf, u64)],
     /// The monitor's own bootargs (`-append`, which QEMU writes to `/chosen/bootargs`).
     append: Option<&'a str>,
+    /// The plain image, or the one with the test calls and the test device.
+    image: carve_tests::Image,
 }
 
 /// Runs the monitor with `dtb`, the guests' stubs loaded at their module addresses.
@@ -192,6 +194,7 @@ fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &Options<'_>) -> 
         binary: if opts.aarch64 { "qemu-system-aarch64" } else { "qemu-system-arm" },
         machine: MACHINE,
         mem_mib: MEM_MIB,
+        image: opts.image,
     };
     carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S)
 }
@@ -470,7 +473,12 @@ fn cma_allocation_moves_a_running_guests_pages() {
         props: "\t\t\tmemory-region = <&cma_pool>;\n\t\t\tcarve,movable-memory = <0x0 0x4000>;\n",
         ..Guest::new("guest@0", "cma", 24, 0x4800_0000)
     }];
-    let opts = Options { smp: 2, append: Some("carve.selftest=cma"), ..Options::default() };
+    let opts = Options {
+        smp: 2,
+        append: Some("carve.selftest=cma"),
+        image: carve_tests::Image::SelfTest,
+        ..Options::default()
+    };
     let run = run_guests("cma", CMA_POOL, &guests, &opts);
     run.assert_status(0);
     run.assert_no_fail("guest@0");
@@ -511,7 +519,8 @@ fn instructions_per_trap(line: &str) -> f64 {
 #[test]
 fn trap_cost_is_measured_in_instructions() {
     let guests = [Guest::new("guest@0", "trapcost", 16, 0x4800_0000)];
-    let run = run_guests("trapcost", "", &guests, &Options { icount: true, ..Options::default() });
+    let opts = Options { icount: true, image: carve_tests::Image::SelfTest, ..Options::default() };
+    let run = run_guests("trapcost", "", &guests, &opts);
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     run.line("guest@0", "trapcost: PASS");

@@ -32,6 +32,8 @@ mod mm;
 #[cfg(target_arch = "arm")]
 mod report;
 #[cfg(target_arch = "arm")]
+mod selftest;
+#[cfg(target_arch = "arm")]
 mod vm;
 #[cfg(target_arch = "arm")]
 mod window;
@@ -69,15 +71,12 @@ fn mode_name(mode: u32) -> &'static str {
 extern "C" fn hyp_main(r0: u32, r1: u32, r2: u32) -> ! {
     arch::heap::init();
     match boot(r0, r1, r2) {
-        Ok(Booted { tree, machine, plan, self_tests }) => {
+        Ok(Booted { tree, machine, plan, self_tested }) => {
             if plan.guests.is_empty() {
-                match self_tests {
-                    Some(ok) => semihost::exit(if ok { ExitCode::Success } else { ExitCode::Panic }),
-                    None => {
-                        defmt::info!("hyp: no guest under /chosen: nothing to run");
-                        semihost::exit(ExitCode::Success)
-                    }
+                if !self_tested {
+                    defmt::info!("hyp: no guest under /chosen: nothing to run");
                 }
+                semihost::exit(ExitCode::Success)
             }
             *vm::PLAN.lock() = Some((machine.clone(), plan.clone()));
             vm::start(&tree, &machine, &plan)
@@ -95,8 +94,8 @@ struct Booted {
     tree: carve_core::dt::Tree<'static>,
     machine: carve_core::dt::Machine,
     plan: carve_core::plan::Plan,
-    /// The memory self-tests' verdict, if `carve.selftest=` asked for them.
-    self_tests: Option<bool>,
+    /// The memory self-tests ran, and passed.
+    self_tested: bool,
 }
 
 /// The boot, one named step after the other.
@@ -116,8 +115,8 @@ fn boot(r0: u32, r1: u32, r2: u32) -> Result<Booted, BootError> {
     let plan = plan_machine(&machine, image_pa, &dtb)?;
     map_lowmem(&plan)?;
     let figures = bring_up_memory(&plan)?;
-    let self_tests = run_self_tests(&machine, &plan, &figures);
-    Ok(Booted { tree, machine, plan, self_tests })
+    let self_tested = run_self_tests(&machine, &plan, &figures)?;
+    Ok(Booted { tree, machine, plan, self_tested })
 }
 
 /// Logs who runs (CPU mode, MIDR, MPIDR, its features) and what the loader
@@ -304,19 +303,35 @@ fn bring_up_memory(plan: &carve_core::plan::Plan) -> Result<mm::Figures, BootErr
     Ok(figures)
 }
 
-/// The self-tests `carve.selftest=` asks for: the memory self-tests' verdict,
-/// if they ran (the CMA test calls only become available to guests).
+/// The self-tests `carve.selftest=` asks for (see [`selftest`]): true if the
+/// memory self-tests ran (and passed: a failure stops the boot, guests or not).
 #[cfg(target_arch = "arm")]
 fn run_self_tests(
     machine: &carve_core::dt::Machine,
     plan: &carve_core::plan::Plan,
     figures: &mm::Figures,
-) -> Option<bool> {
-    if mm::selftest_has(machine.bootargs.as_deref(), "cma") {
-        defmt::info!("cma: test calls enabled (carve.selftest=cma)");
-        vm::enable_cma_test_calls();
+) -> Result<bool, BootError> {
+    let asked = selftest::requested(machine.bootargs.as_deref())
+        .map_err(|name| BootError::SelfTestName(alloc::string::String::from(name)))?;
+    if !asked.any() {
+        return Ok(false);
     }
-    mm::selftest_requested(machine.bootargs.as_deref()).then(|| mm::selftest(plan, figures))
+    #[cfg(not(feature = "selftest"))]
+    {
+        let _ = (plan, figures);
+        Err(BootError::NoSelfTests)
+    }
+    #[cfg(feature = "selftest")]
+    {
+        if asked.cma {
+            defmt::info!("cma: test calls enabled (carve.selftest=cma)");
+            vm::selftest::enable_cma_calls();
+        }
+        if asked.mm && !mm::selftest::run(machine, plan, figures) {
+            return Err(BootError::SelfTestFailed);
+        }
+        Ok(asked.mm)
+    }
 }
 
 /// Sends the log to the UART `/chosen/carve,log` names, early frames first;
@@ -457,6 +472,14 @@ enum BootError {
     Lowmem(arch::mmu::MmuError),
     /// The monitor's memory could not be brought up.
     Memory(alloc::string::String),
+    /// `carve.selftest=` names a self-test there is none of.
+    SelfTestName(alloc::string::String),
+    /// `carve.selftest=` asks for self-tests this image was built without.
+    #[cfg(not(feature = "selftest"))]
+    NoSelfTests,
+    /// A memory self-test failed (each part's verdict is logged above).
+    #[cfg(feature = "selftest")]
+    SelfTestFailed,
 }
 
 #[cfg(target_arch = "arm")]
@@ -477,6 +500,11 @@ impl BootError {
             Self::TrapPath => ExitCode::UnhandledTrap,
             Self::Plan(_) => ExitCode::BadPlan,
             Self::PlanInvariant(_) | Self::MonitorRange { .. } => ExitCode::Panic,
+            Self::SelfTestName(_) => ExitCode::SelfTest,
+            #[cfg(not(feature = "selftest"))]
+            Self::NoSelfTests => ExitCode::SelfTest,
+            #[cfg(feature = "selftest")]
+            Self::SelfTestFailed => ExitCode::SelfTest,
         }
     }
 }
@@ -510,6 +538,19 @@ impl defmt::Format for BootError {
             ),
             Self::Lowmem(e) => defmt::write!(f, "hyp: cannot map lowmem: {}", e),
             Self::Memory(e) => defmt::write!(f, "mm: {=str}", e.as_str()),
+            Self::SelfTestName(name) => defmt::write!(
+                f,
+                "hyp: bootargs carve.selftest={=str}: no such self-test (there are {=str}, or all)",
+                name.as_str(),
+                selftest::NAMES
+            ),
+            #[cfg(not(feature = "selftest"))]
+            Self::NoSelfTests => defmt::write!(
+                f,
+                "hyp: bootargs ask for carve.selftest=, but this image has no self-tests (build it with scripts/build --selftest)"
+            ),
+            #[cfg(feature = "selftest")]
+            Self::SelfTestFailed => defmt::write!(f, "hyp: a self-test failed: no guest is started"),
         }
     }
 }

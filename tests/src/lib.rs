@@ -89,25 +89,57 @@ pub fn dtc(dts: &Path, dtb: &Path) {
     assert!(out.status.success(), "dtc failed on {}:\n{}", dts.display(), String::from_utf8_lossy(&out.stderr));
 }
 
-/// The monitor ELF, built once per test process by `scripts/build`.
+/// Which monitor image a run boots.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Image {
+    /// `scripts/build`: the image a board boots, with no test code.
+    #[default]
+    Plain,
+    /// `scripts/build --selftest`: with the self-tests (`carve.selftest=`), the
+    /// CMA test calls and the emulated test device.
+    SelfTest,
+}
+
+impl Image {
+    /// The image's ELF, built once per test process.
+    pub fn elf(self) -> &'static Path {
+        match self {
+            Image::Plain => monitor_elf(),
+            Image::SelfTest => selftest_elf(),
+        }
+    }
+}
+
+/// Runs `scripts/build ARGS` and returns the ELF it printed.
+fn build_monitor(args: &[&str]) -> PathBuf {
+    let build = repo_root().join("scripts/build");
+    let out = Command::new(&build)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", build.display()));
+    assert!(
+        out.status.success(),
+        "scripts/build {} failed ({}):\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let elf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
+    elf
+}
+
+/// The plain monitor ELF (`scripts/build`), built once per test process.
 pub fn monitor_elf() -> &'static Path {
     static ELF: OnceLock<PathBuf> = OnceLock::new();
-    ELF.get_or_init(|| {
-        let build = repo_root().join("scripts/build");
-        let out = Command::new(&build)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", build.display()));
-        assert!(
-            out.status.success(),
-            "scripts/build failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let elf = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        assert!(elf.is_file(), "scripts/build printed {}, which is not a file", elf.display());
-        elf
-    })
+    ELF.get_or_init(|| build_monitor(&[]))
+}
+
+/// The monitor ELF with the self-tests (`scripts/build --selftest`), built once per test process.
+pub fn selftest_elf() -> &'static Path {
+    static ELF: OnceLock<PathBuf> = OnceLock::new();
+    ELF.get_or_init(|| build_monitor(&["--selftest"]))
 }
 
 /// The board image `scripts/build` leaves beside the monitor ELF: `hyp.zImage`
@@ -227,21 +259,23 @@ impl Run {
     }
 }
 
-/// Runs the monitor on QEMU `machine` (Cortex-A15, 1280 MiB, semihosting, no
-/// network) with `extra` arguments, stopped by `timeout` after `timeout_s`;
+/// Runs the plain monitor on QEMU `machine` (Cortex-A15, 1280 MiB, semihosting,
+/// no network) with `extra` arguments, stopped by `timeout` after `timeout_s`;
 /// the log decoded by defmt-print. `dir` keeps the UART output and the run's
 /// log (`log.txt`). Runs of one test process never overlap.
 pub fn run_monitor(dir: &Path, name: &str, machine: &str, extra: &[&str], timeout_s: u32) -> Run {
-    run_qemu(dir, name, &Qemu { binary: "qemu-system-arm", machine, mem_mib: 1280 }, extra, timeout_s)
+    let qemu = Qemu { binary: "qemu-system-arm", machine, mem_mib: 1280, image: Image::Plain };
+    run_qemu(dir, name, &qemu, extra, timeout_s)
 }
 
-/// Which QEMU runs the monitor, on which machine, with how much RAM.
+/// Which QEMU runs which monitor image, on which machine, with how much RAM.
 pub struct Qemu<'a> {
     /// `qemu-system-arm`, or `qemu-system-aarch64` (the same `virt` machine and
     /// Cortex-A15) where RAM above 4 GiB matters.
     pub binary: &'a str,
     pub machine: &'a str,
     pub mem_mib: u64,
+    pub image: Image,
 }
 
 /// [`run_monitor`] with the QEMU binary and RAM size chosen by the caller.
@@ -250,7 +284,7 @@ pub fn run_qemu(dir: &Path, name: &str, q: &Qemu<'_>, extra: &[&str], timeout_s:
     let qemu = tool(q.binary);
     let decoder = tool("defmt-print");
     let timeout = tool("timeout");
-    let elf = monitor_elf();
+    let elf = q.image.elf();
 
     std::fs::create_dir_all(dir).expect("create the run directory");
     let uart = dir.join("uart.log");

@@ -276,6 +276,7 @@ impl TableMemory for HypTables<'_> {
 }
 
 /// Writes a pattern seeded by `seed` over `[va, va + len)` and reads it back: true if it all came back.
+#[cfg(feature = "selftest")] // only the self-tests and test calls
 pub fn pattern_check(va: u32, len: usize, seed: u32) -> bool {
     let words = len / 4;
     let p = va as usize as *mut u32;
@@ -289,6 +290,7 @@ pub fn pattern_check(va: u32, len: usize, seed: u32) -> bool {
 }
 
 /// Zeroes `[va, va + len)` and checks it reads as zero.
+#[cfg(feature = "selftest")] // only the self-tests and test calls
 pub fn zero_check(va: u32, len: usize) -> bool {
     let p = va as usize as *mut u32;
     for i in 0..len / 4 {
@@ -300,6 +302,7 @@ pub fn zero_check(va: u32, len: usize) -> bool {
 }
 
 /// A 32-bit device register read at `va`.
+#[cfg(feature = "selftest")] // only the self-tests and test calls
 pub fn read32(va: u32) -> u32 {
     // SAFETY: the caller ioremapped the register page at `va` (Device memory).
     unsafe { (va as usize as *const u32).read_volatile() }
@@ -311,6 +314,7 @@ pub fn read32(va: u32) -> u32 {
 /// The source is cleaned and invalidated first (a guest running with its
 /// caches off wrote around the cache), the destination cleaned to the point
 /// of coherency after (the guest may read it with its caches off).
+#[cfg_attr(not(feature = "selftest"), allow(dead_code))] // only CMA moves copy pages, and only tests claim CMA memory yet
 pub fn copy_page_va(dst: u32, src: u32) {
     let len = PAGE_SIZE as usize;
     cache::clean_invalidate_dcache_range_poc(src as usize, len);
@@ -322,6 +326,7 @@ pub fn copy_page_va(dst: u32, src: u32) {
 }
 
 /// Fills `[va, va + len)` with the words `f(i)` (i: word index).
+#[cfg(feature = "selftest")] // only the self-tests and test calls
 pub fn fill_words(va: u32, len: usize, f: impl Fn(usize) -> u32) {
     let p = va as usize as *mut u32;
     for i in 0..len / 4 {
@@ -332,6 +337,7 @@ pub fn fill_words(va: u32, len: usize, f: impl Fn(usize) -> u32) {
 }
 
 /// Whether `[va, va + len)` holds the words `f(i)`.
+#[cfg(feature = "selftest")] // only the self-tests and test calls
 pub fn check_words(va: u32, len: usize, f: impl Fn(usize) -> u32) -> bool {
     let p = va as usize as *const u32;
     // SAFETY: the caller mapped [va, va + len) readable normal memory.

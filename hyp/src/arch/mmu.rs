@@ -39,10 +39,6 @@ const POOL_BYTES: usize = POOL_PAGES * PAGE;
 /// Descriptors per 4 KiB table.
 const ENTRIES_PER_PAGE: usize = PAGE / 8;
 
-/// The PL011 UART of QEMU `virt` (its `stdout-path`). Placeholder until the DT
-/// reader names the console: the boot map only needs it to exist.
-pub const QEMU_VIRT_UART0: u32 = 0x0900_0000;
-
 /// The pool's memory. Two-page roots (stage-2) must be aligned to their size
 /// physically, and the image is only 4 KiB aligned where it was loaded:
 /// [`TablePool::alloc_table`] picks pairs by their physical address.
@@ -215,7 +211,6 @@ impl TableMemory for TablePool {
 }
 
 /// The monitor's Hyp stage-1 translation after [`enable_boot_map`]: its table and the pool it lives in.
-#[allow(dead_code)] // kept for what maps more later; nothing does yet
 pub struct HypMap {
     /// The tables HTTBR points at.
     pub table: PageTable<HypStage1>,

@@ -39,6 +39,8 @@ pub enum ExitCode {
     GuestFault = 10,
     /// The device tree describes nothing the monitor can plan or run (the log says why).
     BadPlan = 11,
+    /// A self-test `carve.selftest=` asked for failed, or this image was built without self-tests.
+    SelfTest = 12,
     /// The loader put the image where it cannot run: not 4 KiB aligned, over
     /// the DTB, past 4 GiB, or overlapping its own link address (no log: exits from `_start`).
     BadLoad = 13,

@@ -20,6 +20,8 @@
 
 mod cma;
 mod inject;
+#[cfg(feature = "selftest")]
+pub mod selftest;
 mod trap;
 
 use alloc::format;
@@ -33,7 +35,6 @@ use carve_core::dt::write::{guest_dtb, guest_mpidrs, passed_through, GuestDtbOpt
 use carve_core::mm::{Attrs, MapStats, PageTable, Stage2, VTCR_VALUE};
 use carve_core::plan::{GuestPlan, Plan};
 use carve_core::vm::boot::{self, BootLayout};
-use carve_core::vm::hypercall::{TESTDEV_IPA, TESTDEV_SIZE};
 use carve_core::vm::psci::Power;
 use spin::Mutex;
 
@@ -41,8 +42,6 @@ use crate::arch::guest::{self, VcpuRegs, SPSR_SVC_MASKED};
 use crate::arch::mmu;
 use crate::arch::semihost::{self, ExitCode};
 use crate::arch::vectors::{self, TrapFrame};
-
-pub use cma::enable_test_calls as enable_cma_test_calls;
 
 /// One guest: what the plan decided and what the monitor built for it.
 pub struct Vm {
@@ -69,6 +68,7 @@ pub struct Vm {
     pub traps: u64,
     pub restarts: u32,
     /// Reads of the emulated test device.
+    #[cfg(feature = "selftest")]
     pub testdev_reads: u32,
     /// Stopped for good (powered off, or stopped after a fault).
     pub done: Option<Ending>,
@@ -221,6 +221,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         on_fault: desc.on_fault,
         traps: 0,
         restarts: 0,
+        #[cfg(feature = "selftest")]
         testdev_reads: 0,
         done: None,
         movable,
@@ -411,7 +412,10 @@ pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
     load_images(vm)?;
     vm.restarts += 1;
     vm.traps = 0;
-    vm.testdev_reads = 0;
+    #[cfg(feature = "selftest")]
+    {
+        vm.testdev_reads = 0;
+    }
     guest::reset_pl1();
     guest::configure(&vm.vcpu_regs(0));
     defmt::info!(
@@ -486,6 +490,7 @@ fn start_deferred_init(cpu: u32, mpidr: u32) {
 }
 
 /// Waits until CPU `cpu` is not listing deferred memory (before another job is started on it).
+#[cfg(feature = "selftest")] // only the CMA test calls start jobs on spare CPUs
 pub fn wait_deferred_init(cpu: u32) {
     while DEFERRED_CPU.load(core::sync::atomic::Ordering::Acquire) == cpu {
         core::hint::spin_loop();
@@ -512,8 +517,9 @@ fn run_deferred_init(cpu: u32) -> ! {
 
 /// Runs whatever vCPU waits for physical CPU `cpu`; parks the CPU if none does.
 pub fn run_cpu(cpu: u32) -> ! {
-    if let Some(job) = cma::take_job(cpu) {
-        cma::run_job(job)
+    #[cfg(feature = "selftest")]
+    if let Some(job) = selftest::take_job(cpu) {
+        selftest::run_job(job)
     }
     if DEFERRED_CPU.load(core::sync::atomic::Ordering::Acquire) == cpu {
         run_deferred_init(cpu)
@@ -589,9 +595,4 @@ pub fn after_end(code: Option<ExitCode>) -> ! {
         Some(code) => semihost::exit(code),
         None => guest::park(),
     }
-}
-
-/// The test device's page, for the trap handler.
-pub fn is_testdev(ipa: u64) -> bool {
-    (TESTDEV_IPA..TESTDEV_IPA + TESTDEV_SIZE).contains(&ipa)
 }

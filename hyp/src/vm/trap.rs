@@ -10,7 +10,7 @@
 
 use aarch32_cpu::register::{Hdfar, Hifar, Hpfar};
 use carve_core::dt::machine::FaultPolicy;
-use carve_core::syndrome::{Abort, AccessSize, Class, Syndrome};
+use carve_core::syndrome::{Abort, Class, Syndrome};
 use carve_core::vm::hypercall as hc;
 use carve_core::vm::psci::{Action, Call, GuestCpus, Power, INTERNAL_FAILURE, SUCCESS};
 
@@ -79,13 +79,8 @@ fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: 
             if class == Class::Smc {
                 frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
             }
-            let id = frame.r[0];
-            if id == hc::CMA_TEST_ALLOC {
-                frame.r[0] = super::cma::test_alloc(vms, index, frame.r[1], frame.r[2], frame.r[3]) as u32;
-                return After::Resume;
-            }
-            if hc::is_carve_call(id) {
-                frame.r[0] = carve_call(&mut vms[index], frame) as u32;
+            if hc::is_carve_call(frame.r[0]) {
+                frame.r[0] = carve_call(vms, index, frame) as u32;
                 return After::Resume;
             }
             psci_call(vms, index, cpu, frame)
@@ -181,19 +176,24 @@ fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
     n as i32
 }
 
-/// carve's own calls (see carve-abi, `hyp/abi/src/hypercall.rs`).
-fn carve_call(vm: &mut Vm, frame: &TrapFrame) -> i32 {
+/// carve's own calls (see carve-abi, `hyp/abi/src/hypercall.rs`); the CMA
+/// test calls only in a `selftest` build.
+fn carve_call(vms: &mut [Vm], index: usize, frame: &TrapFrame) -> i32 {
     match frame.r[0] {
         hc::NOP => hc::SUCCESS,
-        hc::CONSOLE_WRITE => console_write(vm, frame),
+        hc::CONSOLE_WRITE => console_write(&vms[index], frame),
         hc::INFO => match frame.r[1] {
             hc::INFO_FREE_TABLE_PAGES => mmu::free_table_pages().unwrap_or(-1),
-            hc::INFO_VMID => i32::from(vm.vmid),
-            hc::INFO_RESTARTS => vm.restarts as i32,
+            hc::INFO_VMID => i32::from(vms[index].vmid),
+            hc::INFO_RESTARTS => vms[index].restarts as i32,
             _ => hc::INVALID_PARAMETERS,
         },
-        hc::CMA_TEST_STATUS => super::cma::test_status(vm, frame.r[1]),
-        hc::CMA_TEST_FREE => super::cma::test_free(vm),
+        #[cfg(feature = "selftest")]
+        hc::CMA_TEST_ALLOC => super::selftest::cma_alloc(vms, index, frame.r[1], frame.r[2], frame.r[3]),
+        #[cfg(feature = "selftest")]
+        hc::CMA_TEST_STATUS => super::selftest::cma_status(&vms[index], frame.r[1]),
+        #[cfg(feature = "selftest")]
+        hc::CMA_TEST_FREE => super::selftest::cma_free(&vms[index]),
         hc::DUMP_MAP => {
             if let Some((machine, plan)) = PLAN.lock().as_ref() {
                 crate::report::log_plan(machine, plan);
@@ -215,7 +215,8 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
     // HPFAR[31:4] holds IPA[39:12]: build the IPA in 64 bits.
     let ipa = (u64::from(Hpfar::read().0 >> 4) << 12) | u64::from(far & 0xfff);
     let vm = &mut vms[index];
-    if a.is_data() && super::is_testdev(ipa) && emulate_testdev(vm, frame, a, ipa) {
+    #[cfg(feature = "selftest")]
+    if a.is_data() && super::selftest::is_testdev(ipa) && super::selftest::emulate_testdev(vm, frame, a, ipa) {
         frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
         return After::Resume;
     }
@@ -264,31 +265,4 @@ fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool) -> bool {
     mmu::with_guest_tables(vttbr, |tm| stage2.translate(tm, at))
         .flatten()
         .is_some_and(|t| !write || t.attrs.access == carve_core::mm::table::Access::ReadWrite)
-}
-
-/// Emulates an access to the test device from the syndrome; `false` if it
-/// cannot (no valid ISS, or a banked register: SP, LR, PC).
-fn emulate_testdev(vm: &mut Vm, frame: &mut TrapFrame, a: Abort, ipa: u64) -> bool {
-    let Some(access) = a.access().filter(|x| x.reg <= 12) else { return false };
-    if a.write() {
-        return true; // writes are ignored
-    }
-    let offset = ipa - hc::TESTDEV_IPA;
-    let value = match offset & !3 {
-        hc::TESTDEV_COUNTER => {
-            vm.testdev_reads = vm.testdev_reads.wrapping_add(1);
-            vm.testdev_reads
-        }
-        hc::TESTDEV_ID => hc::TESTDEV_MAGIC,
-        _ => 0,
-    };
-    let v = value >> ((offset & 3) * 8);
-    frame.r[usize::from(access.reg)] = match (access.size, access.sign_extend) {
-        (AccessSize::Byte, false) => v & 0xff,
-        (AccessSize::Byte, true) => v as u8 as i8 as u32,
-        (AccessSize::Halfword, false) => v & 0xffff,
-        (AccessSize::Halfword, true) => v as u16 as i16 as u32,
-        (AccessSize::Word, _) => v,
-    };
-    true
 }
