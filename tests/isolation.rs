@@ -1,108 +1,28 @@
 //! Isolation between guests under QEMU: a guest's fault stays its own.
 //!
-//! The machinery (DTS with guests under `/chosen`, `-device loader` images,
-//! the monitor under QEMU `virt` with a timeout, the decoded defmt log) is a
-//! trimmed copy of tests/stubs.rs's helpers; see there for the details. A
-//! guest's kernel is either one of the stubs (`scripts/build-stubs`) or a raw
-//! program the test writes.
+//! Each test writes a machine (the shared test library's `virt_dts`: guests
+//! under `/chosen`, their kernels loaded by `-device loader`) and runs the
+//! monitor on it under QEMU `virt` with a timeout. A guest's kernel is either
+//! one of the stubs (`scripts/build-stubs`) or a raw program the test writes.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use carve_tests::{number_after, stub, Run};
+use carve_tests::{compile_dts, number_after, run_dtb, stub, test_dir, virt_dts, GuestNode, Run, RunOptions, MEM_MIB};
 
-/// Seconds QEMU may run before `timeout` stops it (status 124).
-const TIMEOUT_S: u32 = 120;
-const MACHINE: &str = "virt,virtualization=on";
-/// Machine RAM for every run (`-m`, MiB): 0x40000000-0x90000000.
-const MEM_MIB: u64 = 1280;
-const RAM_BASE: u64 = 0x4000_0000;
 const MIB: u64 = 1 << 20;
 
-/// A test's working directory.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("isolation").join(name);
-    std::fs::create_dir_all(&dir).expect("create the test directory");
-    dir
+/// One guest: its node, with `carve,on-fault`.
+fn guest(name: &'static str, kib: u64, module: u64, kernel: PathBuf, on_fault: &str) -> GuestNode {
+    GuestNode { name, kib, cpus: 1, module, kernel, props: format!("\t\t\tcarve,on-fault = \"{on_fault}\";\n") }
 }
-
-// --- machines -------------------------------------------------------------------------
-
-/// One guest node under `/chosen`.
-struct Guest {
-    /// The node name: `guest@N`.
-    name: &'static str,
-    /// Guest RAM in KiB (`memory = <0x0 KiB>`).
-    kib: u64,
-    cpus: u32,
-    /// Where `-device loader` puts the kernel image (the module's `reg`).
-    module: u64,
-    /// The kernel image (a stub's flat image or a raw program).
-    kernel: PathBuf,
-    /// `carve,on-fault`.
-    on_fault: &'static str,
-}
-
-/// The DTS of a QEMU virt machine with `smp` CPUs, `MEM_MIB` of RAM and `guests`.
-fn machine_dts(smp: u32, guests: &[Guest]) -> String {
-    let mut s = String::from("/dts-v1/;\n/include/ \"qemu-virt.dtsi\"\n");
-    if smp > 1 {
-        s += "&cpu0 {\n\tenable-method = \"psci\";\n};\n&cpus {\n";
-        for c in 1..smp {
-            s += &format!(
-                "\tcpu@{c} {{\n\t\tdevice_type = \"cpu\";\n\t\tcompatible = \"arm,cortex-a15\";\n\t\treg = <{c}>;\n\t\tenable-method = \"psci\";\n\t}};\n"
-            );
-        }
-        s += "};\n";
-    }
-    s += &format!("/ {{\n\tmemory@40000000 {{\n\t\treg = <0x0 {RAM_BASE:#x} 0x0 {:#x}>;\n\t}};\n", MEM_MIB * MIB);
-    s += "\tchosen {\n\t\t#address-cells = <1>;\n\t\t#size-cells = <1>;\n\t\tstdout-path = \"/pl011@9000000\";\n";
-    for g in guests {
-        let size = std::fs::metadata(&g.kernel).expect("stat the kernel").len();
-        s += &format!(
-            "\t\t{name} {{\n\t\t\tcompatible = \"carve,guest\";\n\t\t\t#address-cells = <1>;\n\t\t\t#size-cells = <1>;\n\t\t\tmemory = <0x0 {kib:#x}>;\n\t\t\tcpus = <{cpus}>;\n\t\t\tcarve,on-fault = \"{on_fault}\";\n\t\t\tmodule@{m:x} {{\n\t\t\t\tcompatible = \"multiboot,kernel\", \"multiboot,module\";\n\t\t\t\treg = <{m:#x} {size:#x}>;\n\t\t\t}};\n\t\t}};\n",
-            name = g.name,
-            kib = g.kib,
-            cpus = g.cpus,
-            on_fault = g.on_fault,
-            m = g.module,
-        );
-    }
-    s += "\t};\n};\n";
-    s
-}
-
-/// Compiles `dts` with dtc (includes from dts/); returns the DTB's path.
-fn compile(dir: &Path, dts: &str) -> PathBuf {
-    let src = dir.join("machine.dts");
-    let dtb = dir.join("machine.dtb");
-    std::fs::write(&src, dts).expect("write the DTS");
-    carve_tests::dtc(&src, &dtb);
-    dtb
-}
-
-// --- runs -----------------------------------------------------------------------------
 
 /// Builds the machine for `guests` (`smp` CPUs), runs the monitor with the
 /// guests' kernels loaded at their module addresses and returns the run.
-fn run_guests(name: &str, smp: u32, guests: &[Guest]) -> Run {
-    let dir = test_dir(name);
-    let dtb = compile(&dir, &machine_dts(smp, guests));
-    let mut args: Vec<String> = vec!["-dtb".into(), dtb.display().to_string()];
-    for g in guests {
-        args.push("-device".into());
-        args.push(format!("loader,file={},addr={:#x},force-raw=on", g.kernel.display(), g.module));
-    }
-    if smp > 1 {
-        args.extend(["-smp".into(), smp.to_string()]);
-    }
-    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-    let qemu = carve_tests::Qemu {
-        binary: "qemu-system-arm",
-        machine: MACHINE,
-        mem_mib: MEM_MIB,
-        image: carve_tests::Image::Plain,
-    };
-    carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S)
+fn run_guests(name: &str, smp: u32, guests: &[GuestNode]) -> Run {
+    let dir = test_dir!("isolation", name);
+    let (dtb, _) = compile_dts(&dir, &virt_dts(smp, MEM_MIB, "", guests));
+    let loads = guests.iter().map(|g| (g.kernel.clone(), g.module)).collect();
+    run_dtb(&dir, name, &dtb, &RunOptions { smp, loads, ..RunOptions::default() })
 }
 
 // --- the tests ------------------------------------------------------------------------
@@ -121,7 +41,7 @@ fn run_guests(name: &str, smp: u32, guests: &[Guest]) -> Run {
 #[test]
 fn a_faulting_guest_is_stopped_and_the_other_runs_on() {
     let name = "stop-one-of-two";
-    let dir = test_dir(name);
+    let dir = test_dir!("isolation", name);
     let program: Vec<u8> = [0xe3a0_040au32, 0xe3a0_2402, 0xe252_2001, 0x1aff_fffd, 0xe590_1000, 0xeaff_fffe]
         .iter()
         .flat_map(|w| w.to_le_bytes())
@@ -129,15 +49,8 @@ fn a_faulting_guest_is_stopped_and_the_other_runs_on() {
     let faulter = dir.join("touch-virtio.bin");
     std::fs::write(&faulter, &program).expect("write the program");
     let guests = [
-        Guest { name: "guest@0", kib: 16 * 1024, cpus: 1, module: 0x4800_0000, kernel: faulter, on_fault: "stop" },
-        Guest {
-            name: "guest@1",
-            kib: 64 * 1024,
-            cpus: 1,
-            module: 0x4900_0000,
-            kernel: stub("memtest").to_path_buf(),
-            on_fault: "stop",
-        },
+        guest("guest@0", 16 * 1024, 0x4800_0000, faulter, "stop"),
+        guest("guest@1", 64 * 1024, 0x4900_0000, stub("memtest").to_path_buf(), "stop"),
     ];
     let run = run_guests(name, 2, &guests);
     run.assert_status(10);
@@ -200,14 +113,7 @@ fn a_faulting_guest_is_stopped_and_the_other_runs_on() {
 #[test]
 fn probe2_fetch_cache_maintenance_and_stores_outside_ram_are_refused() {
     const TARGETS: [&str; 3] = ["0x000a000000", "0x0050000000", "0x00fff00000"];
-    let guests = [Guest {
-        name: "guest@0",
-        kib: 16 * 1024,
-        cpus: 1,
-        module: 0x4800_0000,
-        kernel: stub("probe2").to_path_buf(),
-        on_fault: "inject",
-    }];
+    let guests = [guest("guest@0", 16 * 1024, 0x4800_0000, stub("probe2").to_path_buf(), "inject")];
     let run = run_guests("probe2", 1, &guests);
     run.assert_status(0);
     run.assert_no_fail("guest@0");

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use carve_tests::{find_tool, monitor_elf, repo_root};
+use carve_tests::{find_tool, monitor_elf, repo_root, test_dir};
 
 /// Seconds each boot may take before `timeout` stops QEMU (status 124).
 const TIMEOUT_S: u32 = 60;
@@ -173,7 +173,7 @@ fn boot(name: &'static str, args: &[&str]) -> Boot {
     let _one_at_a_time = QEMU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let elf = monitor_elf();
 
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("linux").join(name);
+    let dir = test_dir!("linux", name);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the run directory");
 

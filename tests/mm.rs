@@ -1,95 +1,34 @@
-//! The monitor's own memory under QEMU: the `carve.selftest=mm` self-tests (lowmem and vmalloc in holes, highmem through kmap and fixmap, sparse vmemmap, alloc/free cycles) and their figures.
+//! The monitor's own memory under QEMU: the `carve.selftest=mm` self-tests (ioremap, lowmem and vmalloc in holes, sparse vmemmap, highmem through kmap and fixmap, alloc/free cycles, CMA) and their figures.
 //!
-//! Each test writes or picks a machine tree without a guest, passes
-//! `carve.selftest=mm` (and `vmalloc=` where it matters) with `-append`, which
-//! QEMU writes to `/chosen/bootargs`, the monitor's own command line, and checks
-//! the exit status (0: every self-test passed) and the figures the monitor logs.
-//! Machines with RAM above 4 GiB run on `qemu-system-aarch64 -cpu cortex-a15`.
+//! Each test writes or picks a machine tree without a guest, runs the
+//! self-test image (`scripts/build --selftest`) with `carve.selftest=mm` (and
+//! `vmalloc=` where it matters) in `-append`, which QEMU writes to
+//! `/chosen/bootargs`, the monitor's own command line, and checks the exit
+//! status (0: no part failed), which parts ran and passed and which the
+//! machine could not run (SKIPPED, never counted as a pass), and the figures
+//! the monitor logs. Machines with RAM above 4 GiB run on
+//! `qemu-system-aarch64 -cpu cortex-a15`.
 
-use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::thread;
+use std::path::PathBuf;
 
-use carve_tests::{dtc, repo_root, selftest_elf, tool, Run, MACHINE_HYP};
+use carve_tests::{compile_dts, dtc, repo_root, run_dtb, test_dir, Image, Run, RunOptions};
 
-/// Seconds QEMU may run before `timeout` stops it.
-const TIMEOUT_S: u32 = 120;
-
-/// One QEMU at a time in this process.
-static QEMU: Mutex<()> = Mutex::new(());
-
-fn test_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mm").join(name);
-    std::fs::create_dir_all(&dir).expect("create the test directory");
-    dir
-}
-
-/// Runs the monitor with `dtb` and `bootargs` on `qemu` (`qemu-system-arm` or
-/// `qemu-system-aarch64`) with `mem_mb` of RAM; the log decoded by defmt-print.
-fn run(name: &str, qemu: &str, mem_mb: u32, dtb: &Path, bootargs: &str) -> Run {
-    let dir = test_dir(name);
-    let elf = selftest_elf();
-    let _one = QEMU.lock().unwrap_or_else(|p| p.into_inner());
-    let started = std::time::Instant::now();
-    let mut q = Command::new(tool("timeout"))
-        .args(["--kill-after=5", &TIMEOUT_S.to_string()])
-        .arg(tool(qemu))
-        .args(["-M", MACHINE_HYP, "-cpu", "cortex-a15", "-m", &mem_mb.to_string()])
-        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", dir.join("uart.log").display()))
-        .arg("-kernel")
-        .arg(elf)
-        .arg("-dtb")
-        .arg(dtb)
-        .args(["-append", bootargs])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {qemu}: {e}"));
-    let frames = q.stdout.take().expect("piped");
-    let mut err = q.stderr.take().expect("piped");
-    let err = thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let decoded = Command::new(tool("defmt-print"))
-        .arg("-e")
-        .arg(elf)
-        .stdin(Stdio::from(frames))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start defmt-print")
-        .wait_with_output()
-        .expect("read defmt-print's output");
-    let status = q.wait().expect("wait for QEMU");
-    let run = Run {
-        name: name.to_string(),
-        status: status.code(),
-        timeout_s: TIMEOUT_S,
-        elapsed: started.elapsed(),
-        log: String::from_utf8_lossy(&decoded.stdout).into_owned(),
-        qemu_stderr: err.join().unwrap_or_default(),
-        decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
-        uart_path: dir.join("uart.log"),
+/// Runs the self-test image with `dtb` and `bootargs` on `qemu-system-aarch64`
+/// if `aarch64` (RAM above 4 GiB), else `qemu-system-arm`, with `mem_mb` of RAM.
+fn run(name: &str, aarch64: bool, mem_mb: u64, dtb: &std::path::Path, bootargs: &str) -> Run {
+    let opts = RunOptions {
+        mem_mib: mem_mb,
+        aarch64,
+        image: Image::SelfTest,
+        append: Some(bootargs),
+        ..RunOptions::default()
     };
-    std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
-    run
+    run_dtb(&test_dir!("mm", name), name, dtb, &opts)
 }
 
 /// Compiles a tree given as source text into the test's directory.
 fn dtb_from(name: &str, source: &str) -> PathBuf {
-    let dir = test_dir(name);
-    let dts = dir.join("machine.dts");
-    std::fs::write(&dts, source).expect("write the tree");
-    let dtb = dir.join("machine.dtb");
-    dtc(&dts, &dtb);
-    dtb
+    compile_dts(&test_dir!("mm", name), source).0
 }
 
 /// The six parts of the memory self-tests, in the order they run.
@@ -155,7 +94,7 @@ fn lowmem_vmalloc_in_holes_ioremap_and_cycles() {
 };
 "#,
     );
-    let run = run("lowmem", "qemu-system-arm", 1280, &dtb, "carve.selftest=mm vmalloc=320M");
+    let run = run("lowmem", false, 1280, &dtb, "carve.selftest=mm vmalloc=320M");
     run.assert_status(0);
     // No RAM above 4 GiB on this machine: highmem cannot run (the next test runs it).
     assert_parts(&run, ["PASS", "PASS", "PASS", "SKIPPED", "PASS", "PASS"]);
@@ -210,7 +149,7 @@ fn highmem_through_kmap_and_fixmap() {
 };
 "#,
     );
-    let run = run("highmem", "qemu-system-aarch64", 6144, &dtb, "carve.selftest=mm");
+    let run = run("highmem", true, 6144, &dtb, "carve.selftest=mm");
     run.assert_status(0);
     let h = numbers(&run, "mm-selftest: highmem:");
     // pages, address, checked through kmap, through fixmap
@@ -225,9 +164,9 @@ fn highmem_through_kmap_and_fixmap() {
 /// 2 MiB across the hole and true on present RAM.
 #[test]
 fn sparse_vmemmap_and_pfn_valid() {
-    let dtb = test_dir("sparse").join("virt-sparse.dtb");
+    let dtb = test_dir!("mm", "sparse").join("virt-sparse.dtb");
     dtc(&repo_root().join("dts/virt-sparse.dts"), &dtb);
-    let run = run("sparse", "qemu-system-aarch64", 6144, &dtb, "carve.selftest=mm");
+    let run = run("sparse", true, 6144, &dtb, "carve.selftest=mm");
     run.assert_status(0);
     let s = numbers(&run, "mm-selftest: sparse: vmemmap_backed");
     let (backed, present) = (s[0], s[1]);

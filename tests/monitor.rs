@@ -10,14 +10,14 @@
 
 use std::path::Path;
 
-use carve_tests::{dtc, Run, MACHINE_HYP};
+use carve_tests::{dtc, test_dir, Run, MACHINE_HYP};
 
 /// Seconds QEMU may run before `timeout` stops it (status 124).
 const TIMEOUT_S: u32 = 60;
 
 /// Runs the monitor on QEMU `machine` with `extra` arguments (see [`carve_tests::run_monitor`]).
 fn run_monitor(name: &'static str, machine: &str, extra: &[&str]) -> Run {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor").join(name);
+    let dir = test_dir!("monitor", name);
     carve_tests::run_monitor(&dir, name, machine, extra, TIMEOUT_S)
 }
 
@@ -43,8 +43,7 @@ fn boots_in_hyp_mode_and_turns_the_mmu_on() {
 /// IPA, the PC and the syndrome, stop the guest and end the run with status 10.
 #[test]
 fn stage2_fault_is_logged_and_the_guest_stopped() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor").join("fault-files");
-    std::fs::create_dir_all(&dir).expect("create the test directory");
+    let dir = test_dir!("monitor", "fault-files");
     let program: Vec<u8> = [0xe3a0_040au32, 0xe590_1000, 0xeaff_fffe].iter().flat_map(|w| w.to_le_bytes()).collect();
     let kernel = dir.join("touch-virtio.bin");
     std::fs::write(&kernel, &program).expect("write the program");
@@ -95,8 +94,7 @@ fn stage2_fault_is_logged_and_the_guest_stopped() {
 /// 0x40000000.
 #[test]
 fn refuses_a_dtb_with_a_bad_magic() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor");
-    std::fs::create_dir_all(&dir).expect("create the test directory");
+    let dir = test_dir!("monitor", "bad-dtb-files");
     let junk = dir.join("not-a-dtb.bin");
     std::fs::write(&junk, b"this is not a flattened device tree, only text to fill a header").expect("write the junk");
     let loader = format!("loader,file={},addr=0x40000000,force-raw=on,cpu-num=1", junk.display());

@@ -18,7 +18,10 @@ use std::path::{Path, PathBuf};
 use carve_core::addr::PhysRange;
 use carve_core::dt::Machine;
 use carve_core::plan::{self, MonitorImage, PlanConfig};
-use carve_tests::{monitor_elf, number_after, stub, Run};
+use carve_tests::{
+    compile_dts, monitor_elf, number_after, run_dtb, stub, test_dir, virt_dts, GuestNode, Image, Run, RunOptions,
+    MEM_MIB, RAM_BASE,
+};
 
 #[path = "../guest-stubs/carve-stubs/src/abi.rs"]
 #[allow(dead_code)]
@@ -27,12 +30,6 @@ mod stub_abi;
 #[allow(dead_code)]
 mod stub_fdt;
 
-/// Seconds QEMU may run before `timeout` stops it (status 124).
-const TIMEOUT_S: u32 = 120;
-const MACHINE: &str = "virt,virtualization=on";
-/// Machine RAM for every run (`-m`, MiB): 0x40000000-0x90000000.
-const MEM_MIB: u64 = 1280;
-const RAM_BASE: u64 = 0x4000_0000;
 /// Guest RAM of the memory-walking stubs: small, so the suite stays fast.
 const GUEST_MIB: u64 = 64;
 /// What the probe test plants outside every guest; the probe must never see it.
@@ -76,132 +73,43 @@ impl Guest {
     fn new(name: &'static str, stub: &'static str, mib: u64, module: u64) -> Self {
         Guest { name, mib, cpus: 1, module, stub, inject: false, props: "" }
     }
+
+    /// The guest's node in the machine tree.
+    fn node(&self) -> GuestNode {
+        let mut props = String::from(self.props);
+        if self.inject {
+            props.insert_str(0, "\t\t\tcarve,on-fault = \"inject\";\n");
+        }
+        GuestNode {
+            name: self.name,
+            kib: self.mib * 1024,
+            cpus: self.cpus,
+            module: self.module,
+            kernel: stub(self.stub).to_path_buf(),
+            props,
+        }
+    }
 }
 
 /// The DTS of a QEMU virt machine with `smp` CPUs, `MEM_MIB` of RAM, `reserved` (a
 /// `/reserved-memory` node or nothing) and `guests`.
 fn machine_dts(smp: u32, reserved: &str, guests: &[Guest]) -> String {
-    let mut s = String::from("/dts-v1/;\n/include/ \"qemu-virt.dtsi\"\n");
-    if smp > 1 {
-        s += "&cpu0 {\n\tenable-method = \"psci\";\n};\n&cpus {\n";
-        for c in 1..smp {
-            s += &format!(
-                "\tcpu@{c} {{\n\t\tdevice_type = \"cpu\";\n\t\tcompatible = \"arm,cortex-a15\";\n\t\treg = <{c}>;\n\t\tenable-method = \"psci\";\n\t}};\n"
-            );
-        }
-        s += "};\n";
-    }
-    s += &format!("/ {{\n\tmemory@40000000 {{\n\t\treg = <0x0 {RAM_BASE:#x} 0x0 {:#x}>;\n\t}};\n", MEM_MIB * MIB);
-    s += reserved;
-    s += "\tchosen {\n\t\t#address-cells = <1>;\n\t\t#size-cells = <1>;\n\t\tstdout-path = \"/pl011@9000000\";\n";
-    for g in guests {
-        let size = std::fs::metadata(stub(g.stub)).expect("stat the stub").len();
-        s += &format!(
-            "\t\t{name} {{\n\t\t\tcompatible = \"carve,guest\";\n\t\t\t#address-cells = <1>;\n\t\t\t#size-cells = <1>;\n\t\t\tmemory = <0x0 {kib:#x}>;\n\t\t\tcpus = <{cpus}>;\n{inject}{props}\t\t\tmodule@{m:x} {{\n\t\t\t\tcompatible = \"multiboot,kernel\", \"multiboot,module\";\n\t\t\t\treg = <{m:#x} {size:#x}>;\n\t\t\t}};\n\t\t}};\n",
-            name = g.name,
-            kib = g.mib * 1024,
-            cpus = g.cpus,
-            inject = if g.inject { "\t\t\tcarve,on-fault = \"inject\";\n" } else { "" },
-            m = g.module,
-            props = g.props,
-        );
-    }
-    s += "\t};\n};\n";
-    s
-}
-
-/// A test's working directory.
-fn test_dir(name: &str) -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("stubs").join(name);
-    std::fs::create_dir_all(&dir).expect("create the test directory");
-    dir
-}
-
-/// Compiles `dts` with dtc (includes from dts/); returns the DTB's path and bytes.
-fn compile(dir: &Path, dts: &str) -> (PathBuf, Vec<u8>) {
-    let src = dir.join("machine.dts");
-    let dtb = dir.join("machine.dtb");
-    std::fs::write(&src, dts).expect("write the DTS");
-    carve_tests::dtc(&src, &dtb);
-    let bytes = std::fs::read(&dtb).expect("read the DTB");
-    (dtb, bytes)
+    let nodes: Vec<GuestNode> = guests.iter().map(Guest::node).collect();
+    virt_dts(smp, MEM_MIB, reserved, &nodes)
 }
 
 // --- runs -----------------------------------------------------------------------------
 
-/// The stage-2 extents the monitor logged for `guest`: (IPA, PA, size).
-fn extents(run: &Run, guest: &str) -> Vec<(u64, u64, u64)> {
-    let mut out = Vec::new();
-    let mut current = false;
-    for l in run.log.lines() {
-        if let Some(rest) = l.split_once("map: ").map(|(_, r)| r) {
-            if let Some(name) = rest.split(':').next().filter(|n| n.starts_with("guest")) {
-                current = name == guest;
-            } else if let Some(e) = rest.trim_start().strip_prefix("IPA ") {
-                // "IPA 0x040000000 -> PA 0x080000000 64 MiB"
-                let w: Vec<&str> = e.split_whitespace().collect();
-                if current && w.len() >= 5 {
-                    out.push((hex(w[0]), hex(w[3]), w[4].parse::<u64>().expect("MiB") * MIB));
-                }
-            } else {
-                current = false;
-            }
-        }
-    }
-    out
-}
-
-fn hex(s: &str) -> u64 {
-    let t = s.trim_end_matches([',', ')', ':']);
-    u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("not hex: {s:?}: {e}"))
-}
-
-/// QEMU options of one run.
-#[derive(Default)]
-struct Options<'a> {
-    smp: u32,
-    icount: bool,
-    /// Run `qemu-system-aarch64` (the same `virt` machine and Cortex-A15) instead of `qemu-system-arm`.
-    aarch64: bool,
-    /// More `-device loader` blobs: (file, address).
-    blobs: &'a [(PathBuf, u64)],
-    /// The monitor's own bootargs (`-append`, which QEMU writes to `/chosen/bootargs`).
-    append: Option<&'a str>,
-    /// The plain image, or the one with the test calls and the test device.
-    image: carve_tests::Image,
-}
-
-/// Runs the monitor with `dtb`, the guests' stubs loaded at their module addresses.
-fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &Options<'_>) -> Run {
-    let dir = test_dir(name);
-    let mut args: Vec<String> = vec!["-dtb".into(), dtb.display().to_string()];
-    let loads = guests.iter().map(|g| (stub(g.stub).to_path_buf(), g.module)).chain(opts.blobs.iter().cloned());
-    for (file, addr) in loads {
-        args.push("-device".into());
-        args.push(format!("loader,file={},addr={addr:#x},force-raw=on", file.display()));
-    }
-    if opts.smp > 1 {
-        args.extend(["-smp".into(), opts.smp.to_string()]);
-    }
-    if opts.icount {
-        args.extend(["-icount".into(), "shift=0".into()]);
-    }
-    if let Some(a) = opts.append {
-        args.extend(["-append".into(), a.into()]);
-    }
-    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
-    let qemu = carve_tests::Qemu {
-        binary: if opts.aarch64 { "qemu-system-aarch64" } else { "qemu-system-arm" },
-        machine: MACHINE,
-        mem_mib: MEM_MIB,
-        image: opts.image,
-    };
-    carve_tests::run_qemu(&dir, name, &qemu, &extra, TIMEOUT_S)
+/// Runs the monitor with `dtb`, the guests' stubs loaded at their module addresses (and `opts.loads`).
+fn run_monitor(name: &str, dtb: &Path, guests: &[Guest], opts: &RunOptions<'_>) -> Run {
+    let mut opts = opts.clone();
+    opts.loads.splice(0..0, guests.iter().map(|g| (stub(g.stub).to_path_buf(), g.module)));
+    run_dtb(&test_dir!("stubs", name), name, dtb, &opts)
 }
 
 /// Builds the machine for `guests`, runs it and returns the run.
-fn run_guests(name: &str, reserved: &str, guests: &[Guest], opts: &Options<'_>) -> Run {
-    let (dtb, _) = compile(&test_dir(name), &machine_dts(opts.smp.max(1), reserved, guests));
+fn run_guests(name: &str, reserved: &str, guests: &[Guest], opts: &RunOptions<'_>) -> Run {
+    let (dtb, _) = compile_dts(&test_dir!("stubs", name), &machine_dts(opts.smp.max(1), reserved, guests));
     run_monitor(name, &dtb, guests, opts)
 }
 
@@ -225,7 +133,7 @@ fn check_memtest(run: &Run, guest: &str) -> (u64, u64) {
 #[test]
 fn memtest_checks_all_of_its_ram() {
     let guests = [Guest::new("guest@0", "memtest", GUEST_MIB, 0x4800_0000)];
-    let run = run_guests("memtest", "", &guests, &Options::default());
+    let run = run_guests("memtest", "", &guests, &RunOptions::default());
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     let (vmid, _) = check_memtest(&run, "guest@0");
@@ -240,7 +148,7 @@ fn two_guests_run_memtest_at_once_in_disjoint_memory() {
         Guest::new("guest@0", "memtest", GUEST_MIB, 0x4800_0000),
         Guest::new("guest@1", "memtest", GUEST_MIB, 0x4900_0000),
     ];
-    let run = run_guests("two-guests", "", &guests, &Options { smp: 2, ..Options::default() });
+    let run = run_guests("two-guests", "", &guests, &RunOptions { smp: 2, ..RunOptions::default() });
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     run.assert_no_fail("guest@1");
@@ -248,7 +156,7 @@ fn two_guests_run_memtest_at_once_in_disjoint_memory() {
     let (vmid1, seed1) = check_memtest(&run, "guest@1");
     assert_ne!(vmid0, vmid1, "both guests have VMID {vmid0}\n{}", run.context());
     assert_ne!(seed0, seed1, "both guests used pattern seed {seed0:#x}\n{}", run.context());
-    let (e0, e1) = (extents(&run, "guest@0"), extents(&run, "guest@1"));
+    let (e0, e1) = (run.extents("guest@0"), run.extents("guest@1"));
     assert!(!e0.is_empty() && !e1.is_empty(), "no extents logged\n{}", run.context());
     for a in &e0 {
         for b in &e1 {
@@ -289,7 +197,7 @@ const PROBE_RESERVED: &str = "\treserved-memory {
 #[test]
 fn probe_is_refused_everywhere_and_sees_no_secret() {
     let name = "probe";
-    let dir = test_dir(name);
+    let dir = test_dir!("stubs", name);
     let guests = [Guest { inject: true, ..Guest::new("guest@0", "probe", GUEST_MIB, 0x4800_0000) }];
     // The scan must not be able to find the stub itself.
     let image = std::fs::read(stub("probe")).expect("read the probe");
@@ -298,7 +206,7 @@ fn probe_is_refused_everywhere_and_sees_no_secret() {
     // Plan the machine as the monitor will (its image where the ELF says, the
     // DTB QEMU puts at the start of RAM, grown to about twice its size) and
     // pick marker pages in every carveout and in the monitor's free RAM.
-    let (dtb, blob) = compile(&dir, &machine_dts(1, PROBE_RESERVED, &guests));
+    let (dtb, blob) = compile_dts(&dir, &machine_dts(1, PROBE_RESERVED, &guests));
     let machine = Machine::from_dtb(&blob).expect("the probe machine's DT reads");
     let (img_start, img_end) = elf_span(monitor_elf());
     let dtb_end = RAM_BASE + (2 * blob.len() as u64 + 20_000).next_multiple_of(0x1000);
@@ -337,7 +245,7 @@ fn probe_is_refused_everywhere_and_sees_no_secret() {
     // 32-bit target_ulong (ARMMMUFaultInfo.s2addr), so HPFAR loses IPA[39:32]
     // and the monitor would log faults above 4 GiB at their low 32 bits (the
     // walk itself uses all 40 bits). The machine and CPU are the same.
-    let run = run_monitor(name, &dtb, &guests, &Options { blobs: &blobs, aarch64: true, ..Options::default() });
+    let run = run_monitor(name, &dtb, &guests, &RunOptions { loads: blobs, aarch64: true, ..RunOptions::default() });
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     run.line("guest@0", "probe: PASS");
@@ -371,7 +279,7 @@ fn probe_is_refused_everywhere_and_sees_no_secret() {
     assert!(scan.contains(": 0 copies (scanner self-test ok), PASS"), "{scan}");
     // The monitor's own account of where the guest is (it may differ from the
     // test's plan if the DTB QEMU wrote is larger than guessed): no marker there.
-    let logged = extents(&run, "guest@0");
+    let logged = run.extents("guest@0");
     assert!(!logged.is_empty(), "no extents logged\n{}", run.context());
     for (at, what) in &marks {
         assert!(
@@ -385,7 +293,7 @@ fn probe_is_refused_everywhere_and_sees_no_secret() {
 #[test]
 fn hypercall_answers_follow_psci_and_the_carve_abi() {
     let guests = [Guest { cpus: 2, ..Guest::new("guest@0", "hypercall", 16, 0x4800_0000) }];
-    let run = run_guests("hypercall", "", &guests, &Options { smp: 3, ..Options::default() });
+    let run = run_guests("hypercall", "", &guests, &RunOptions { smp: 3, ..RunOptions::default() });
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     let end = run
@@ -413,7 +321,7 @@ fn hypercall_answers_follow_psci_and_the_carve_abi() {
 #[test]
 fn restart_boots_fresh_three_times_without_leaking() {
     let guests = [Guest::new("guest@0", "restart", 32, 0x4800_0000)];
-    let run = run_guests("restart", "", &guests, &Options::default());
+    let run = run_guests("restart", "", &guests, &RunOptions::default());
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     let boots: Vec<&str> = run
@@ -441,7 +349,7 @@ fn restart_with_movable_memory_zeroes_and_remaps_it() {
         props: "\t\t\tmemory-region = <&cma_pool>;\n\t\t\tcarve,movable-memory = <0x0 0x4000>;\n",
         ..Guest::new("guest@0", "restart", 32, 0x4800_0000)
     }];
-    let run = run_guests("restart-movable", CMA_POOL, &guests, &Options::default());
+    let run = run_guests("restart-movable", CMA_POOL, &guests, &RunOptions::default());
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     run.assert_logged("cma: guest@0: 4096 pages (16384 KiB) of IPA 0x41000000.. lent from pool cma@50000000");
@@ -473,12 +381,8 @@ fn cma_allocation_moves_a_running_guests_pages() {
         props: "\t\t\tmemory-region = <&cma_pool>;\n\t\t\tcarve,movable-memory = <0x0 0x4000>;\n",
         ..Guest::new("guest@0", "cma", 24, 0x4800_0000)
     }];
-    let opts = Options {
-        smp: 2,
-        append: Some("carve.selftest=cma"),
-        image: carve_tests::Image::SelfTest,
-        ..Options::default()
-    };
+    let opts =
+        RunOptions { smp: 2, append: Some("carve.selftest=cma"), image: Image::SelfTest, ..RunOptions::default() };
     let run = run_guests("cma", CMA_POOL, &guests, &opts);
     run.assert_status(0);
     run.assert_no_fail("guest@0");
@@ -519,7 +423,7 @@ fn instructions_per_trap(line: &str) -> f64 {
 #[test]
 fn trap_cost_is_measured_in_instructions() {
     let guests = [Guest::new("guest@0", "trapcost", 16, 0x4800_0000)];
-    let opts = Options { icount: true, image: carve_tests::Image::SelfTest, ..Options::default() };
+    let opts = RunOptions { icount: true, image: Image::SelfTest, ..RunOptions::default() };
     let run = run_guests("trapcost", "", &guests, &opts);
     run.assert_status(0);
     run.assert_no_fail("guest@0");
@@ -639,7 +543,7 @@ fn probe_guest_dtb_with(opts: &carve_core::dt::write::GuestDtbOptions<'_>) -> Ve
     static COMPILING: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let (_, blob) = {
         let _one = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
-        compile(&test_dir("fdt-host"), &machine_dts(1, PROBE_RESERVED, &guests))
+        compile_dts(&test_dir!("stubs", "fdt-host"), &machine_dts(1, PROBE_RESERVED, &guests))
     };
     let tree = carve_core::dt::Tree::parse(&blob).expect("parse");
     let machine = Machine::from_tree(&tree).expect("machine");

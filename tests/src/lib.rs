@@ -13,9 +13,28 @@ use std::time::{Duration, Instant};
 
 /// The machine every monitor run uses unless told otherwise, as in `scripts/run-hyp`.
 pub const MACHINE_HYP: &str = "virt,virtualization=on";
+/// Where QEMU `virt`'s RAM starts.
+pub const RAM_BASE: u64 = 0x4000_0000;
+/// The RAM (`-m`, MiB) of a run that does not say: 0x40000000-0x90000000.
+pub const MEM_MIB: u64 = 1280;
+const MIB: u64 = 1 << 20;
 
 /// Held while QEMU runs: the runs of one test process go one after the other.
 static QEMU: Mutex<()> = Mutex::new(());
+
+/// A test's working directory, `<the test crate's CARGO_TARGET_TMPDIR>/SUITE/NAME`, created.
+#[macro_export]
+macro_rules! test_dir {
+    ($suite:expr, $name:expr) => {
+        $crate::make_dir(&::std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join($suite).join($name))
+    };
+}
+
+/// Creates `dir` (and its parents) and returns it.
+pub fn make_dir(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir.to_path_buf()
+}
 
 /// The repository's top directory.
 pub fn repo_root() -> PathBuf {
@@ -87,6 +106,113 @@ pub fn dtc(dts: &Path, dtb: &Path) {
         .output()
         .expect("run dtc");
     assert!(out.status.success(), "dtc failed on {}:\n{}", dts.display(), String::from_utf8_lossy(&out.stderr));
+}
+
+/// Compiles DTS `source` into `dir/machine.dtb` (the source kept beside it as
+/// `machine.dts`); returns the DTB's path and bytes.
+pub fn compile_dts(dir: &Path, source: &str) -> (PathBuf, Vec<u8>) {
+    let src = dir.join("machine.dts");
+    let dtb = dir.join("machine.dtb");
+    std::fs::write(&src, source).expect("write the DTS");
+    dtc(&src, &dtb);
+    let bytes = std::fs::read(&dtb).expect("read the DTB");
+    (dtb, bytes)
+}
+
+/// One guest node under `/chosen` of a test machine.
+#[derive(Clone, Debug)]
+pub struct GuestNode {
+    /// The node name: `guest@N`.
+    pub name: &'static str,
+    /// Guest RAM in KiB (`memory = <0x0 KiB>`).
+    pub kib: u64,
+    pub cpus: u32,
+    /// Where `-device loader` puts the kernel image (the module's `reg`).
+    pub module: u64,
+    /// The kernel image: a stub's flat image or a raw program.
+    pub kernel: PathBuf,
+    /// More properties of the node, each a line `\t\t\tname = value;\n`.
+    pub props: String,
+}
+
+/// The DTS of a QEMU `virt` machine (`dts/qemu-virt.dtsi`) with `smp` CPUs
+/// (PSCI enable methods for the secondaries), `mem_mib` of RAM at
+/// [`RAM_BASE`], `reserved` (a `/reserved-memory` node, or nothing) and `guests`.
+pub fn virt_dts(smp: u32, mem_mib: u64, reserved: &str, guests: &[GuestNode]) -> String {
+    let mut s = String::from("/dts-v1/;\n/include/ \"qemu-virt.dtsi\"\n");
+    if smp > 1 {
+        s += "&cpu0 {\n\tenable-method = \"psci\";\n};\n&cpus {\n";
+        for c in 1..smp {
+            s += &format!(
+                "\tcpu@{c} {{\n\t\tdevice_type = \"cpu\";\n\t\tcompatible = \"arm,cortex-a15\";\n\t\treg = <{c}>;\n\t\tenable-method = \"psci\";\n\t}};\n"
+            );
+        }
+        s += "};\n";
+    }
+    s += &format!("/ {{\n\tmemory@40000000 {{\n\t\treg = <0x0 {RAM_BASE:#x} 0x0 {:#x}>;\n\t}};\n", mem_mib * MIB);
+    s += reserved;
+    s += "\tchosen {\n\t\t#address-cells = <1>;\n\t\t#size-cells = <1>;\n\t\tstdout-path = \"/pl011@9000000\";\n";
+    for g in guests {
+        let size = std::fs::metadata(&g.kernel).unwrap_or_else(|e| panic!("stat {}: {e}", g.kernel.display())).len();
+        s += &format!(
+            "\t\t{name} {{\n\t\t\tcompatible = \"carve,guest\";\n\t\t\t#address-cells = <1>;\n\t\t\t#size-cells = <1>;\n\t\t\tmemory = <0x0 {kib:#x}>;\n\t\t\tcpus = <{cpus}>;\n{props}\t\t\tmodule@{m:x} {{\n\t\t\t\tcompatible = \"multiboot,kernel\", \"multiboot,module\";\n\t\t\t\treg = <{m:#x} {size:#x}>;\n\t\t\t}};\n\t\t}};\n",
+            name = g.name,
+            kib = g.kib,
+            cpus = g.cpus,
+            props = g.props,
+            m = g.module,
+        );
+    }
+    s += "\t};\n};\n";
+    s
+}
+
+/// How a machine runs: which QEMU, image, CPUs, RAM, blobs and bootargs.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions<'a> {
+    /// `-smp` (1 if 0).
+    pub smp: u32,
+    /// `-m` in MiB ([`MEM_MIB`] if 0).
+    pub mem_mib: u64,
+    /// `-icount shift=0`: one instruction is 1 ns of guest time.
+    pub icount: bool,
+    /// `qemu-system-aarch64` (the same `virt` machine and Cortex-A15) instead of `qemu-system-arm`.
+    pub aarch64: bool,
+    /// The plain image, or the one with the self-tests.
+    pub image: Image,
+    /// `-device loader` blobs: (file, address).
+    pub loads: Vec<(PathBuf, u64)>,
+    /// The monitor's own bootargs (`-append`, which QEMU writes to `/chosen/bootargs`).
+    pub append: Option<&'a str>,
+    /// Seconds before `timeout` stops QEMU (120 if 0).
+    pub timeout_s: u32,
+}
+
+/// Runs the monitor on QEMU `virt` with the machine `dtb` (`-dtb`) as `opts`
+/// says; `dir` keeps the UART output and the run's log.
+pub fn run_dtb(dir: &Path, name: &str, dtb: &Path, opts: &RunOptions<'_>) -> Run {
+    let mut args: Vec<String> = vec!["-dtb".into(), dtb.display().to_string()];
+    for (file, addr) in &opts.loads {
+        args.push("-device".into());
+        args.push(format!("loader,file={},addr={addr:#x},force-raw=on", file.display()));
+    }
+    if opts.smp > 1 {
+        args.extend(["-smp".into(), opts.smp.to_string()]);
+    }
+    if opts.icount {
+        args.extend(["-icount".into(), "shift=0".into()]);
+    }
+    if let Some(a) = opts.append {
+        args.extend(["-append".into(), a.into()]);
+    }
+    let extra: Vec<&str> = args.iter().map(String::as_str).collect();
+    let qemu = Qemu {
+        binary: if opts.aarch64 { "qemu-system-aarch64" } else { "qemu-system-arm" },
+        machine: MACHINE_HYP,
+        mem_mib: if opts.mem_mib == 0 { MEM_MIB } else { opts.mem_mib },
+        image: opts.image,
+    };
+    run_qemu(dir, name, &qemu, &extra, if opts.timeout_s == 0 { 120 } else { opts.timeout_s })
 }
 
 /// Which monitor image a run boots.
@@ -250,6 +376,31 @@ impl Run {
         let found: Vec<&str> = self.console(guest).into_iter().filter(|l| l.starts_with(start)).collect();
         assert_eq!(found.len(), 1, "want one line of {guest} starting {start:?}, got {found:?}\n{}", self.context());
         found[0]
+    }
+
+    /// The stage-2 extents the monitor logged for `guest` (its `map:` lines): (IPA, PA, bytes).
+    pub fn extents(&self, guest: &str) -> Vec<(u64, u64, u64)> {
+        let hex = |s: &str| {
+            let t = s.trim_end_matches([',', ')', ':']);
+            u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("not hex: {s:?}: {e}"))
+        };
+        let mut out = Vec::new();
+        let mut current = false;
+        for l in self.log.lines() {
+            let Some((_, rest)) = l.split_once("map: ") else { continue };
+            if let Some(name) = rest.split(':').next().filter(|n| n.starts_with("guest")) {
+                current = name == guest;
+            } else if let Some(e) = rest.trim_start().strip_prefix("IPA ") {
+                // "IPA 0x040000000 -> PA 0x080000000 64 MiB"
+                let w: Vec<&str> = e.split_whitespace().collect();
+                if current && w.len() >= 6 && w[1] == "->" && w[2] == "PA" && w[5] == "MiB" {
+                    out.push((hex(w[0]), hex(w[3]), w[4].parse::<u64>().expect("MiB") * MIB));
+                }
+            } else {
+                current = false;
+            }
+        }
+        out
     }
 
     /// Asserts that `guest` printed no line with FAIL in it.
