@@ -10,8 +10,10 @@
 //! The stubs are built once per test process by `scripts/build-stubs`.
 //! Missing tools fail the tests with a pointer to `scripts/setup`.
 //!
-//! The stubs' own FDT reader and their copy of the monitor's ABI constants
-//! are plain Rust; the last tests here check them on the host.
+//! The last tests here run on the host: the stubs' FDT reader (plain Rust,
+//! included from the stubs' source), carve's call numbers against the SMC
+//! Calling Convention and PSCI's against its specification, and the stubs'
+//! link address and assembly against carve-abi.
 
 use std::path::{Path, PathBuf};
 
@@ -24,7 +26,7 @@ use carve_tests::{
 };
 
 #[path = "../guest-stubs/carve-stubs/src/abi.rs"]
-#[allow(dead_code)]
+#[allow(dead_code, unused_imports)] // the tests use a few of its names
 mod stub_abi;
 #[path = "../guest-stubs/carve-stubs/src/fdt.rs"]
 #[allow(dead_code)]
@@ -437,37 +439,15 @@ fn trap_cost_is_measured_in_instructions() {
 
 // --- the stubs' portable parts, on the host ---------------------------------------------
 
-/// The stubs' copy of the ABI equals the monitor's.
+/// carve's own calls, as SMCCC (Arm DEN0028) says a hypervisor vendor's calls
+/// look: fast (bit 31), SMC32 (bit 30 clear), owning entity 6, the Vendor
+/// Specific Hypervisor Service (bits 29:24), bits 23:16 zero, a function number
+/// below 0xff00 (0xff00-0xffff is each service's call-count/UID/revision
+/// range); distinct; and `is_carve_call` takes exactly that range. The monitor
+/// and the stubs both take the numbers from carve-abi, so this is what can drift.
 #[test]
-fn stub_abi_constants_match_the_monitor() {
-    use carve_core::vm::{boot, hypercall as hc, psci};
-    assert_eq!(
-        [stub_abi::CONSOLE_WRITE, stub_abi::NOP, stub_abi::INFO, stub_abi::DUMP_MAP],
-        [hc::CONSOLE_WRITE, hc::NOP, hc::INFO, hc::DUMP_MAP]
-    );
-    assert_eq!(
-        [stub_abi::INFO_FREE_TABLE_PAGES, stub_abi::INFO_VMID, stub_abi::INFO_RESTARTS, stub_abi::CONSOLE_MAX],
-        [hc::INFO_FREE_TABLE_PAGES, hc::INFO_VMID, hc::INFO_RESTARTS, hc::CONSOLE_MAX]
-    );
-    assert_eq!(
-        [stub_abi::TESTDEV_IPA, stub_abi::TESTDEV_SIZE, stub_abi::TESTDEV_COUNTER, stub_abi::TESTDEV_ID],
-        [hc::TESTDEV_IPA, hc::TESTDEV_SIZE, hc::TESTDEV_COUNTER, hc::TESTDEV_ID]
-    );
-    assert_eq!(stub_abi::TESTDEV_MAGIC, hc::TESTDEV_MAGIC);
-    assert_eq!(
-        [stub_abi::CMA_TEST_ALLOC, stub_abi::CMA_TEST_STATUS, stub_abi::CMA_TEST_FREE, stub_abi::CMA_MAP],
-        [hc::CMA_TEST_ALLOC, hc::CMA_TEST_STATUS, hc::CMA_TEST_FREE, hc::CMA_MAP]
-    );
-    assert_eq!(
-        [
-            stub_abi::CMA_STATUS_STATE,
-            stub_abi::CMA_STATUS_MOVED,
-            stub_abi::CMA_STATUS_WAITS,
-            stub_abi::CMA_STATUS_PAGES
-        ],
-        [hc::CMA_STATUS_STATE, hc::CMA_STATUS_MOVED, hc::CMA_STATUS_WAITS, hc::CMA_STATUS_PAGES]
-    );
-    // Distinct calls in carve's range, none taken by an older one.
+fn carve_calls_are_in_the_smccc_vendor_hypervisor_range() {
+    use carve_core::vm::hypercall as hc;
     let calls = [
         hc::CONSOLE_WRITE,
         hc::NOP,
@@ -477,58 +457,100 @@ fn stub_abi_constants_match_the_monitor() {
         hc::CMA_TEST_STATUS,
         hc::CMA_TEST_FREE,
     ];
-    assert!(calls.iter().all(|&c| hc::is_carve_call(c)));
-    assert_eq!(calls.iter().collect::<std::collections::BTreeSet<_>>().len(), calls.len());
-    assert_eq!(
-        [
-            stub_abi::PSCI_VERSION,
-            stub_abi::CPU_SUSPEND,
-            stub_abi::CPU_OFF,
-            stub_abi::CPU_ON,
-            stub_abi::AFFINITY_INFO,
-            stub_abi::MIGRATE_INFO_TYPE,
-            stub_abi::SYSTEM_OFF,
-            stub_abi::SYSTEM_RESET,
-            stub_abi::PSCI_FEATURES
-        ],
-        [
-            psci::PSCI_VERSION,
-            psci::CPU_SUSPEND,
-            psci::CPU_OFF,
-            psci::CPU_ON,
-            psci::AFFINITY_INFO,
-            psci::MIGRATE_INFO_TYPE,
-            psci::SYSTEM_OFF,
-            psci::SYSTEM_RESET,
-            psci::PSCI_FEATURES
-        ]
-    );
-    assert_eq!(
-        [
-            stub_abi::SUCCESS,
-            stub_abi::NOT_SUPPORTED,
-            stub_abi::INVALID_PARAMETERS,
-            stub_abi::DENIED,
-            stub_abi::ALREADY_ON,
-            stub_abi::ON_PENDING,
-            stub_abi::INVALID_ADDRESS
-        ],
-        [
-            psci::SUCCESS,
-            psci::NOT_SUPPORTED,
-            psci::INVALID_PARAMETERS,
-            psci::DENIED,
-            psci::ALREADY_ON,
-            psci::ON_PENDING,
-            psci::INVALID_ADDRESS
-        ]
-    );
-    assert_eq!(stub_abi::MIGRATE_NOT_REQUIRED as u32, psci::MIGRATE_NOT_REQUIRED);
-    assert_eq!(
-        [stub_abi::AFF_ON, stub_abi::AFF_OFF, stub_abi::AFF_ON_PENDING],
-        [psci::Power::On as i32, psci::Power::Off as i32, psci::Power::OnPending as i32]
-    );
-    assert_eq!(stub_abi::KERNEL_OFFSET, boot::KERNEL_OFFSET);
+    for id in calls {
+        assert_eq!(id >> 31, 1, "{id:#010x}: not a fast call");
+        assert_eq!((id >> 30) & 1, 0, "{id:#010x}: not SMC32");
+        assert_eq!((id >> 24) & 0x3f, 6, "{id:#010x}: not the Vendor Specific Hypervisor Service");
+        assert_eq!((id >> 16) & 0xff, 0, "{id:#010x}: bits 23:16 must be zero");
+        assert!(id & 0xffff < 0xff00, "{id:#010x}: in the service-query range");
+        assert!(hc::is_carve_call(id), "{id:#010x}");
+    }
+    assert_eq!(calls.iter().collect::<std::collections::BTreeSet<_>>().len(), calls.len(), "{calls:#x?}");
+    for other in [0x8500_0000, 0x85ff_ffff, 0x8601_0000, 0x8400_0000, 0xc600_0001, 0x0600_0001] {
+        assert!(!hc::is_carve_call(other), "{other:#010x} taken for carve's");
+    }
+    assert!(hc::is_carve_call(0x8600_0000) && hc::is_carve_call(0x8600_ffff));
+}
+
+/// The PSCI numbers carve answers and the stubs check, against the PSCI
+/// specification (Arm DEN0022D: function IDs in chapter 5, return codes in
+/// table 5, AFFINITY_INFO 5.7, MIGRATE_INFO_TYPE 5.8), written out here once;
+/// and the stubs' AFFINITY_INFO answers against the monitor's power states.
+#[test]
+fn psci_numbers_follow_the_specification() {
+    use carve_core::vm::psci;
+    let functions = [
+        (psci::PSCI_VERSION, 0x8400_0000),
+        (psci::CPU_SUSPEND, 0x8400_0001),
+        (psci::CPU_OFF, 0x8400_0002),
+        (psci::CPU_ON, 0x8400_0003),
+        (psci::CPU_ON_64, 0xc400_0003),
+        (psci::AFFINITY_INFO, 0x8400_0004),
+        (psci::AFFINITY_INFO_64, 0xc400_0004),
+        (psci::MIGRATE_INFO_TYPE, 0x8400_0006),
+        (psci::SYSTEM_OFF, 0x8400_0008),
+        (psci::SYSTEM_RESET, 0x8400_0009),
+        (psci::PSCI_FEATURES, 0x8400_000a),
+    ];
+    for (ours, spec) in functions {
+        assert_eq!(ours, spec, "function ID {ours:#010x}, the specification says {spec:#010x}");
+    }
+    let codes = [
+        (psci::SUCCESS, 0),
+        (psci::NOT_SUPPORTED, -1),
+        (psci::INVALID_PARAMETERS, -2),
+        (psci::DENIED, -3),
+        (psci::ALREADY_ON, -4),
+        (psci::ON_PENDING, -5),
+        (psci::INTERNAL_FAILURE, -6),
+        (psci::NOT_PRESENT, -7),
+        (psci::DISABLED, -8),
+        (psci::INVALID_ADDRESS, -9),
+    ];
+    for (ours, spec) in codes {
+        assert_eq!(ours, spec, "return code {ours}, the specification says {spec}");
+    }
+    assert_eq!(psci::VERSION_1_0, 0x0001_0000, "PSCI 1.0: major 1 in bits 31:16");
+    assert_eq!(psci::MIGRATE_NOT_REQUIRED, 2, "MIGRATE_INFO_TYPE: no Trusted OS, or none that needs migrating");
+    // AFFINITY_INFO: ON 0, OFF 1, ON_PENDING 2; the stubs expect them, the monitor answers with Power.
+    assert_eq!([stub_abi::AFF_ON, stub_abi::AFF_OFF, stub_abi::AFF_ON_PENDING], [0, 1, 2]);
+    assert_eq!([psci::Power::On as i32, psci::Power::Off as i32, psci::Power::OnPending as i32], [0, 1, 2]);
+}
+
+/// Every stub is linked where carve puts a guest's kernel: the default IPA
+/// base (0x40000000) plus carve-abi's KERNEL_OFFSET; its link script writes
+/// the address out, so this is where the two could drift apart.
+#[test]
+fn stubs_are_linked_where_carve_loads_a_kernel() {
+    let want = RAM_BASE + carve_abi::KERNEL_OFFSET;
+    for name in ["memtest", "probe", "probe2", "hypercall", "restart", "trapcost", "cma"] {
+        let flat = stub(name);
+        let elf = flat.with_extension("");
+        let (start, _) = elf_span(&elf);
+        assert_eq!(
+            start,
+            want,
+            "{name} ({}) is linked at {start:#x}, carve enters a kernel at {want:#x}",
+            elf.display()
+        );
+    }
+}
+
+/// The stubs' assembly takes carve's and PSCI's function IDs from carve-abi
+/// (`const` operands), never as numbers written into the instructions.
+#[test]
+fn stub_assembly_takes_function_ids_from_the_abi() {
+    let dir = carve_tests::repo_root().join("guest-stubs/carve-stubs/src");
+    let mut files = vec![dir.join("rt.rs")];
+    files.extend(std::fs::read_dir(dir.join("bin")).expect("list the stubs").map(|e| e.expect("a stub").path()));
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("read a stub");
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim_start();
+            let id_half = l.starts_with("movt r0, #0x8") || l.starts_with("ldr r0, =0x8");
+            assert!(!id_half, "{}:{}: a function ID written into the assembly: {line}", f.display(), i + 1);
+        }
+    }
 }
 
 /// The guest DTB carve writes for the probe's machine, by carve-core's own writer.

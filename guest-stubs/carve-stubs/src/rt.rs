@@ -18,7 +18,7 @@
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
-use crate::{hvc, mmu, say, Hex};
+use crate::{abi, hvc, mmu, say, Hex};
 
 global_asm!(
     r#"
@@ -56,11 +56,11 @@ _start:
     @ message (its runtime address is its IPA: the MMU is off), then SYSTEM_OFF.
     adr r1, 8f
     ldr r2, 7f
-    movw r0, #0x0001
-    movt r0, #0x8600
+    movw r0, #{console_write_lo}
+    movt r0, #{console_write_hi}
     hvc #0
-    movw r0, #0x0008
-    movt r0, #0x8400
+    movw r0, #{system_off_lo}
+    movt r0, #{system_off_hi}
     hvc #0
     b .
 7:  .word 6f - 8f
@@ -188,7 +188,11 @@ __carve_svc2_stack_top:
 __carve_abt2_stack_top:
     .space 0x1000
 __carve_und2_stack_top:
-"#
+"#,
+    console_write_lo = const abi::CONSOLE_WRITE & 0xffff,
+    console_write_hi = const abi::CONSOLE_WRITE >> 16,
+    system_off_lo = const abi::SYSTEM_OFF & 0xffff,
+    system_off_hi = const abi::SYSTEM_OFF >> 16,
 );
 
 extern "C" {

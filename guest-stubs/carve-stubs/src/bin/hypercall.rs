@@ -6,7 +6,7 @@
 //! AFFINITY_INFO 5.7, MIGRATE_INFO_TYPE 5.8, PSCI_FEATURES 5.15), the SMC
 //! Calling Convention (Arm DEN0028: an unknown function ID returns
 //! NOT_SUPPORTED, -1; r4 and up are preserved) and carve's own ABI
-//! (hyp/core/src/vm/hypercall.rs). Where the specification allows more than
+//! (hyp/abi/src/hypercall.rs). Where the specification allows more than
 //! one answer, each allowed one is accepted.
 //!
 //! It also starts its second vCPU twice (CPU_ON, which must run the entry
@@ -59,8 +59,8 @@ hc_nop_preserves:
         ldr r10, =0x4444000a
         ldr r11, =0x4444000b
         ldr lr, =0x1e5c0de0
-        movw r0, #0x0002
-        movt r0, #0x8600
+        movw r0, #{nop_lo}
+        movt r0, #{nop_hi}
         hvc #0
         mov r0, #0
         ldr r1, =0x44440004
@@ -116,7 +116,9 @@ hc_nop_preserves:
         .balign 4
 hc_saved_sp:
         .space 4
-"#
+"#,
+        nop_lo = const abi::NOP & 0xffff,
+        nop_hi = const abi::NOP >> 16,
     );
 
     extern "C" {

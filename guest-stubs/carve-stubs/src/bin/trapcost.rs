@@ -6,7 +6,7 @@
 //!   to carve (trap, dispatch, return);
 //! - `ldr r0, [TESTDEV + COUNTER]` against the same load from RAM: a stage-2
 //!   data abort that carve emulates as an MMIO read (the test device page,
-//!   hyp/core/src/vm/hypercall.rs), checked to count every read.
+//!   hyp/abi/src/hypercall.rs), checked to count every read.
 //!
 //! Under `qemu -icount shift=0` every instruction takes 1 ns of virtual time:
 //! instructions per trap = (ticks - baseline ticks) * 1e9 / CNTFRQ / LOOPS
@@ -36,8 +36,8 @@ mod stub {
 tc_hvc:
         push {{r4, lr}}
         mov r4, r0
-1:      movw r0, #0x0002
-        movt r0, #0x8600
+1:      movw r0, #{nop_lo}
+        movt r0, #{nop_hi}
         hvc #0
         subs r4, r4, #1
         bne 1b
@@ -49,8 +49,8 @@ tc_hvc:
 tc_hvc_baseline:
         push {{r4, lr}}
         mov r4, r0
-1:      movw r0, #0x0002
-        movt r0, #0x8600
+1:      movw r0, #{nop_lo}
+        movt r0, #{nop_hi}
         nop
         subs r4, r4, #1
         bne 1b
@@ -66,7 +66,9 @@ tc_load:
         subs r4, r4, #1
         bne 1b
         pop {{r4, pc}}
-"#
+"#,
+        nop_lo = const abi::NOP & 0xffff,
+        nop_hi = const abi::NOP >> 16,
     );
 
     extern "C" {
