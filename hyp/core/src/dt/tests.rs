@@ -6,8 +6,9 @@ use alloc::vec::Vec;
 
 use vm_fdt::{FdtReserveEntry, FdtWriter};
 
+use super::header::HeaderError;
 use super::machine::{PsciMethod, ReservedKind, UartKind};
-use super::Machine;
+use super::{DtError, Machine};
 use crate::addr::PhysRange;
 
 /// A small QEMU-virt-like tree; `extra` adds to the root before it closes.
@@ -250,8 +251,17 @@ fn bad_strings_and_headers_are_errors_not_panics() {
     // A compatible without its NUL matches nothing: the node is not a guest.
     assert!(Machine::from_dtb(&b).unwrap().guests.is_empty());
     let good = blob(|_| {});
-    for cut in [0, 10, 39, 40, 100, good.len() - 1] {
-        let _ = Machine::from_dtb(&good[..cut]);
+    // Shorter than a header: Truncated; a whole header whose totalsize is past the end: BadTotalSize.
+    for cut in [0, 10, 39] {
+        let r = Machine::from_dtb(&good[..cut]);
+        assert!(matches!(r, Err(DtError::Header(HeaderError::Truncated { len })) if len == cut), "cut at {cut}: {r:?}");
+    }
+    let totalsize = u32::from_be_bytes(good[4..8].try_into().unwrap());
+    assert_eq!(totalsize as usize, good.len());
+    for cut in [40, 100, good.len() - 1] {
+        let r = Machine::from_dtb(&good[..cut]);
+        let want = HeaderError::BadTotalSize { totalsize, len: cut };
+        assert!(matches!(r, Err(DtError::Header(h)) if h == want), "cut at {cut}: {r:?}");
     }
     let mut bad = good.clone();
     bad[0] = 0xde;
@@ -277,7 +287,14 @@ fn single_byte_mutations_never_panic() {
             match Machine::from_dtb(&b) {
                 Ok(m) => {
                     outcomes[0] += 1;
-                    let _ = crate::plan::plan(&m, &crate::plan::PlanConfig::default());
+                    // The plan of a corrupted tree: a plan that verifies, or a one-line refusal.
+                    match crate::plan::plan(&m, &crate::plan::PlanConfig::default()) {
+                        Ok(p) => assert_eq!(crate::plan::verify(&p), Ok(()), "byte {i} = {v:#x}"),
+                        Err(e) => {
+                            let e = e.to_string();
+                            assert!(!e.is_empty() && !e.contains('\n'), "byte {i} = {v:#x}: {e:?}");
+                        }
+                    }
                 }
                 Err(e) => {
                     outcomes[1] += 1;
