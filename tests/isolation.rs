@@ -106,12 +106,14 @@ fn a_faulting_guest_is_stopped_and_the_other_runs_on() {
 /// (a) branches there: each fetch is logged by the monitor as a stage-2
 ///     instruction abort (PC = IPA = the target) and comes back to the stub
 ///     as a prefetch abort with IFAR = the target, from which it recovers;
-/// (b) cleans/invalidates the data cache by VA there (DCCIMVAC, DCIMVAC);
+/// (b) cleans/invalidates the data cache by VA there (DCCIMVAC, DCIMVAC):
+///     QEMU treats these as no-ops, so nothing can be refused, and the test
+///     checks only that they took no abort and stopped nothing;
 /// (c) stores there: each is logged as a stage-2 data abort (write) and
 ///     comes back as a data abort with DFAR = the target.
 /// The guest then powers off normally (status 0): the monitor stayed up.
 #[test]
-fn probe2_fetch_cache_maintenance_and_stores_outside_ram_are_refused() {
+fn probe2_fetches_and_stores_outside_ram_are_refused_and_cache_maintenance_there_is_harmless() {
     const TARGETS: [&str; 3] = ["0x000a000000", "0x0050000000", "0x00fff00000"];
     let guests = [guest("guest@0", 16 * 1024, 0x4800_0000, stub("probe2").to_path_buf(), "inject")];
     let run = run_guests("probe2", 1, &guests);

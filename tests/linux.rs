@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use carve_tests::{find_tool, monitor_elf, repo_root, test_dir};
+use carve_tests::{find_tool, logged_extents, monitor_elf, repo_root, test_dir};
 
 /// Seconds each boot may take before `timeout` stops QEMU (status 124).
 const TIMEOUT_S: u32 = 60;
@@ -230,8 +230,9 @@ fn guest_brings_up_two_cpus() {
 }
 
 /// RAM above 4 GiB (6 GiB, everything from 0x50000000 to 4 GiB carved out):
-/// the guest is backed by highmem the monitor reaches through LPAE, and still
-/// sees one dense bank. qemu-system-aarch64 (scripts/run picks it above 3072 MiB).
+/// the guest is backed by highmem the monitor reaches through LPAE (its logged
+/// extents say so: every one at or above 4 GiB physical), and still sees one
+/// dense bank. qemu-system-aarch64 (scripts/run picks it above 3072 MiB).
 #[test]
 fn guest_backed_above_4gib_sees_one_dense_bank() {
     let b = boot("highmem", &["--dts", "dts/virt-highmem.dts", "-m", "6144"]);
@@ -241,6 +242,12 @@ fn guest_backed_above_4gib_sees_one_dense_bank() {
         b.context()
     );
     b.assert_powered_off();
+    let extents = logged_extents(&b.monitor_log, "guest@0");
+    assert!(!extents.is_empty(), "the monitor logged no extent for guest@0\n{}", b.context());
+    assert_eq!(extents.iter().map(|e| e.2).sum::<u64>(), 768 << 20, "{extents:x?}\n{}", b.context());
+    for &(ipa, pa, size) in &extents {
+        assert!(pa >= 1 << 32, "IPA {ipa:#x} is backed at PA {pa:#x} ({size:#x} bytes), below 4 GiB\n{}", b.context());
+    }
     b.assert_markers();
     b.assert_dense_view();
 }

@@ -158,6 +158,16 @@ fn two_guests_run_memtest_at_once_in_disjoint_memory() {
     let (vmid1, seed1) = check_memtest(&run, "guest@1");
     assert_ne!(vmid0, vmid1, "both guests have VMID {vmid0}\n{}", run.context());
     assert_ne!(seed0, seed1, "both guests used pattern seed {seed0:#x}\n{}", run.context());
+    // They ran at the same time: each entered before the other finished its memtest.
+    let entered: Vec<usize> =
+        ["guest@0", "guest@1"].iter().map(|g| run.line_index(&format!("vm: {g}: vCPU 0 on CPU "))).collect();
+    let done: Vec<usize> =
+        ["guest@0", "guest@1"].iter().map(|g| run.line_index(&format!(" {g}: memtest: bank "))).collect();
+    assert!(
+        entered[0] < done[1] && entered[1] < done[0],
+        "the runs did not overlap: entered at lines {entered:?}, memtest done at lines {done:?}\n{}",
+        run.context()
+    );
     let (e0, e1) = (run.extents("guest@0"), run.extents("guest@1"));
     assert!(!e0.is_empty() && !e1.is_empty(), "no extents logged\n{}", run.context());
     for a in &e0 {

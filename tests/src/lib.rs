@@ -378,29 +378,9 @@ impl Run {
         found[0]
     }
 
-    /// The stage-2 extents the monitor logged for `guest` (its `map:` lines): (IPA, PA, bytes).
+    /// The stage-2 extents the monitor logged for `guest` ([`logged_extents`]).
     pub fn extents(&self, guest: &str) -> Vec<(u64, u64, u64)> {
-        let hex = |s: &str| {
-            let t = s.trim_end_matches([',', ')', ':']);
-            u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("not hex: {s:?}: {e}"))
-        };
-        let mut out = Vec::new();
-        let mut current = false;
-        for l in self.log.lines() {
-            let Some((_, rest)) = l.split_once("map: ") else { continue };
-            if let Some(name) = rest.split(':').next().filter(|n| n.starts_with("guest")) {
-                current = name == guest;
-            } else if let Some(e) = rest.trim_start().strip_prefix("IPA ") {
-                // "IPA 0x040000000 -> PA 0x080000000 64 MiB"
-                let w: Vec<&str> = e.split_whitespace().collect();
-                if current && w.len() >= 6 && w[1] == "->" && w[2] == "PA" && w[5] == "MiB" {
-                    out.push((hex(w[0]), hex(w[3]), w[4].parse::<u64>().expect("MiB") * MIB));
-                }
-            } else {
-                current = false;
-            }
-        }
-        out
+        logged_extents(&self.log, guest)
     }
 
     /// Asserts that `guest` printed no line with FAIL in it.
@@ -408,6 +388,31 @@ impl Run {
         let fails: Vec<&str> = self.console(guest).into_iter().filter(|l| l.contains("FAIL")).collect();
         assert!(fails.is_empty(), "{guest} reported failures: {fails:#?}\n{}", self.context());
     }
+}
+
+/// The stage-2 extents the monitor logged for `guest` in `log` (its `map:` lines): (IPA, PA, bytes).
+pub fn logged_extents(log: &str, guest: &str) -> Vec<(u64, u64, u64)> {
+    let hex = |s: &str| {
+        let t = s.trim_end_matches([',', ')', ':']);
+        u64::from_str_radix(t.trim_start_matches("0x"), 16).unwrap_or_else(|e| panic!("not hex: {s:?}: {e}"))
+    };
+    let mut out = Vec::new();
+    let mut current = false;
+    for l in log.lines() {
+        let Some((_, rest)) = l.split_once("map: ") else { continue };
+        if let Some(name) = rest.split(':').next().filter(|n| n.starts_with("guest")) {
+            current = name == guest;
+        } else if let Some(e) = rest.trim_start().strip_prefix("IPA ") {
+            // "IPA 0x040000000 -> PA 0x080000000 64 MiB"
+            let w: Vec<&str> = e.split_whitespace().collect();
+            if current && w.len() >= 6 && w[1] == "->" && w[2] == "PA" && w[5] == "MiB" {
+                out.push((hex(w[0]), hex(w[3]), w[4].parse::<u64>().expect("MiB") * MIB));
+            }
+        } else {
+            current = false;
+        }
+    }
+    out
 }
 
 /// Runs the plain monitor on QEMU `machine` (Cortex-A15, 1280 MiB, semihosting,
