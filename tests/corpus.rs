@@ -60,9 +60,13 @@ mod fuzz_checks;
 const QEMU_TIMEOUT_S: u32 = 30;
 /// A refusal or an untidy boot must end the run within this many seconds ("within seconds, never a hang").
 const WITHIN_S: f64 = 10.0;
-/// Fewer cases than this means files went missing.
-const MIN_BAD: usize = 40;
-const MIN_UNTIDY: usize = 15;
+/// How many files each part of the corpus has: a lost (or an added) file fails
+/// the test until this count says so.
+const BAD_CASES: usize = 73;
+const UNTIDY_CASES: usize = 18;
+const FUZZ_REGRESSIONS: usize = 5;
+/// QEMU `virt`'s RAM in the runs here: [`carve_tests::RAM_BASE`], [`carve_tests::MEM_MIB`].
+const QEMU_RAM: (u64, u64) = (carve_tests::RAM_BASE, carve_tests::MEM_MIB << 20);
 /// The monitor's exit statuses (hyp/src/arch/semihost.rs).
 const EXIT_BAD_DTB: i32 = 2;
 const EXIT_BAD_PLAN: i32 = 11;
@@ -352,8 +356,9 @@ impl Failures {
 fn the_corpus_is_complete_and_well_formed() {
     let bad = cases(Kind::Bad);
     let untidy = cases(Kind::Untidy);
-    assert!(bad.len() >= MIN_BAD, "only {} bad cases in tests/corpus/bad", bad.len());
-    assert!(untidy.len() >= MIN_UNTIDY, "only {} untidy cases in tests/corpus/untidy", untidy.len());
+    assert_eq!(bad.len(), BAD_CASES, "bad cases in tests/corpus/bad (a file lost or added: say so in BAD_CASES)");
+    assert_eq!(untidy.len(), UNTIDY_CASES, "untidy cases in tests/corpus/untidy (UNTIDY_CASES)");
+    assert_eq!(regression_files().len(), FUZZ_REGRESSIONS, "tests/corpus/fuzz-regressions (FUZZ_REGRESSIONS)");
     for c in &bad {
         assert_eq!(c.expect.len(), 1, "{}: a bad case has exactly one `// expect:`", c.path.display());
         assert!(c.warnings.is_empty() && c.outputs.is_empty(), "{}: untidy directives in a bad case", c.path.display());
@@ -549,7 +554,8 @@ fn bad_cases_are_refused_by_the_monitor_under_qemu_within_seconds() {
         f.check(case, !run.log.contains("panicked"), || format!("the monitor panicked\n{}", run.context()));
     }
     println!("{ran} bad cases under QEMU; slowest {:.2} s ({})", slowest.0, slowest.1);
-    assert!(ran >= MIN_BAD, "only {ran} bad cases ran under QEMU");
+    let want = all.iter().filter(|c| c.qemu_skip.is_none()).count();
+    assert!(all.len() == BAD_CASES && ran == want, "{ran} of {} bad cases ran under QEMU, {want} should", all.len());
     f.assert_none("bad cases under QEMU", ran);
 }
 
@@ -611,7 +617,12 @@ fn untidy_cases_plan_and_boot_under_the_monitor() {
             f.check(case, run.log.contains(&line), || format!("the log lacks {line:?}\n{}", run.context()));
         }
     }
-    assert!(ran >= MIN_UNTIDY, "only {ran} untidy cases ran under QEMU");
+    let want = all.iter().filter(|c| c.qemu_skip.is_none()).count();
+    assert!(
+        all.len() == UNTIDY_CASES && ran == want,
+        "{ran} of {} untidy cases ran under QEMU, {want} should",
+        all.len()
+    );
     f.assert_none("untidy cases under QEMU", ran);
 }
 
@@ -619,15 +630,12 @@ fn untidy_cases_plan_and_boot_under_the_monitor() {
 /// and, so this never passes on an empty directory alone, every corpus blob too.
 #[test]
 fn fuzz_regressions_no_longer_crash() {
-    let dir = corpus_dir("fuzz-regressions");
-    let mut inputs: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "dtb"))
+    let mut inputs: Vec<(String, Vec<u8>)> = regression_files()
+        .into_iter()
         .map(|p| (p.display().to_string(), std::fs::read(&p).expect("read a regression input")))
         .collect();
-    inputs.sort();
     let regressions = inputs.len();
+    assert_eq!(regressions, FUZZ_REGRESSIONS, "fuzz regressions in tests/corpus/fuzz-regressions");
     for case in cases(Kind::Bad).iter().chain(&cases(Kind::Untidy)) {
         let b = blobs(case, "fuzz-checks").unwrap_or_else(|e| panic!("{}: {e}", case.path.display()));
         inputs.push((case.path.display().to_string(), b.file));
@@ -638,18 +646,8 @@ fn fuzz_regressions_no_longer_crash() {
     assert!(broken.is_empty(), "{} inputs fail the fuzz checks:\n{}", broken.len(), broken.join("\n"));
 }
 
-/// The monitor under QEMU on every fuzz regression. Reading and planning must
-/// end, within seconds, in a refusal (exit 2 or 11) or a logged plan; never a
-/// panic (1), an exception in Hyp mode (5, 7) or a hang. What happens after the
-/// plan is judged only when the blob's RAM is RAM this QEMU machine has
-/// (0x40000000, 1280 MiB): the fuzzer's blobs come from board DTBs, and a
-/// monitor that believes in RAM where QEMU has flash or nothing cannot use it.
-/// Then the monitor must enter the guest, refuse, or finish: never crash, nor
-/// hang before a guest runs (a guest whose "kernel" is whatever RAM holds may
-/// loop after it was entered).
-#[test]
-fn fuzz_regressions_do_not_crash_or_hang_the_monitor() {
-    const QEMU_RAM: (u64, u64) = (0x4000_0000, 0x4000_0000 + (1280 << 20));
+/// The `.dtb` files of `tests/corpus/fuzz-regressions`, sorted.
+fn regression_files() -> Vec<PathBuf> {
     let dir = corpus_dir("fuzz-regressions");
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
@@ -657,12 +655,79 @@ fn fuzz_regressions_do_not_crash_or_hang_the_monitor() {
         .filter(|p| p.extension().is_some_and(|x| x == "dtb"))
         .collect();
     files.sort();
+    files
+}
+
+/// Big-endian `cells` cells holding `v` (the high cells zero past two).
+fn cells_be(v: u64, cells: u32) -> Vec<u8> {
+    (0..cells).rev().flat_map(|i| if i < 2 { ((v >> (32 * i)) as u32).to_be_bytes() } else { [0; 4] }).collect()
+}
+
+/// Rewrites, in place and at the same length, the `reg` of the memory nodes
+/// the reader takes (enabled root children with `device_type = "memory"`, or
+/// named `memory` with a `reg` and no `device_type`): the first bank becomes
+/// QEMU's RAM, every other bank size 0 (which the reader skips with a
+/// warning). Nothing else of the blob changes: a fuzz regression keeps the
+/// bytes that once broke carve, and runs on RAM this QEMU machine has.
+/// `Ok(false)` when the blob's RAM already is QEMU's.
+fn ram_made_qemus(blob: &mut [u8]) -> Result<bool, String> {
+    let regs: Vec<(usize, usize, carve_core::dt::tree::Cells)> = {
+        let tree = Tree::parse(blob).map_err(|e| e.to_string())?;
+        let cells = tree.root.cells().map_err(|e| e.to_string())?;
+        let mut regs = Vec::new();
+        for n in tree.root.children.iter().filter(|n| n.is_enabled()) {
+            let typed = n.str_prop("device_type").ok().flatten();
+            if typed != Some("memory") && !(typed.is_none() && n.base_name() == "memory") {
+                continue;
+            }
+            if let Some(reg) = n.prop("reg") {
+                regs.push((reg.as_ptr() as usize - blob.as_ptr() as usize, reg.len(), cells));
+            }
+        }
+        regs
+    };
+    let machine = Machine::from_dtb(blob).map_err(|e| e.to_string())?;
+    if machine.ram.iter().all(|b| b.range.start() >= QEMU_RAM.0 && b.range.end() <= QEMU_RAM.0 + QEMU_RAM.1) {
+        return Ok(false);
+    }
+    let mut first = true;
+    for (at, len, cells) in regs {
+        let entry = cells.entry_bytes();
+        let a = (cells.address * 4) as usize;
+        for e in (at..at + len - len % entry.max(1)).step_by(entry.max(1)) {
+            let (base, size) = if first { QEMU_RAM } else { (QEMU_RAM.0, 0) };
+            first = false;
+            blob[e..e + a].copy_from_slice(&cells_be(base, cells.address));
+            blob[e + a..e + entry].copy_from_slice(&cells_be(size, cells.size));
+        }
+    }
+    Ok(true)
+}
+
+/// The monitor under QEMU on every fuzz regression, judged in full. A blob
+/// whose RAM is not QEMU's (they come from board DTBs) has its memory nodes
+/// rewritten to QEMU's RAM first ([`ram_made_qemus`]): a monitor told of RAM
+/// where QEMU has flash or nothing cannot use it, and what is judged is the
+/// rest of the blob. Each run must end, within seconds, in a refusal (exit 2
+/// or 11, logged) or with the plan logged and status 0 (a guest, if the tree
+/// has one, runs a kernel that powers off); never a panic (1), an exception in
+/// Hyp mode (5, 7), or a hang.
+#[test]
+fn fuzz_regressions_do_not_crash_or_hang_the_monitor() {
+    let files = regression_files();
+    assert_eq!(files.len(), FUZZ_REGRESSIONS, "fuzz regressions in tests/corpus/fuzz-regressions");
+    let work = work_dir().join("regressions");
+    std::fs::create_dir_all(&work).expect("create the work directory");
     let mut broken = Vec::new();
     for f in &files {
         let name = f.file_stem().unwrap_or_default().to_string_lossy().into_owned();
         let mut blob = std::fs::read(f).expect("read a regression input");
-        let ram_is_qemus = Machine::from_dtb(&blob)
-            .is_ok_and(|m| m.ram.iter().all(|b| b.range.start() >= QEMU_RAM.0 && b.range.end() <= QEMU_RAM.1));
+        // Err: the reader refuses the blob, and the monitor must too.
+        let patched = ram_made_qemus(&mut blob).unwrap_or_default();
+        if let Ok(m) = Machine::from_dtb(&blob) {
+            let qemus = m.ram.iter().all(|b| b.range.start() >= QEMU_RAM.0 && b.range.end() <= QEMU_RAM.0 + QEMU_RAM.1);
+            assert!(qemus, "{name}: RAM {:x?} is not QEMU's after the rewrite", m.ram);
+        }
         // What follows a short blob in RAM: zeros, up to the totalsize the monitor reads.
         if blob.len() >= 8 {
             let total = (be32(&blob, 4) as usize).min(1 << 20);
@@ -672,24 +737,26 @@ fn fuzz_regressions_do_not_crash_or_hang_the_monitor() {
         }
         // Over QEMU's DTB, but never into the monitor's image at 0x40200000.
         blob.truncate(2 << 20);
-        let work = work_dir().join("regressions");
-        std::fs::create_dir_all(&work).expect("create the work directory");
         let path = work.join(format!("{name}.qemu.dtb"));
         std::fs::write(&path, &blob).expect("write the blob");
-        let args = dtb_over_qemus(&path);
+        let mut args: Vec<String> = dtb_over_qemus(&path).to_vec();
+        let kernels = Machine::from_dtb(&blob).map(|m| m.guests.clone()).unwrap_or_default();
+        for k in kernels.iter().filter_map(|g| g.kernel.as_ref()) {
+            args.push("-device".into());
+            args.push(format!("loader,file={},addr={:#x},force-raw=on", poweroff_kernel().display(), k.range.start()));
+        }
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        // Only the reading and planning are judged on RAM QEMU lacks: they take well under WITHIN_S.
-        let timeout = if ram_is_qemus { QEMU_TIMEOUT_S } else { WITHIN_S as u32 };
-        let run = run_monitor(&work_dir().join("qemu").join(&name), &name, MACHINE_HYP, &args, timeout);
+        let run = run_monitor(&work_dir().join("qemu").join(&name), &name, MACHINE_HYP, &args, QEMU_TIMEOUT_S);
+        let what = if patched { " (its RAM rewritten to QEMU's)" } else { "" };
         let refused = matches!(run.status, Some(EXIT_BAD_DTB | EXIT_BAD_PLAN))
             && ["ERROR dt: ", "ERROR plan: ", "ERROR hyp: DTB", "ERROR vm: "].iter().any(|l| run.log.contains(l));
-        let planned = run.log.contains("map: monitor");
-        if !(refused || planned) {
-            broken.push(format!("{name}: the monitor neither refused nor planned\n{}", run.context()));
-        } else if ram_is_qemus && (matches!(run.status, Some(1 | 5 | 7)) || run.log.contains("panicked")) {
-            broken.push(format!("{name}: the monitor crashed\n{}", run.context()));
-        } else if ram_is_qemus && run.timed_out() && !run.log.contains("entering at IPA") {
-            broken.push(format!("{name}: the monitor hung before any guest ran\n{}", run.context()));
+        let ran = run.status == Some(0) && run.log.contains("map: monitor");
+        if run.timed_out() {
+            broken.push(format!("{name}{what}: the monitor hung\n{}", run.context()));
+        } else if !(refused || ran) {
+            broken.push(format!("{name}{what}: neither refused nor planned and ended\n{}", run.context()));
+        } else if run.log.contains("panicked") || run.elapsed.as_secs_f64() >= WITHIN_S {
+            broken.push(format!("{name}{what}: a panic, or not within {WITHIN_S} s\n{}", run.context()));
         }
     }
     assert!(broken.is_empty(), "{} of {} regressions:\n{}", broken.len(), files.len(), broken.join("\n\n"));
