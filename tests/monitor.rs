@@ -199,5 +199,7 @@ fn the_plain_image_has_no_self_tests_and_says_so() {
 fn an_unknown_self_test_is_refused() {
     let run = run_monitor("unknown-selftest", MACHINE_HYP, &["-append", "carve.selftest=mm,nosuch"]);
     run.assert_status(12);
-    run.assert_logged("hyp: bootargs carve.selftest=nosuch: no such self-test (there are mm, cma, or all)");
+    run.assert_logged(
+        "hyp: bootargs carve.selftest=nosuch: no such self-test (there are mm, cma, cma-no-tlbi, or all)",
+    );
 }

@@ -418,6 +418,59 @@ fn cma_allocation_moves_a_running_guests_pages() {
     assert!(listed < run.line_index("cma: guest@0 asked for"), "{}", run.context());
 }
 
+/// Runs the cmatlb stub (24 MiB, its top 16 MiB movable from the 16 MiB pool)
+/// with the monitor's `carve.selftest=SELFTEST`; returns the run and its summary line.
+fn run_cmatlb(name: &str, selftest: &str) -> (Run, String) {
+    let guests = [Guest {
+        props: "\t\t\tmemory-region = <&cma_pool>;\n\t\t\tcarve,movable-memory = <0x0 0x4000>;\n",
+        ..Guest::new("guest@0", "cmatlb", 24, 0x4800_0000)
+    }];
+    let append = format!("carve.selftest={selftest}");
+    let opts = RunOptions { smp: 2, append: Some(&append), image: Image::SelfTest, ..RunOptions::default() };
+    let run = run_guests(name, CMA_POOL, &guests, &opts);
+    run.assert_status(0);
+    let line = run.line("guest@0", "cmatlb: 8 hot pages at ").to_string();
+    (run, line)
+}
+
+/// A move leaves the guest no stale translation: the cmatlb stub keeps 8 of
+/// its movable pages' translations hot in its CPU's TLB (it reads nothing
+/// else) while the monitor, on the other CPU, claims the whole pool and moves
+/// all 4,096 of its movable pages, then writes its poison over their old
+/// frames; afterwards every word the stub reads is its own pattern, from the
+/// new copies. The same run with the monitor's test switch
+/// `carve.selftest=cma-no-tlbi` (moves skip the TLB invalidation by VMID)
+/// must read the old frames: every word of the 8 pages stale, the poison. So
+/// the check fails when the invalidation is missing.
+#[test]
+fn cma_moves_leave_no_stale_translation_and_the_check_sees_one_without_the_tlbi() {
+    let (run, line) = run_cmatlb("cmatlb", "cma");
+    run.assert_no_fail("guest@0");
+    assert!(line.ends_with(", 0 of 8192 words stale, free SUCCESS, PASS"), "{line}\n{}", run.context());
+    assert_eq!(number_after(&line, " while "), 4096, "guest pages moved: {line}");
+    assert!(number_after(&line, ", ") > 8 * 4096, "too few reads while the pages moved: {line}");
+    run.assert_not_logged("skip the TLB invalidation");
+
+    let (broken, line) = run_cmatlb("cmatlb-no-tlbi", "cma-no-tlbi");
+    broken.assert_logged("cma: carve.selftest=cma-no-tlbi: page moves skip the TLB invalidation");
+    assert!(
+        line.ends_with(", 8192 of 8192 words stale, free SUCCESS, FAIL"),
+        "without the TLB invalidation the stub still read the new copies: the check cannot fail\n{line}\n{}",
+        broken.context()
+    );
+    assert_eq!(number_after(&line, " while "), 4096, "guest pages moved: {line}");
+    // What it read was the monitor's poison (PA ^ 0x5ca1ab1e, hyp/src/vm/selftest.rs)
+    // in an old frame: a page of the pool, at the offset of the word read.
+    let first = broken.line("guest@0", "cmatlb: first stale word at ");
+    let (at, read) = (number_after(first, " at "), number_after(first, "read "));
+    let pa = read ^ 0x5ca1_ab1e;
+    assert!(
+        (0x5000_0000..0x5100_0000).contains(&pa) && pa % 4096 == at % 4096,
+        "{first}: not the poison of a pool frame"
+    );
+    broken.assert_logged("guest pages moved (copy, stage-2 switch, NO TLB invalidation: carve.selftest=cma-no-tlbi)");
+}
+
 /// Parses a `trapcost: KIND loops=L ticks=T baseline=B freq=F` line into instructions per trap
 /// (under `-icount shift=0` one instruction is 1 ns; the counter ticks at F Hz).
 fn instructions_per_trap(line: &str) -> f64 {
@@ -533,7 +586,7 @@ fn psci_numbers_follow_the_specification() {
 #[test]
 fn stubs_are_linked_where_carve_loads_a_kernel() {
     let want = RAM_BASE + carve_abi::KERNEL_OFFSET;
-    for name in ["memtest", "probe", "probe2", "hypercall", "restart", "trapcost", "cma"] {
+    for name in ["memtest", "probe", "probe2", "hypercall", "restart", "trapcost", "cma", "cmatlb"] {
         let flat = stub(name);
         let elf = flat.with_extension("");
         let (start, _) = elf_span(&elf);

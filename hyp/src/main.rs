@@ -327,6 +327,10 @@ fn run_self_tests(
             defmt::info!("cma: test calls enabled (carve.selftest=cma)");
             vm::selftest::enable_cma_calls();
         }
+        if asked.cma_no_tlbi {
+            defmt::warn!("cma: carve.selftest=cma-no-tlbi: page moves skip the TLB invalidation (a broken monitor, for the stale-translation test only)");
+            mm::cma::SKIP_TLBI.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
         if asked.mm && !mm::selftest::run(machine, plan, figures) {
             return Err(BootError::SelfTestFailed);
         }

@@ -2,12 +2,15 @@
 //!
 //! `carve.selftest=mm,cma` (or `all`) in `/chosen/bootargs`: `mm` runs the
 //! memory self-tests and benchmarks at boot (`mm::selftest`); `cma` lets
-//! guests use the CMA test calls (`vm::selftest`). Only an image built with
+//! guests use the CMA test calls (`vm::selftest`). `cma-no-tlbi` does too,
+//! and breaks the monitor on purpose: its page moves leave the TLB alone, so
+//! a guest keeps stale translations (the stale-translation test shows that
+//! its check fails then); `all` does not include it. Only an image built with
 //! the `selftest` feature (`scripts/build --selftest`) has them; a plain
 //! image asked for them refuses to run rather than run without them.
 
 /// The self-tests a `selftest` build knows.
-pub const NAMES: &str = "mm, cma";
+pub const NAMES: &str = "mm, cma, cma-no-tlbi";
 
 /// What `carve.selftest=` asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -16,6 +19,8 @@ pub struct Requested {
     pub mm: bool,
     /// `cma`: the CMA test calls, for guests.
     pub cma: bool,
+    /// `cma-no-tlbi`: the CMA test calls, with moves that skip the TLB invalidation.
+    pub cma_no_tlbi: bool,
 }
 
 impl Requested {
@@ -34,7 +39,8 @@ pub fn requested(bootargs: Option<&str>) -> Result<Requested, &str> {
         match name {
             "mm" => r.mm = true,
             "cma" => r.cma = true,
-            "all" => r = Requested { mm: true, cma: true },
+            "cma-no-tlbi" => (r.cma, r.cma_no_tlbi) = (true, true),
+            "all" => (r.mm, r.cma) = (true, true),
             other => return Err(other),
         }
     }

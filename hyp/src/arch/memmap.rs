@@ -173,18 +173,44 @@ pub struct HypTables<'a> {
     owner: Owner,
     /// For one guest's stage-2: its VTTBR, so TLB invalidation is by its VMID alone.
     guest: Option<u64>,
+    /// A test switch of `selftest` builds: skip the stage-2 TLB invalidations,
+    /// so a test can show that a stale translation is seen without them.
+    #[cfg(feature = "selftest")]
+    skip_tlbi: bool,
 }
 
 impl<'a> HypTables<'a> {
     /// Table memory over `pool` and, if up, the buddy; new pages are `owner`'s.
     pub fn new(pool: &'a mut TablePool, mem: Option<&'a mut MemState>, owner: Owner) -> Self {
-        Self { pool, mem, owner, guest: None }
+        Self {
+            pool,
+            mem,
+            owner,
+            guest: None,
+            #[cfg(feature = "selftest")]
+            skip_tlbi: false,
+        }
     }
 
     /// Table memory for the stage-2 of the guest whose VTTBR is `vttbr`: its
     /// TLB invalidations are by that VMID ([`cache::tlb_invalidate_vmid_is`]).
     pub fn for_guest(pool: &'a mut TablePool, mem: Option<&'a mut MemState>, vttbr: u64) -> Self {
-        Self { pool, mem, owner: Owner::Stage2Tables, guest: Some(vttbr) }
+        Self {
+            pool,
+            mem,
+            owner: Owner::Stage2Tables,
+            guest: Some(vttbr),
+            #[cfg(feature = "selftest")]
+            skip_tlbi: false,
+        }
+    }
+
+    /// [`HypTables::for_guest`] that leaves the TLB alone: the descriptors
+    /// change, but a translation the guest's CPU holds stays (a test's broken
+    /// monitor, to show the stale-translation check fails without the invalidation).
+    #[cfg(feature = "selftest")]
+    pub fn for_guest_without_tlbi(pool: &'a mut TablePool, mem: Option<&'a mut MemState>, vttbr: u64) -> Self {
+        Self { skip_tlbi: true, ..Self::for_guest(pool, mem, vttbr) }
     }
 
     fn va_of(&self, table: PhysAddr, index: usize) -> *mut u64 {
@@ -268,6 +294,10 @@ impl TableMemory for HypTables<'_> {
     }
 
     fn invalidate_tlb(&mut self, regime: RegimeKind, root: PhysAddr, input: u64, size: u64) {
+        #[cfg(feature = "selftest")]
+        if self.skip_tlbi {
+            return;
+        }
         match (regime, self.guest) {
             (RegimeKind::Stage2, Some(vttbr)) => cache::tlb_invalidate_vmid_is(vttbr),
             _ => self.pool.invalidate_tlb(regime, root, input, size),

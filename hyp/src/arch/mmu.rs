@@ -401,6 +401,16 @@ pub fn with_guest_tables<R>(vttbr: u64, f: impl FnOnce(&mut dyn TableMemory) -> 
     Some(f(&mut tables))
 }
 
+/// [`with_guest_tables`] without the TLB invalidations (a test switch of `selftest` builds).
+#[cfg(feature = "selftest")]
+pub fn with_guest_tables_without_tlbi<R>(vttbr: u64, f: impl FnOnce(&mut dyn TableMemory) -> R) -> Option<R> {
+    let mut mem = super::memmap::MEM.lock();
+    let mut guard = HYP_MAP.lock();
+    let map = guard.as_mut()?;
+    let mut tables = super::memmap::HypTables::for_guest_without_tlbi(&mut map.pool, mem.as_mut(), vttbr);
+    Some(f(&mut tables))
+}
+
 /// Runs `f` with the Hyp stage-1 table and table memory whose new pages come
 /// from the buddy (`Owner::HypTables`) once it is up: for vmalloc, ioremap, kmap.
 pub fn with_hyp_table<R>(

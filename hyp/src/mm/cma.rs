@@ -53,6 +53,13 @@ pub fn pool_pages(pool: usize) -> Option<u64> {
     CMA.lock().get(pool).map(|p| p.total_pages())
 }
 
+/// A test switch of `selftest` builds (`carve.selftest=cma-no-tlbi`): moves
+/// leave the TLB alone, so a guest's CPU keeps translating a moved page to
+/// its old frame. Only the stale-translation test sets it, to show that its
+/// check fails when the invalidation is missing.
+#[cfg(feature = "selftest")]
+pub static SKIP_TLBI: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
 /// Moves one page as `m` says, in the stage-2 `stage2` of the guest whose
 /// VTTBR is `vttbr`: read-only, copy, switch (see the module's doc). On an
 /// error the guest still maps the old page, read/write.
@@ -60,9 +67,16 @@ pub fn migrate_page(stage2: &mut PageTable<Stage2>, vttbr: u64, m: &Migration) -
     let from = m.from.addr().ok_or("a frame past the physical space")?;
     let to = m.to.addr().ok_or("a frame past the physical space")?;
     let remap = |s2: &mut PageTable<Stage2>, pa: PhysAddr, attrs: Attrs| -> Result<(), String> {
-        mmu::with_guest_tables(vttbr, |tm| s2.remap_page(tm, m.ipa, pa, attrs))
-            .ok_or("no Hyp map")?
-            .map_err(|e| format!("IPA {:#x}: {e}", m.ipa.as_u64()))
+        let change = |tm: &mut dyn carve_core::mm::TableMemory| s2.remap_page(tm, m.ipa, pa, attrs);
+        #[cfg(feature = "selftest")]
+        let r = if SKIP_TLBI.load(Ordering::Relaxed) {
+            mmu::with_guest_tables_without_tlbi(vttbr, change)
+        } else {
+            mmu::with_guest_tables(vttbr, change)
+        };
+        #[cfg(not(feature = "selftest"))]
+        let r = mmu::with_guest_tables(vttbr, change);
+        r.ok_or("no Hyp map")?.map_err(|e| format!("IPA {:#x}: {e}", m.ipa.as_u64()))
     };
     remap(stage2, from, Attrs { access: Access::ReadOnly, ..Attrs::ram() })?;
     if let Err(e) = copy_page(m.to, m.from) {

@@ -28,7 +28,8 @@ use crate::arch::vectors::TrapFrame;
 use crate::mm::cma::{self as pool, Allocation};
 use crate::mm::with_page;
 
-/// The word the monitor writes at physical `pa` of an allocation it owns.
+/// The word the monitor writes at physical `pa` of an allocation it owns
+/// (tests/stubs.rs reads a stale translation's old frame by it).
 fn poison(pa: u64) -> u32 {
     (pa as u32) ^ 0x5ca1_ab1e
 }
@@ -170,13 +171,18 @@ pub fn run_job(job: Job) -> ! {
         Ok(a) => {
             let per_page = if a.moved > 0 { a.ticks / u64::from(a.moved) } else { 0 };
             defmt::info!(
-                "cma: VMID {=u8}'s test allocation: {=u64} pages at PA {=u64:#x}..{=u64:#x}{=str}, {=u32} guest pages moved (copy, stage-2 switch, TLB invalidation by VMID) in {=u64} counter ticks ({=u64} a page), poison written",
+                "cma: VMID {=u8}'s test allocation: {=u64} pages at PA {=u64:#x}..{=u64:#x}{=str}, {=u32} guest pages moved (copy, stage-2 switch, {=str}) in {=u64} counter ticks ({=u64} a page), poison written",
                 job.vmid,
                 a.range.size / PAGE_SIZE,
                 a.range.start(),
                 a.range.end(),
                 if a.va.is_some() { ", mapped in vmalloc" } else { ", not mapped" },
                 a.moved,
+                if pool::SKIP_TLBI.load(core::sync::atomic::Ordering::Relaxed) {
+                    "NO TLB invalidation: carve.selftest=cma-no-tlbi"
+                } else {
+                    "TLB invalidation by VMID"
+                },
                 a.ticks,
                 per_page
             );
