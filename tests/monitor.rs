@@ -147,8 +147,7 @@ fn refuses_to_start_outside_hyp_mode() {
 /// `tests/corpus/bad/log-uart-is-the-console.dts`).
 #[test]
 fn the_log_goes_to_the_uart_carve_log_names() {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("monitor").join("log-uart");
-    std::fs::create_dir_all(&dir).expect("create the test directory");
+    let dir = test_dir!("monitor", "log-uart");
     let dts = dir.join("log-uart.dts");
     std::fs::write(
         &dts,

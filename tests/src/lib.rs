@@ -317,6 +317,8 @@ pub struct Run {
     pub decoder_stderr: String,
     /// Where QEMU wrote the UART's output (`-serial file:`).
     pub uart_path: PathBuf,
+    /// The monitor image that ran (its ELF decodes the defmt frames).
+    pub image: Image,
 }
 
 impl Run {
@@ -336,7 +338,7 @@ impl Run {
     /// `/chosen/carve,log` sent it there (empty when the UART carried none).
     pub fn uart_log(&self) -> String {
         let bytes = std::fs::read(&self.uart_path).unwrap_or_default();
-        decode_defmt(&bytes)
+        decode_defmt_with(self.image.elf(), &bytes)
     }
 
     /// Whether `timeout` had to stop QEMU.
@@ -492,6 +494,7 @@ pub fn run_qemu(dir: &Path, name: &str, q: &Qemu<'_>, extra: &[&str], timeout_s:
         qemu_stderr: qemu_err.join().unwrap_or_default(),
         decoder_stderr: String::from_utf8_lossy(&decoded.stderr).into_owned(),
         uart_path: uart,
+        image: q.image,
     };
     std::fs::write(dir.join("log.txt"), run.context()).expect("keep the run's log");
     run
