@@ -111,6 +111,16 @@ pub fn long_descriptors() -> bool {
     v & (1 << 31) != 0
 }
 
+/// Turns the MMU and the caches on with the first 4 GiB mapped 1:1: the GiBs
+/// that hold the RAM bank `[base, end)` as [`Kind::Normal`], the others as
+/// [`Kind::Device`] (so touching them still goes to the monitor as MMIO).
+pub fn enable_identity(base: u64, end: u64) {
+    enable(core::array::from_fn(|i| {
+        let g = i as u64 * GIB;
+        (g, if g < end && base < g + GIB { Kind::Normal } else { Kind::Device })
+    }))
+}
+
 /// Turns the MMU and the caches on: virtual GiB `i` maps `slots[i]`
 /// (the IPA of a 1 GiB-aligned block and its kind). The code that runs
 /// this must be in a slot mapped 1:1 as [`Kind::Normal`].

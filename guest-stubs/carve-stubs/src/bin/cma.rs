@@ -20,7 +20,7 @@
 
 #[cfg(target_arch = "arm")]
 mod stub {
-    use carve_stubs::mmu::{self, Kind, GIB};
+    use carve_stubs::mmu;
     use carve_stubs::{abi, hvc, rt, say, Hex};
 
     carve_stubs::entry!(main);
@@ -98,11 +98,7 @@ mod stub {
             fail(format_args!("bank {}+{} is past 4 GiB or does not hold this stub", Hex(base), Hex(size)));
         }
         let seed = (vmid as u32).wrapping_mul(0x85eb_ca6b) ^ 0x1234_5678;
-        let slots = core::array::from_fn(|i| {
-            let g = i as u64 * GIB;
-            (g, if g < end && base < g + GIB { Kind::Normal } else { Kind::Device })
-        });
-        mmu::enable(slots);
+        mmu::enable_identity(base, end);
         let ranges = [(base as usize, img_start as usize), (img_end as usize, end as usize)];
 
         // Round 0 everywhere, then ask for the whole pool behind our movable memory.

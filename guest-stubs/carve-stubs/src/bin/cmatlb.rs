@@ -23,7 +23,7 @@
 
 #[cfg(target_arch = "arm")]
 mod stub {
-    use carve_stubs::mmu::{self, Kind, GIB};
+    use carve_stubs::mmu;
     use carve_stubs::{abi, hvc, rt, say, Hex};
 
     carve_stubs::entry!(main);
@@ -58,11 +58,7 @@ mod stub {
         }
         let hot = hot as usize;
         let seed = (vmid as u32).wrapping_mul(0x85eb_ca6b) ^ 0x7e57_7e57;
-        let slots = core::array::from_fn(|i| {
-            let g = i as u64 * GIB;
-            (g, if g < end && base < g + GIB { Kind::Normal } else { Kind::Device })
-        });
-        mmu::enable(slots);
+        mmu::enable_identity(base, end);
 
         for a in (hot..hot + HOT * PAGE).step_by(4) {
             // SAFETY: a word of our RAM bank above our image: memory nothing else of ours uses.

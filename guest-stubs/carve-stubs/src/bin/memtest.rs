@@ -17,7 +17,7 @@
 
 #[cfg(target_arch = "arm")]
 mod stub {
-    use carve_stubs::mmu::{self, Kind, GIB};
+    use carve_stubs::mmu;
     use carve_stubs::{abi, hvc, rt, say, Hex};
 
     carve_stubs::entry!(main);
@@ -96,11 +96,7 @@ mod stub {
         }
 
         // RAM 1:1 and cacheable; the rest of the low 4 GiB 1:1 as Strongly-ordered.
-        let slots = core::array::from_fn(|i| {
-            let g = i as u64 * GIB;
-            (g, if g < end && base < g + GIB { Kind::Normal } else { Kind::Device })
-        });
-        mmu::enable(slots);
+        mmu::enable_identity(base, end);
 
         let ranges = [(base as usize, img_start as usize), (img_end as usize, end as usize)];
         let checked: usize = ranges.iter().map(|r| r.1 - r.0).sum();
