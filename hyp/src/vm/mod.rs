@@ -517,12 +517,12 @@ fn run_deferred_init(cpu: u32) -> ! {
 
 /// Runs whatever vCPU waits for physical CPU `cpu`; parks the CPU if none does.
 pub fn run_cpu(cpu: u32) -> ! {
+    if DEFERRED_CPU.load(core::sync::atomic::Ordering::Acquire) == cpu {
+        run_deferred_init(cpu)
+    }
     #[cfg(feature = "selftest")]
     if let Some(job) = selftest::take_job(cpu) {
         selftest::run_job(job)
-    }
-    if DEFERRED_CPU.load(core::sync::atomic::Ordering::Acquire) == cpu {
-        run_deferred_init(cpu)
     }
     let (regs, frame) = {
         let mut vms = VMS.lock();

@@ -121,11 +121,13 @@ pub fn cma_alloc(vms: &[Vm], caller: usize, pages: u32, align: u32, flags: u32) 
         defmt::error!("cma: {=str}: no CPU is free to run a test allocation beside the guests", vm.name());
         return hc::NOT_SUPPORTED;
     };
+    // The CPU may still be listing the monitor's deferred memory: the job is
+    // published only once it is done, so that CPU cannot take the job instead.
+    super::wait_deferred_init(cpu);
     *JOB.lock() = Some(Job { cpu, pool, count, align: u64::from(align), map: flags & hc::CMA_MAP != 0, vmid: vm.vmid });
     test.state = TestState::Running;
     test.pages = count;
-    // The CPU may still be listing the monitor's deferred memory, or on its way off after an earlier job.
-    super::wait_deferred_init(cpu);
+    // It may also still be on its way off after an earlier job or the listing.
     let mut r = carve_core::vm::psci::ALREADY_ON;
     for _ in 0..100_000 {
         r = arch::smp::cpu_on(cpu, mpidr);
