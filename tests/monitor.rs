@@ -173,10 +173,11 @@ fn the_log_goes_to_the_uart_carve_log_names() {
     }
 }
 
-/// The plain image (`scripts/build`, what a board boots) carries no self-test:
-/// asked for one on its command line it refuses to run (status 12) instead of
-/// running without it, and none of the self-tests' log lines is in its ELF
-/// (defmt keeps every format string in the ELF), while the self-test image has them.
+/// The images `scripts/build` leaves (the QEMU ELF and the board image's ELF)
+/// carry no self-test: asked for one on its command line the QEMU image
+/// refuses to run (status 12) instead of running without it, and none of the
+/// self-tests' log lines is in either ELF (defmt keeps every format string in
+/// the ELF), while the self-test image has them.
 #[test]
 fn the_plain_image_has_no_self_tests_and_says_so() {
     let run = run_monitor("plain-selftest", MACHINE_HYP, &["-append", "carve.selftest=mm"]);
@@ -187,8 +188,10 @@ fn the_plain_image_has_no_self_tests_and_says_so() {
         let bytes = std::fs::read(elf).expect("read the ELF");
         bytes.windows(text.len()).any(|w| w == text.as_bytes())
     };
+    let (_, board_elf) = carve_tests::board_image();
     for text in ["mm-selftest: ", "mm-bench: ", "test calls enabled"] {
         assert!(!has(carve_tests::monitor_elf(), text), "the plain image holds {text:?}");
+        assert!(!has(&board_elf, text), "the board image holds {text:?}");
         assert!(has(carve_tests::selftest_elf(), text), "the self-test image lacks {text:?}");
     }
 }
