@@ -262,6 +262,20 @@ impl Distributor {
         }
     }
 
+    /// Makes SPI `intid` the guest's after creation (a device the monitor
+    /// emulates, `hw` false, or one given to it). Only within the lines
+    /// GICD_TYPER claims (at least 64); false if outside or already another kind.
+    pub fn claim_spi(&mut self, intid: u32, hw: bool) -> bool {
+        let want = if hw { Kind::Hw } else { Kind::Virtual };
+        match self.kind.get_mut(intid as usize) {
+            Some(k) if intid >= 32 && (*k == Kind::None || *k == want) => {
+                *k = want;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Number of vCPUs.
     pub fn cpus(&self) -> usize {
         self.cpus

@@ -310,3 +310,17 @@ fn icfgr_of_sgis_is_read_only_edge() {
     w(&mut d, 0, reg::ICFGR + 4, 0xffff_ffff);
     assert_eq!(r(&d, 0, reg::ICFGR + 4), 2 << (2 * (VTIMER_PPI - 16)), "only the timer's field");
 }
+
+#[test]
+fn an_spi_can_be_claimed_after_creation_within_the_lines() {
+    let mut d = Distributor::new(&Config { cpus: 1, ..Config::default() });
+    assert_eq!(d.kind(40), Kind::None);
+    assert!(d.claim_spi(40, false));
+    assert_eq!(d.kind(40), Kind::Virtual);
+    assert!(!d.claim_spi(40, true), "already a virtual SPI");
+    assert!(!d.claim_spi(64, false), "past the 64 lines TYPER claims");
+    assert!(!d.claim_spi(27, false), "not an SPI");
+    w(&mut d, 0, reg::CTLR, 1);
+    w(&mut d, 0, reg::ISENABLER + 4, 1 << 8);
+    assert_eq!(d.set_level(40, true), 1);
+}
