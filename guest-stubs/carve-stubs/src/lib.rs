@@ -31,6 +31,8 @@ pub mod fdt;
 #[cfg(target_arch = "arm")]
 pub mod console;
 #[cfg(target_arch = "arm")]
+pub mod gic;
+#[cfg(target_arch = "arm")]
 pub mod hvc;
 #[cfg(target_arch = "arm")]
 pub mod mmu;

@@ -47,6 +47,8 @@ _start:
     ldr sp, =__carve_abt_stack_top
     cps #0x1b
     ldr sp, =__carve_und_stack_top
+    cps #0x12
+    ldr sp, =__carve_irq_stack_top
     cps #0x13
     ldr sp, =__carve_svc_stack_top
     mov r0, r8
@@ -94,6 +96,8 @@ carve_secondary_start:
     ldr sp, =__carve_abt2_stack_top
     cps #0x1b
     ldr sp, =__carve_und2_stack_top
+    cps #0x12
+    ldr sp, =__carve_irq2_stack_top
     cps #0x13
     ldr sp, =__carve_svc2_stack_top
     mov r0, r8
@@ -140,6 +144,18 @@ __carve_exc_hyp:
     mov r0, #5
     b __carve_unexpected
 __carve_exc_irq:
+    @ An IRQ: the handler a stub installed (`set_irq_handler`), on the IRQ stack.
+    sub lr, lr, #4
+    push {{r0-r3, r12, lr}}
+    ldr r0, =carve_irq_handler
+    ldr r0, [r0]
+    cmp r0, #0
+    beq 1f
+    blx r0
+    pop {{r0-r3, r12, lr}}
+    movs pc, lr
+1:  pop {{r0-r3, r12, lr}}
+    add lr, lr, #4
     mov r0, #6
     b __carve_unexpected
 __carve_exc_fiq:
@@ -174,6 +190,61 @@ carve_touch_write_insn:
     str r1, [r0]
     bx lr
 
+    @ Access operations that may abort anywhere inside [carve_ops_start, carve_ops_end):
+    @ op(addr = r0, value = r1) -> r0. One access each, of every shape: sizes,
+    @ writeback, doubleword and multiple transfers (the last give no valid syndrome).
+    .section .text.carve_ops, "ax", %progbits
+    .balign 4
+    .global carve_ops_start
+carve_ops_start:
+    .global carve_op_table
+carve_op_table:
+    b 0f
+    b 1f
+    b 2f
+    b 3f
+    b 4f
+    b 5f
+    b 6f
+    b 7f
+    b 8f
+    b 9f
+    b 10f
+    b 11f
+0:  ldrb r0, [r0]
+    bx lr
+1:  ldrh r0, [r0]
+    bx lr
+2:  ldr r0, [r0]
+    bx lr
+3:  strb r1, [r0]
+    bx lr
+4:  strh r1, [r0]
+    bx lr
+5:  str r1, [r0]
+    bx lr
+6:  ldr r2, [r0], #4
+    mov r0, r2
+    bx lr
+7:  str r1, [r0, #4]!
+    bx lr
+8:  ldrd r2, r3, [r0]
+    mov r0, r2
+    bx lr
+9:  mov r2, r1
+    mov r3, r1
+    strd r2, r3, [r0]
+    bx lr
+10: ldm r0, {{r2, r3}}
+    mov r0, r2
+    bx lr
+11: mov r2, r1
+    mov r3, r1
+    stm r0, {{r2, r3}}
+    bx lr
+    .global carve_ops_end
+carve_ops_end:
+
     .section .bss.carve_stacks, "aw", %nobits
     .balign 8
     .space 0x8000
@@ -188,6 +259,10 @@ __carve_svc2_stack_top:
 __carve_abt2_stack_top:
     .space 0x1000
 __carve_und2_stack_top:
+    .space 0x1000
+__carve_irq_stack_top:
+    .space 0x1000
+__carve_irq2_stack_top:
 "#,
     console_write_lo = const abi::CONSOLE_WRITE & 0xffff,
     console_write_hi = const abi::CONSOLE_WRITE >> 16,
@@ -201,8 +276,20 @@ extern "C" {
     fn carve_secondary_start();
     static carve_touch_read_insn: u8;
     static carve_touch_write_insn: u8;
+    static carve_ops_start: u8;
+    static carve_ops_end: u8;
     static __image_start: u8;
     static __image_end: u8;
+}
+
+/// The IRQ handler `__carve_exc_irq` calls (0: an IRQ is unexpected).
+#[no_mangle]
+#[allow(non_upper_case_globals)] // named for the assembly
+static carve_irq_handler: AtomicU32 = AtomicU32::new(0);
+
+/// Installs `f` as the IRQ handler (IRQ mode, its own stack; r0-r3, r12 and LR saved around it).
+pub fn set_irq_handler(f: extern "C" fn()) {
+    carve_irq_handler.store(f as usize as u32, Ordering::Release);
 }
 
 /// Defines the stub's entry: `carve_stubs::entry!(main)` with `fn main(dtb: u32) -> !`.
@@ -262,7 +349,8 @@ fn write_insn() -> u32 {
 /// The abort handler's Rust half (called from the Abort-mode vector).
 #[no_mangle]
 extern "C" fn carve_data_abort(dfsr: u32, dfar: u32, pc: u32, spsr: u32) {
-    if EXPECTING.load(Ordering::Acquire) && (pc == read_insn() || pc == write_insn()) {
+    let in_ops = (&raw const carve_ops_start as u32..&raw const carve_ops_end as u32).contains(&pc);
+    if EXPECTING.load(Ordering::Acquire) && (pc == read_insn() || pc == write_insn() || in_ops) {
         LAST_DFSR.store(dfsr, Ordering::Relaxed);
         LAST_DFAR.store(dfar, Ordering::Relaxed);
         LAST_PC.store(pc, Ordering::Relaxed);
@@ -314,6 +402,22 @@ pub fn touch_write(addr: u32, value: u32) -> Touch {
         carve_touch_write(addr, value);
         0
     })
+}
+
+/// How many access shapes [`touch_op`] has.
+pub const OPS: u32 = 12;
+/// What each [`touch_op`] shape is, by number.
+pub const OP_NAMES: [&str; OPS as usize] =
+    ["ldrb", "ldrh", "ldr", "strb", "strh", "str", "ldr post-index", "str pre-index!", "ldrd", "strd", "ldm", "stm"];
+
+/// One access of shape `op` (see [`OP_NAMES`]) at `addr` (stores write `value`), which may abort.
+pub fn touch_op(op: u32, addr: u32, value: u32) -> Touch {
+    let entry = &raw const carve_ops_start as u32 + 4 * (op % OPS);
+    // SAFETY: each entry of the op table branches to a leaf of one access (and
+    // moves) that takes r0, r1, clobbers r2, r3 and returns r0, as the AAPCS
+    // allows; an abort inside the table resumes after the aborted instruction.
+    let f: extern "C" fn(u32, u32) -> u32 = unsafe { core::mem::transmute(entry as usize) };
+    touch(|| f(addr, value))
 }
 
 /// The instructions a touch's abort must be reported at: (read, write).

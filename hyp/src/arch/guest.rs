@@ -26,13 +26,18 @@ pub mod hcr {
     pub const BSU_INNER_SHAREABLE: u32 = 0b01 << 10;
     /// TSC, bit 19: a guest's SMC traps to Hyp mode (HSR.EC 0x13).
     pub const TSC: u32 = 1 << 19;
+    /// FMO, bit 3: physical FIQs go to Hyp mode, and the guest's FIQs are virtual.
+    pub const FMO: u32 = 1 << 3;
+    /// IMO, bit 4: physical IRQs go to Hyp mode, and the guest's IRQs are virtual (the GICV interface).
+    pub const IMO: u32 = 1 << 4;
 }
 
 /// HCR while a guest runs: stage-2 on, set/way invalidation upgraded to
 /// clean+invalidate, SMC trapped (it becomes a PSCI call to the monitor), TLB
 /// and cache maintenance broadcast and barriers upgraded to Inner Shareable,
-/// since a vCPU may be any CPU. IMO, FMO and AMO (bits 4, 3, 5) stay clear: the
-/// guest owns the GIC CPU interface it is given.
+/// since a vCPU may be any CPU. IMO, FMO and AMO (bits 4, 3, 5) stay clear for a
+/// guest that owns the GIC CPU interface it is given; a guest with the virtual
+/// GIC adds IMO and FMO ([`VcpuRegs::virtual_irqs`]).
 pub const HCR_GUEST: u32 = hcr::VM | hcr::SWIO | hcr::FB | hcr::BSU_INNER_SHAREABLE | hcr::TSC;
 const _: () = assert!(HCR_GUEST == 0x0008_0603);
 
@@ -49,6 +54,8 @@ pub struct VcpuRegs {
     pub vtcr: u32,
     /// What the guest reads as MPIDR (VMPIDR, B4.1.163).
     pub vmpidr: u32,
+    /// Physical IRQs and FIQs go to Hyp mode (HCR.IMO/FMO): the guest has the virtual GIC.
+    pub virtual_irqs: bool,
 }
 
 /// Programs this CPU for `vcpu`: stage-2 translation, traps, timers, ID registers.
@@ -74,7 +81,8 @@ pub fn configure(vcpu: &VcpuRegs) {
     Hcptr::write(Hcptr::new_with_raw_value(0));
     // SAFETY: HSTR = 0 traps no CP15 primary register; it changes only what guests trap.
     unsafe { Hstr::write(Hstr(0)) };
-    Hcr::write(Hcr::new_with_raw_value(HCR_GUEST));
+    let irqs = if vcpu.virtual_irqs { hcr::IMO | hcr::FMO } else { 0 };
+    Hcr::write(Hcr::new_with_raw_value(HCR_GUEST | irqs));
     cache::isb();
     // Entries left by an earlier guest with the same VMID must not be used.
     cache::tlb_invalidate_guests_all_is();

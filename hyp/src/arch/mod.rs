@@ -18,6 +18,7 @@
 
 pub mod cache;
 pub mod entry;
+pub mod gic;
 pub mod guest;
 pub mod heap;
 pub mod logger;

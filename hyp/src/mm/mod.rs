@@ -298,3 +298,17 @@ pub fn vfree(va: VirtAddr) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// ioremap of `size` bytes of device registers at physical `pa` (Device
+/// memory, in the vmalloc area, for good); returns the virtual address of `pa`.
+pub fn ioremap(pa: u64, size: u64) -> Result<usize, String> {
+    let at = PhysAddr::from_u64(pa).ok_or_else(|| format!("{pa:#x} is past the physical address space"))?;
+    let mut mem = MEM.lock();
+    let m = mem.as_mut().ok_or("no buddy")?;
+    let mut vm = VMALLOC.lock();
+    let v = vm.as_mut().ok_or("no vmalloc")?;
+    let va = mmu::with_hyp_table(Some(&mut *m), |table, tm| v.ioremap(table, tm, at, size))
+        .ok_or("no Hyp map")?
+        .map_err(|e| format!("{e}"))?;
+    Ok(va.raw() as usize)
+}

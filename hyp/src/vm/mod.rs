@@ -23,6 +23,7 @@ mod inject;
 #[cfg(feature = "selftest")]
 pub mod selftest;
 mod trap;
+pub mod vgic;
 
 use alloc::format;
 use alloc::string::String;
@@ -78,6 +79,10 @@ pub struct Vm {
     pub devices: Vec<(String, PhysRange)>,
     /// Stage-2 faults on a page being moved, retried once the move was done.
     pub migration_waits: u64,
+    /// The virtual GIC, when guests share the machine (`None`: the physical GIC is passed through).
+    pub vgic: Option<vgic::VmGic>,
+    /// The hardware GICV page mapped at the guest's GICC address (IPA, PA, size), kept for restarts.
+    pub gicv: Option<(u64, u64, u64)>,
 }
 
 /// How a guest ended.
@@ -121,6 +126,7 @@ impl Vm {
             vtcr: VTCR_VALUE,
             // MPIDR bit 31 is RES1 (multiprocessing extensions); affinity from the guest's DT.
             vmpidr: 0x8000_0000 | (self.vcpu_mpidr.get(vcpu).copied().unwrap_or(0) as u32 & 0x00ff_ffff),
+            virtual_irqs: self.vgic.is_some(),
         }
     }
 
@@ -178,8 +184,16 @@ pub fn for_each_piece(
 }
 
 /// Builds guest `index` of the plan: stage-2, images and DTB in its RAM.
-/// `devices` says whether it is given the console, what it depends on, and the GIC.
-pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, devices: bool) -> Result<Vm, VmError> {
+/// `devices` says whether it is given the console, what it depends on, and the
+/// GIC; `virtual_gic` whether it gets the virtual GIC instead.
+pub fn build(
+    tree: &Tree<'_>,
+    machine: &Machine,
+    g: &GuestPlan,
+    index: usize,
+    devices: bool,
+    virtual_gic: bool,
+) -> Result<Vm, VmError> {
     let desc = g.desc.as_ref().ok_or_else(|| format!("{}: not described by the device tree", g.name))?;
     let kernel = desc.kernel.as_ref().ok_or_else(|| format!("{}: no kernel module", g.name))?;
     let ramdisk = desc.ramdisk.as_ref();
@@ -188,7 +202,8 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
     let vmid = (index + 1) as u8;
     let movable = cma::lend(g, vmid)?;
     let devices = if devices { passthrough(tree, machine, g)? } else { Vec::new() };
-    let stage2 = build_stage2(g, &devices, &movable)?;
+    let gicv = if virtual_gic { vgic::gicv_window(machine).map_err(|e| format!("{}: {e}", g.name))? } else { None };
+    let stage2 = build_stage2(g, &devices, gicv, &movable)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
         .map_err(|e| format!("{e}"))?;
     let opts = GuestDtbOptions { initrd: layout.initrd, bootargs: desc.bootargs.as_deref(), owned_carveouts: &[] };
@@ -227,6 +242,8 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         movable,
         migration_waits: 0,
         devices,
+        vgic: if virtual_gic { vgic::VmGic::new(machine, cpus) } else { None },
+        gicv,
     };
     load_images(&vm)?;
     vm.power[0] = Power::OnPending;
@@ -234,7 +251,12 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
     Ok(vm)
 }
 
-fn build_stage2(g: &GuestPlan, devices: &[(String, PhysRange)], movable: &[u32]) -> Result<PageTable<Stage2>, VmError> {
+fn build_stage2(
+    g: &GuestPlan,
+    devices: &[(String, PhysRange)],
+    gicv: Option<(u64, u64, u64)>,
+    movable: &[u32],
+) -> Result<PageTable<Stage2>, VmError> {
     let mut stats = MapStats::default();
     let stage2 = mmu::with_pool(|pool| -> Result<PageTable<Stage2>, VmError> {
         let mut s2 = PageTable::<Stage2>::new(pool).map_err(|e| format!("{}: stage-2 root: {e}", g.name))?;
@@ -269,6 +291,19 @@ fn build_stage2(g: &GuestPlan, devices: &[(String, PhysRange)], movable: &[u32])
                 what.as_str(),
                 base,
                 size / 1024
+            );
+        }
+        if let Some((ipa, pa, size)) = gicv {
+            let (Some(at), Some(to)) = (Ipa::from_u64(ipa), PhysAddr::from_u64(pa)) else {
+                return Err(format!("{}: GICV at {pa:#x} or GICC at {ipa:#x} is out of range", g.name));
+            };
+            stats += s2.map(pool, at, to, size, Attrs::device()).map_err(|err| format!("{}: GICV: {err}", g.name))?;
+            defmt::info!(
+                "vm: {=str}: virtual GIC: the hardware GICV {=u64:#010x} ({=u64} KiB) at its GICC {=u64:#010x}; its GICD is emulated",
+                g.name.as_str(),
+                pa,
+                size / 1024,
+                ipa
             );
         }
         Ok(s2)
@@ -398,7 +433,7 @@ pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
         return Err(format!("{}: restarting a guest of {} vCPUs is not supported", vm.name(), vm.power.len()));
     }
     // Tear the old stage-2 down first, so the new one gets the same pages back.
-    let old = core::mem::replace(&mut vm.stage2, build_stage2(&vm.plan, &vm.devices, &vm.movable)?);
+    let old = core::mem::replace(&mut vm.stage2, build_stage2(&vm.plan, &vm.devices, vm.gicv, &vm.movable)?);
     mmu::with_pool(|pool| old.destroy(pool));
     let t0 = crate::arch::counter();
     for e in &vm.plan.extents {
@@ -417,6 +452,10 @@ pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
         vm.testdev_reads = 0;
     }
     guest::reset_pl1();
+    if let Some(g) = vm.vgic.as_mut() {
+        g.reset();
+        vgic::reset_cpu();
+    }
     guest::configure(&vm.vcpu_regs(0));
     defmt::info!(
         "vm: {=str}: restarted ({=u32} so far), RAM zeroed, images reloaded; zeroing {=u64} MiB took {=u64} counter ticks",
@@ -431,13 +470,21 @@ pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
 /// Builds every guest of the plan, starts those on other CPUs, runs the one on this CPU.
 pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
     vectors::set_guest_trap_handler(trap::handle);
-    let devices = plan.guests.len() == 1;
-    if !devices {
+    let lone = plan.guests.len() == 1;
+    let asked = lone && plan.guests[0].desc.as_ref().is_some_and(|d| d.virtual_gic);
+    let virtual_gic = (!lone || asked) && vgic::start(machine);
+    // A lone guest is given the UART and, unless it asked for the virtual one, the GIC.
+    let devices = lone && !virtual_gic;
+    if lone && !asked {
+        defmt::info!("vm: one guest: the physical GIC is passed through (no monitor in its interrupt path)");
+    } else if lone && virtual_gic {
+        defmt::info!("vm: one guest with carve,virtual-gic: it gets the virtual GIC, and no device");
+    } else if !virtual_gic {
         defmt::info!("vm: {=usize} guests: none is given the UART or the GIC (they share nothing)", plan.guests.len());
     }
     let mut vms = Vec::new();
     for (i, g) in plan.guests.iter().enumerate() {
-        match build(tree, machine, g, i, devices) {
+        match build(tree, machine, g, i, devices, virtual_gic) {
             Ok(vm) => vms.push(vm),
             Err(e) => {
                 defmt::error!("vm: {=str}", e.as_str());
@@ -451,6 +498,11 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
         .map(|v| (v.cpu_ids[0], v.pcpu_mpidr[0] as u32, v.plan.name.clone()))
         .collect();
     let spare = (0..machine.cpus.len() as u32).find(|c| !vms.iter().any(|v| v.cpu_ids.contains(c)));
+    if virtual_gic {
+        if let Some(&cpu) = vms.iter().flat_map(|v| v.cpu_ids.iter()).min() {
+            vgic::guests_built(cpu);
+        }
+    }
     *VMS.lock() = vms;
     for (cpu, mpidr, name) in others {
         let r = crate::arch::smp::cpu_on(cpu, mpidr);
@@ -549,6 +601,9 @@ pub fn run_cpu(cpu: u32) -> ! {
         );
         (vm.vcpu_regs(vcpu), frame)
     };
+    if regs.virtual_irqs {
+        vgic::reset_cpu();
+    }
     guest::configure(&regs);
     if !ENTERED.swap(true, core::sync::atomic::Ordering::Relaxed) {
         let t = crate::arch::counter();
@@ -578,6 +633,7 @@ pub fn run_secondary(cpu: u32, pen: bool) -> ! {
 /// Marks guest `index` ended. When every guest has, returns the run's exit status.
 pub fn mark_ended(vms: &mut [Vm], index: usize, how: Ending) -> Option<ExitCode> {
     vms[index].done = Some(how);
+    vgic::guest_ended(vms, index);
     if !vms.iter().all(|v| v.done.is_some()) {
         defmt::info!("vm: {=str} ended ({}); the other guests run on", vms[index].name(), how);
         return None;
@@ -593,6 +649,9 @@ pub fn mark_ended(vms: &mut [Vm], index: usize, how: Ending) -> Option<ExitCode>
 pub fn after_end(code: Option<ExitCode>) -> ! {
     match code {
         Some(code) => semihost::exit(code),
-        None => guest::park(),
+        None => {
+            vgic::quiesce_cpu();
+            guest::park()
+        }
     }
 }

@@ -1,4 +1,4 @@
-//! Guest traps: PSCI and carve calls (HVC, or a trapped SMC), emulated MMIO, stage-2 faults.
+//! Guest traps: PSCI and carve calls (HVC, or a trapped SMC), emulated MMIO (the vGIC's GICD), stage-2 faults.
 //!
 //! The architecture layer hands over the HSR as a [`Syndrome`], which
 //! carve-core decodes (Arm ARM B3.13.6): an HVC (ELR_hyp already past it), an
@@ -215,6 +215,19 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
     // HPFAR[31:4] holds IPA[39:12]: build the IPA in 64 bits.
     let ipa = (u64::from(Hpfar::read().0 >> 4) << 12) | u64::from(far & 0xfff);
     let vm = &mut vms[index];
+    if a.is_data() {
+        match super::vgic::emulate(vm, this_cpu(), frame, &a, ipa) {
+            Some(true) => {
+                frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
+                return After::Resume;
+            }
+            Some(false) => {
+                inject::abort(frame, Inject::Data { write: a.write() }, far);
+                return After::Resume;
+            }
+            None => {}
+        }
+    }
     #[cfg(feature = "selftest")]
     if a.is_data() && super::selftest::is_testdev(ipa) && super::selftest::emulate_testdev(vm, frame, a, ipa) {
         frame.elr = frame.elr.wrapping_add(hsr.instruction_len());

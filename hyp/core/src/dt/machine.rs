@@ -114,6 +114,9 @@ pub struct Guest {
     pub on_fault: FaultPolicy,
     /// `memory-region` + `carve,movable-memory`: the part of `memory` a CMA pool backs.
     pub movable: Option<MovableRequest>,
+    /// `carve,virtual-gic`: a lone guest gets the virtual GIC instead of the
+    /// physical one (guests that share the machine always do).
+    pub virtual_gic: bool,
 }
 
 /// An MMIO device window, translated to a physical address.
@@ -862,6 +865,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         bootargs: node.str_prop("bootargs")?.map(String::from),
         on_fault,
         movable,
+        virtual_gic: node.prop("carve,virtual-gic").is_some(),
     };
     for m in &node.children {
         let slot = if m.is_compatible("multiboot,kernel") {

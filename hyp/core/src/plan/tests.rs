@@ -228,6 +228,7 @@ fn modules_are_kept_out_and_checked() {
         device_tree: None,
         bootargs: Some("console=ttyAMA0".into()),
         on_fault: Default::default(),
+        virtual_gic: false,
         movable: None,
     });
     let p = plan(&m, &PlanConfig::default()).unwrap();
@@ -358,6 +359,7 @@ fn small_guest(n: u32, cpus: u32, cpu_ids: Option<Vec<u32>>, kernel: u64) -> Gue
         device_tree: None,
         bootargs: None,
         on_fault: Default::default(),
+        virtual_gic: false,
         movable: None,
     }
 }

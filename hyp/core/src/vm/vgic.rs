@@ -516,6 +516,8 @@ impl Distributor {
                 };
                 v | u32::from(p) << (8 * k)
             }),
+            // A uniprocessor implementation's ITARGETSRs are RAZ/WI (4.3.12), as QEMU's one-CPU GIC shows.
+            reg::ITARGETSR..=0xbfc if self.cpus == 1 => 0,
             reg::ITARGETSR..=0xbfc => (0..4).fold(0, |v, k| {
                 let intid = word - reg::ITARGETSR + k;
                 let t = if intid < 32 {
@@ -705,8 +707,8 @@ impl Distributor {
                 }
                 reg::ITARGETSR..=0xbff => {
                     let intid = at - reg::ITARGETSR;
-                    if intid < 32 {
-                        continue; // read-only (4.3.12)
+                    if intid < 32 || self.cpus == 1 {
+                        continue; // read-only (4.3.12); all RAZ/WI with one CPU
                     }
                     let valid = ((1u32 << self.cpus) - 1) as u8;
                     let kind = self.kind(intid);

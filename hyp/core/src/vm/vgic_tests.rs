@@ -324,3 +324,16 @@ fn an_spi_can_be_claimed_after_creation_within_the_lines() {
     w(&mut d, 0, reg::ISENABLER + 4, 1 << 8);
     assert_eq!(d.set_level(40, true), 1);
 }
+
+#[test]
+fn itargetsr_is_raz_wi_with_one_cpu() {
+    // A uniprocessor implementation (4.3.12): every interrupt targets the one CPU.
+    let mut d = Distributor::new(&Config { cpus: 1, virtual_spis: &[UART], ..Config::default() });
+    assert_eq!(r(&d, 0, reg::ITARGETSR), 0);
+    d.write(0, reg::ITARGETSR + UART, 1, 0xff).unwrap();
+    assert_eq!(d.read(0, reg::ITARGETSR + UART, 1), Ok(0));
+    assert_eq!(d.ignored_writes(), 0, "not a forbidden write: the register ignores it");
+    w(&mut d, 0, reg::CTLR, 1);
+    w(&mut d, 0, reg::ISENABLER + 4, 1 << (UART - 32));
+    assert_eq!(d.set_level(UART, true), 1, "delivered to the one vCPU");
+}
