@@ -271,3 +271,26 @@ fn guest_with_movable_memory_from_a_cma_pool_boots() {
     assert!((490_000..=512 * 1024).contains(&low), "LowTotal {low} kB\n{}", b.context());
     assert_eq!(high, 0, "HighTotal {high} kB\n{}", b.context());
 }
+
+/// `virt-smp2.dts` with the guest on carve's virtual GIC (`carve,virtual-gic`,
+/// `dts/virt-smp2-vgic.dts`): the monitor takes the physical interrupts,
+/// emulates the GICD, injects the virtual timer and the console's line as
+/// hardware interrupts and the IPIs as SGIs through list registers. Linux
+/// must bring both CPUs online, see one dense bank, and power off.
+#[test]
+fn guest_on_the_virtual_gic_brings_up_two_cpus() {
+    let b = boot("smp2-vgic", &["--dts", "dts/virt-smp2-vgic.dts", "-m", "1280", "--smp", "2"]);
+    b.assert_powered_off();
+    assert!(
+        b.monitor_log.contains("vm: one guest with carve,virtual-gic")
+            && b.monitor_log.contains("the monitor takes physical IRQs"),
+        "the guest did not get the virtual GIC\n{}",
+        b.context()
+    );
+    b.assert_markers();
+    assert_eq!(b.field("online"), "0-1", "/sys/devices/system/cpu/online\n{}", b.context());
+    b.assert_dense_view();
+    let end = b.monitor_log.lines().find(|l| l.contains("vgic: guest@0:") && l.contains("GICD accesses emulated"));
+    let timer = end.map(|l| carve_tests::number_after(l, "ignored; ")).unwrap_or(0);
+    assert!(timer > 0, "no virtual-timer interrupt injected, or no vGIC summary at the end\n{}", b.context());
+}

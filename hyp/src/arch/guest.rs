@@ -193,6 +193,92 @@ pub mod pl1 {
     }
 }
 
+/// The guest's general-purpose registers a trap frame does not hold: SP and LR
+/// of its current mode, and r8-r12 of FIQ mode (Arm ARM B9.3.9/B9.3.10, the
+/// banked-register MRS and MSR of the Virtualization Extensions). The frame
+/// holds r0-r12 as User mode sees them and LR_usr.
+pub mod banked {
+    use core::arch::asm;
+
+    use crate::arch::vectors::TrapFrame;
+
+    macro_rules! banked_rw {
+        ($name:literal) => {
+            (
+                || -> u32 {
+                    let v: u32;
+                    // SAFETY: reading a guest's banked register from Hyp mode has no side effect.
+                    unsafe {
+                        asm!(".arch_extension virt", concat!("mrs {}, ", $name), out(reg) v,
+                            options(nomem, nostack, preserves_flags))
+                    };
+                    v
+                },
+                |v: u32| {
+                    // SAFETY: the register is the guest's, for the mode it trapped in: writing
+                    // it is what the load being emulated does.
+                    unsafe {
+                        asm!(".arch_extension virt", concat!("msr ", $name, ", {}"), in(reg) v,
+                            options(nomem, nostack, preserves_flags))
+                    };
+                },
+            )
+        };
+    }
+
+    type Access = (fn() -> u32, fn(u32));
+
+    /// Register `reg` (0-14) of the guest's mode (CPSR.M of `spsr`), as a reader and a writer; `None` for the PC.
+    fn banked(spsr: u32, reg: u8) -> Option<Access> {
+        let mode = spsr & 0x1f;
+        Some(match (mode, reg) {
+            (0x11, 8) => banked_rw!("r8_fiq"),
+            (0x11, 9) => banked_rw!("r9_fiq"),
+            (0x11, 10) => banked_rw!("r10_fiq"),
+            (0x11, 11) => banked_rw!("r11_fiq"),
+            (0x11, 12) => banked_rw!("r12_fiq"),
+            (0x11, 13) => banked_rw!("SP_fiq"),
+            (0x11, 14) => banked_rw!("LR_fiq"),
+            (0x12, 13) => banked_rw!("SP_irq"),
+            (0x12, 14) => banked_rw!("LR_irq"),
+            (0x13, 13) => banked_rw!("SP_svc"),
+            (0x13, 14) => banked_rw!("LR_svc"),
+            (0x17, 13) => banked_rw!("SP_abt"),
+            (0x17, 14) => banked_rw!("LR_abt"),
+            (0x1b, 13) => banked_rw!("SP_und"),
+            (0x1b, 14) => banked_rw!("LR_und"),
+            (0x10 | 0x1f, 13) => banked_rw!("SP_usr"),
+            _ => return None,
+        })
+    }
+
+    /// The value of the guest's register `reg` (0-14) at the trap; `None` for the PC (or a bad number).
+    pub fn read(frame: &TrapFrame, reg: u8) -> Option<u32> {
+        if let Some((r, _)) = banked(frame.spsr, reg) {
+            return Some(r());
+        }
+        match reg {
+            0..=12 => Some(frame.r[usize::from(reg)]),
+            14 => Some(frame.lr_usr), // User and System mode's LR
+            _ => None,
+        }
+    }
+
+    /// Sets the guest's register `reg` (0-14); false for the PC (or a bad number).
+    pub fn write(frame: &mut TrapFrame, reg: u8, v: u32) -> bool {
+        if let Some((_, w)) = banked(frame.spsr, reg) {
+            w(v);
+            return true;
+        }
+        match reg {
+            0..=12 => frame.r[usize::from(reg)] = v,
+            14 => frame.lr_usr = v,
+            _ => return false,
+        }
+        true
+    }
+}
+
 /// SCTLR as Cortex-A15 resets it (MMU, caches and alignment checks off): a restarted guest starts here.
 pub const SCTLR_RESET: u32 = 0x00c5_0078;
 

@@ -201,7 +201,8 @@ pub fn build(
     // The movable part's pages, lent by their CMA pool; then stage-2: RAM, then the devices the guest is given.
     let vmid = (index + 1) as u8;
     let movable = cma::lend(g, vmid)?;
-    let devices = if devices { passthrough(tree, machine, g)? } else { Vec::new() };
+    let devices = if devices { passthrough(tree, machine, g, !virtual_gic)? } else { Vec::new() };
+    let uart_given = !devices.is_empty();
     let gicv = if virtual_gic { vgic::gicv_window(machine).map_err(|e| format!("{}: {e}", g.name))? } else { None };
     let stage2 = build_stage2(g, &devices, gicv, &movable)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
@@ -242,7 +243,7 @@ pub fn build(
         movable,
         migration_waits: 0,
         devices,
-        vgic: if virtual_gic { vgic::VmGic::new(machine, cpus) } else { None },
+        vgic: if virtual_gic { vgic::VmGic::new(machine, cpus, uart_given) } else { None },
         gicv,
     };
     load_images(&vm)?;
@@ -385,7 +386,12 @@ fn device_pages(devices: &[(String, PhysRange)]) -> Vec<(String, u64, u64)> {
 /// The device windows a lone guest is given: the console UART and the
 /// devices it depends on, as its DTB lists them, and the GIC distributor and
 /// CPU interface (never its hypervisor parts). None may be the monitor's log UART.
-fn passthrough(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan) -> Result<Vec<(String, PhysRange)>, VmError> {
+fn passthrough(
+    tree: &Tree<'_>,
+    machine: &Machine,
+    g: &GuestPlan,
+    with_gic: bool,
+) -> Result<Vec<(String, PhysRange)>, VmError> {
     let listed = passed_through(tree, machine, g).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
     let mut v: Vec<(String, PhysRange)> = Vec::new();
     for d in listed {
@@ -394,7 +400,7 @@ fn passthrough(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan) -> Result<Vec<
             v.push((String::from(name), r));
         }
     }
-    if let Some(gic) = &machine.gic {
+    if let Some(gic) = machine.gic.as_ref().filter(|_| with_gic) {
         v.push((String::from("GIC distributor"), gic.distributor));
         v.push((String::from("GIC CPU interface"), gic.cpu_interface));
     }
@@ -474,11 +480,13 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
     let asked = lone && plan.guests[0].desc.as_ref().is_some_and(|d| d.virtual_gic);
     let virtual_gic = (!lone || asked) && vgic::start(machine);
     // A lone guest is given the UART and, unless it asked for the virtual one, the GIC.
-    let devices = lone && !virtual_gic;
+    let devices = lone;
     if lone && !asked {
         defmt::info!("vm: one guest: the physical GIC is passed through (no monitor in its interrupt path)");
     } else if lone && virtual_gic {
-        defmt::info!("vm: one guest with carve,virtual-gic: it gets the virtual GIC, and no device");
+        defmt::info!(
+            "vm: one guest with carve,virtual-gic: it gets the virtual GIC, and the console UART with its line"
+        );
     } else if !virtual_gic {
         defmt::info!("vm: {=usize} guests: none is given the UART or the GIC (they share nothing)", plan.guests.len());
     }
@@ -499,6 +507,9 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
         .collect();
     let spare = (0..machine.cpus.len() as u32).find(|c| !vms.iter().any(|v| v.cpu_ids.contains(c)));
     if virtual_gic {
+        for v in &vms {
+            vgic::route_hw_spis(v);
+        }
         if let Some(&cpu) = vms.iter().flat_map(|v| v.cpu_ids.iter()).min() {
             vgic::guests_built(cpu);
         }

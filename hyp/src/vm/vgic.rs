@@ -28,10 +28,11 @@ use alloc::string::String;
 use carve_core::dt::machine::Machine;
 use carve_core::syndrome::{Abort, AccessSize};
 
-use carve_core::vm::vgic::{Config, Distributor, HwOp, GICD_SIZE, VTIMER_PPI};
+use carve_core::vm::vgic::{Config, Distributor, HwOp, Kind, GICD_SIZE, VTIMER_PPI};
 
 use super::{Vm, VMS};
 use crate::arch::gic::{self, lr, Bank};
+use crate::arch::guest::banked;
 use crate::arch::vectors::TrapFrame;
 
 /// The most physical CPUs the monitor tracks list registers for.
@@ -65,13 +66,16 @@ impl VmGic {
     /// The virtual GIC of a guest of `cpus` vCPUs on `machine`: its SGIs, the
     /// virtual timer (hardware-backed), and the console UART's line as a
     /// virtual SPI (the emulated UART raises it).
-    pub fn new(machine: &Machine, cpus: usize) -> Option<VmGic> {
+    /// With `uart_given` (a lone guest given the console UART itself) the line is
+    /// the physical one, injected as a hardware interrupt.
+    pub fn new(machine: &Machine, cpus: usize, uart_given: bool) -> Option<VmGic> {
         let gic = machine.gic.as_ref()?;
         let uart: &[u32] = match &machine.uart_irq {
             Some(i) if *i >= 32 => core::slice::from_ref(i),
             _ => &[],
         };
-        let dist = Distributor::new(&Config { cpus, virtual_spis: uart, hw_spis: &[], hw_ppis: 1 << VTIMER_PPI });
+        let (virtual_spis, hw_spis) = if uart_given { (&[][..], uart) } else { (uart, &[][..]) };
+        let dist = Distributor::new(&Config { cpus, virtual_spis, hw_spis, hw_ppis: 1 << VTIMER_PPI });
         Some(VmGic { fresh: dist.clone(), dist, gicd: gic.distributor.start(), accesses: 0, refused: 0 })
     }
 
@@ -246,7 +250,8 @@ fn flush(vm: &mut Vm, vcpu: usize, cpu: u32) {
     let slot = &VIRT_LRS[cpu as usize % MAX_CPUS];
     let mut held = slot.load(Ordering::Relaxed);
     let mut free = gic::empty_lrs() & !held;
-    while free.count_ones() > 1 {
+    // Two kept for hardware interrupts: the timer and a device's line.
+    while free.count_ones() > 2 {
         let Some(p) = g.dist.next(vcpu) else { break };
         let n = free.trailing_zeros();
         free &= free - 1;
@@ -280,6 +285,9 @@ pub fn irq(_frame: &mut TrapFrame) {
         return;
     }
     gic::eoi(iar);
+    if id >= 32 && id != MONITOR_IRQ.load(Ordering::Relaxed) && inject_hw_spi(cpu, iar) {
+        return;
+    }
     if id == MONITOR_IRQ.load(Ordering::Relaxed) {
         let handler = *MONITOR_IRQ_HANDLER.lock();
         if let Some(f) = handler {
@@ -298,6 +306,42 @@ pub fn irq(_frame: &mut TrapFrame) {
     }
 }
 
+/// A physical SPI of a device given to the guest on this CPU: into a free list
+/// register as a hardware interrupt (the guest's EOI deactivates it). False if
+/// it is no guest's here (the caller deactivates it).
+fn inject_hw_spi(cpu: u32, iar: u32) -> bool {
+    let id = iar & 0x3ff;
+    let vms = VMS.lock();
+    let Some((vm, vcpu)) = vms.iter().find_map(|v| v.vcpu_on(cpu).map(|i| (v, i))) else { return false };
+    let Some(g) = vm.vgic.as_ref().filter(|g| g.dist.kind(id) == Kind::Hw) else { return false };
+    let free = gic::empty_lrs() & !VIRT_LRS[cpu as usize % MAX_CPUS].load(Ordering::Relaxed);
+    if free == 0 {
+        // Never livelock on a line no list register can take: off until the guest enables it again.
+        gic::bits(Bank::ClearEnable, id & !31, 1 << (id % 32));
+        gic::deactivate(iar);
+        defmt::warn!("vgic: {=str}: no free list register for its interrupt {=u32}: disabled", vm.name(), id);
+        return true;
+    }
+    gic::write_lr(free.trailing_zeros(), lr::pending(id, g.dist.priority(vcpu, id), true, id, false));
+    true
+}
+
+/// Routes the physical SPIs of devices given to `vm` to the CPU of its vCPU 0.
+pub fn route_hw_spis(vm: &Vm) {
+    let (Some(g), Some(&cpu)) = (vm.vgic.as_ref(), vm.cpu_ids.first()) else { return };
+    for id in 32..g.dist.lines() {
+        if g.dist.kind(id) == Kind::Hw && cpu < 8 {
+            gic::set_target(id, 1 << cpu);
+            defmt::info!(
+                "vgic: {=str}: physical interrupt {=u32} is its own, routed to CPU {=u32}",
+                vm.name(),
+                id,
+                cpu
+            );
+        }
+    }
+}
+
 /// Serves a guest's access to its GICD page at `ipa`, if it is one: `Some(true)`
 /// done (the caller steps over the instruction), `Some(false)` refused (the
 /// caller injects a data abort), `None` not the GICD page.
@@ -307,18 +351,22 @@ pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64
     if !(g.gicd..g.gicd + GICD_SIZE).contains(&ipa) {
         return None;
     }
-    // No valid syndrome (LDRD/STRD, writeback, LDM/STM), or SP/LR/PC as the
-    // register: not emulated, the guest gets an abort.
+    // No valid syndrome (LDRD/STRD, writeback, LDM/STM): not emulated, the guest gets an abort.
     g.accesses += 1;
-    let Some(access) = a.access().filter(|x| x.reg <= 12) else {
+    // The PC as the register is not emulated either.
+    let Some(access) = a.access().filter(|x| x.reg <= 14) else {
         g.refused += 1;
         return Some(false);
     };
     let offset = (ipa - g.gicd) as u32;
     let size = access.size.bytes();
-    let reg = usize::from(access.reg);
+    let reg = access.reg;
     if a.write() {
-        let Ok(out) = g.dist.write(vcpu, offset, size, frame.r[reg]) else {
+        let Some(value) = banked::read(frame, reg) else {
+            g.refused += 1;
+            return Some(false);
+        };
+        let Ok(out) = g.dist.write(vcpu, offset, size, value) else {
             g.refused += 1;
             return Some(false);
         };
@@ -331,10 +379,14 @@ pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64
             g.refused += 1;
             return Some(false);
         };
-        frame.r[reg] = match (access.size, access.sign_extend) {
+        let v = match (access.size, access.sign_extend) {
             (AccessSize::Byte, true) => v as u8 as i8 as u32,
             _ => v,
         };
+        if !banked::write(frame, reg, v) {
+            g.refused += 1;
+            return Some(false);
+        }
     }
     Some(true)
 }

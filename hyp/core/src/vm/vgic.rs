@@ -291,6 +291,18 @@ impl Distributor {
         self.ignored
     }
 
+    /// The guest's priority for INTID `intid` as vCPU `vcpu` sees it (0 if not its own).
+    pub fn priority(&self, vcpu: usize, intid: u32) -> u8 {
+        match intid {
+            0..=31 if self.owned_mask(0) & (1 << intid) != 0 => {
+                self.banked.get(vcpu).map_or(0, |b| b.priority[intid as usize])
+            }
+            0..=31 => 0,
+            _ if self.kind(intid) != Kind::None => self.priority.get(intid as usize).copied().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     /// Whether the distributor forwards interrupts (GICD_CTLR.Enable).
     pub fn enabled(&self) -> bool {
         self.enabled

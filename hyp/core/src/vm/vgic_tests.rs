@@ -119,6 +119,18 @@ fn another_guests_interrupts_read_as_zero_and_writes_are_ignored_and_counted() {
 }
 
 #[test]
+fn priority_reads_what_the_guest_set_for_its_own_interrupts_only() {
+    let mut d = two_cpus();
+    d.write(1, reg::IPRIORITYR + VTIMER_PPI, 1, 0x90).unwrap();
+    d.write(0, reg::IPRIORITYR + DEV, 1, 0x48).unwrap();
+    assert_eq!(d.priority(1, VTIMER_PPI), 0x90);
+    assert_eq!(d.priority(0, VTIMER_PPI), 0, "banked: vCPU 0's is untouched");
+    assert_eq!(d.priority(0, DEV), 0x48);
+    assert_eq!(d.priority(0, 34), 0, "not its own");
+    assert_eq!(d.priority(9, 3), 0, "no such vCPU");
+}
+
+#[test]
 fn priorities_keep_five_bits_and_are_byte_accessible() {
     let mut d = two_cpus();
     w(&mut d, 0, reg::IPRIORITYR + 24, 0xffa0_1234);
