@@ -370,9 +370,7 @@ pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64
             g.refused += 1;
             return Some(false);
         };
-        for op in out.hw_ops() {
-            apply(vm, op);
-        }
+        apply(vm, out.hw);
         deliver(vm, out.kick);
     } else {
         let Ok(v) = g.dist.read(vcpu, offset, size) else {
@@ -401,13 +399,19 @@ fn apply(vm: &Vm, op: HwOp) {
         HwOp::ClearPending { first, mask } => gic::bits(Bank::ClearPending, first, mask),
         HwOp::SetActive { first, mask } => gic::bits(Bank::SetActive, first, mask),
         HwOp::ClearActive { first, mask } => gic::bits(Bank::ClearActive, first, mask),
-        HwOp::Target { intid, vcpus } => {
-            let cpus = (0..vm.cpu_ids.len().min(8))
-                .filter(|&v| vcpus & (1 << v) != 0)
-                .fold(0u8, |m, v| m | (1u8 << (vm.cpu_ids[v] & 7)));
-            gic::set_target(intid, cpus);
+        HwOp::Target { first, vcpus, mask } => {
+            for (k, &want) in vcpus.iter().enumerate().filter(|(k, _)| mask & (1 << k) != 0) {
+                let cpus = (0..vm.cpu_ids.len().min(8))
+                    .filter(|&v| want & (1 << v) != 0)
+                    .fold(0u8, |m, v| m | (1u8 << (vm.cpu_ids[v] & 7)));
+                gic::set_target(first + k as u32, cpus);
+            }
         }
-        HwOp::Config { intid, edge } => gic::set_edge(intid, edge),
+        HwOp::Config { first, edge, mask } => {
+            for k in (0..16).filter(|k| mask & (1 << k) != 0) {
+                gic::set_edge(first + k, edge & (1 << k) != 0);
+            }
+        }
     }
 }
 

@@ -125,15 +125,18 @@ pub enum HwOp {
         first: u32,
         mask: u32,
     },
-    /// SPI `intid` should go to these vCPUs (bit v = vCPU v); the monitor maps them to physical CPUs.
+    /// SPI `first + k` (for each bit k of `mask`) should go to the vCPUs in
+    /// `vcpus[k]` (bit v = vCPU v); the monitor maps them to physical CPUs.
     Target {
-        intid: u32,
-        vcpus: u8,
+        first: u32,
+        vcpus: [u8; 4],
+        mask: u8,
     },
-    /// SPI `intid` is edge-triggered (true) or level-sensitive.
+    /// SPI `first + k` (for each bit k of `mask`) is edge-triggered (bit k of `edge` set) or level-sensitive.
     Config {
-        intid: u32,
-        edge: bool,
+        first: u32,
+        edge: u16,
+        mask: u16,
     },
 }
 
@@ -142,15 +145,12 @@ pub enum HwOp {
 pub struct Outcome {
     /// vCPUs (bit v) that have a new pending interrupt: kick those running on other CPUs.
     pub kick: u8,
-    /// The physical operation for hardware-backed interrupts.
+    /// The physical operation for hardware-backed interrupts (one register's worth).
     pub hw: HwOp,
-    /// A second one: a byte or word write of ITARGETSR/ICFGR names up to four
-    /// (sixteen) interrupts; these are reported one each in [`Outcome::more`].
-    pub more: [HwOp; 16],
 }
 
 impl Outcome {
-    const NONE: Outcome = Outcome { kick: 0, hw: HwOp::None, more: [HwOp::None; 16] };
+    const NONE: Outcome = Outcome { kick: 0, hw: HwOp::None };
 
     fn kick(kick: u8) -> Outcome {
         Outcome { kick, ..Outcome::NONE }
@@ -158,11 +158,6 @@ impl Outcome {
 
     fn hw(hw: HwOp) -> Outcome {
         Outcome { hw, ..Outcome::NONE }
-    }
-
-    /// Every physical operation, the first one first.
-    pub fn hw_ops(&self) -> impl Iterator<Item = HwOp> + '_ {
-        core::iter::once(self.hw).chain(self.more.iter().copied()).filter(|o| *o != HwOp::None)
     }
 }
 
@@ -696,7 +691,7 @@ impl Distributor {
     /// Byte-wise registers: IPRIORITYR, ITARGETSR, CPENDSGIR, SPENDSGIR; `n` bytes from `offset`.
     fn write_bytes(&mut self, vcpu: usize, offset: u32, value: u32, n: u32) -> Outcome {
         let mut out = Outcome::NONE;
-        let mut more = 0;
+        let (mut vcpus, mut hw) = ([0u8; 4], 0u8);
         for k in 0..n {
             let at = offset + k;
             let b = ((value >> (8 * k)) & 0xff) as u8;
@@ -729,9 +724,9 @@ impl Distributor {
                         continue;
                     }
                     self.targets[intid as usize] = b & valid;
-                    if kind == Kind::Hw && more < out.more.len() {
-                        out.more[more] = HwOp::Target { intid, vcpus: b & valid };
-                        more += 1;
+                    if kind == Kind::Hw {
+                        vcpus[(at % 4) as usize] = b & valid;
+                        hw |= 1 << (at % 4);
                     } else if self.deliverable_spi(intid) {
                         out.kick |= 1 << self.spi_target(intid);
                     }
@@ -752,6 +747,9 @@ impl Distributor {
                 _ => {}
             }
         }
+        if hw != 0 {
+            out.hw = HwOp::Target { first: (offset & !3) - reg::ITARGETSR, vcpus, mask: hw };
+        }
         out
     }
 
@@ -767,8 +765,7 @@ impl Distributor {
             b.ppi_cfg = (b.ppi_cfg & !owned) | (value & owned & 0xaaaa_aaaa);
             return Outcome::NONE;
         }
-        let mut out = Outcome::NONE;
-        let mut more = 0;
+        let (mut edges, mut hw) = (0u16, 0u16);
         for k in 0..16u32 {
             let intid = i * 16 + k;
             let kind = self.kind(intid);
@@ -783,12 +780,15 @@ impl Distributor {
             } else {
                 self.edge[w] &= !b;
             }
-            if kind == Kind::Hw && was != edge && more < out.more.len() {
-                out.more[more] = HwOp::Config { intid, edge };
-                more += 1;
+            if kind == Kind::Hw && was != edge {
+                hw |= 1 << k;
+                edges |= u16::from(edge) << k;
             }
         }
-        out
+        if hw == 0 {
+            return Outcome::NONE;
+        }
+        Outcome::hw(HwOp::Config { first: i * 16, edge: edges, mask: hw })
     }
 
     /// GICD_SGIR (4.3.15): SGI `value[3:0]` to the CPUs the filter names,

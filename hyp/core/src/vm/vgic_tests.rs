@@ -89,9 +89,12 @@ fn hardware_backed_interrupts_are_forwarded() {
     assert_eq!(o.hw, HwOp::SetPending { first: 32, mask: 1 << (DEV - 32) });
     assert_eq!(r(&d, 0, reg::ISPENDR + 4), 0, "hardware pending state is not kept here");
     let o = d.write(0, reg::ITARGETSR + DEV, 1, 0x02).unwrap();
-    assert_eq!(o.hw_ops().collect::<Vec<_>>(), [HwOp::Target { intid: DEV, vcpus: 2 }]);
+    assert_eq!(o.hw, HwOp::Target { first: DEV, vcpus: [2, 0, 0, 0], mask: 1 });
+    // A word write names four: only the hardware-backed one is reported.
+    let o = w(&mut d, 0, reg::ITARGETSR + (DEV & !3), 0x0101_0303);
+    assert_eq!(o.hw, HwOp::Target { first: DEV & !3, vcpus: [3, 0, 0, 0], mask: 1 });
     let o = w(&mut d, 0, reg::ICFGR + 8, 2 << (2 * (DEV - 32)));
-    assert_eq!(o.hw_ops().collect::<Vec<_>>(), [HwOp::Config { intid: DEV, edge: true }]);
+    assert_eq!(o.hw, HwOp::Config { first: 32, edge: 1 << (DEV - 32), mask: 1 << (DEV - 32) });
     assert_eq!(r(&d, 0, reg::ICFGR + 8), 2 << (2 * (DEV - 32)));
 }
 
