@@ -148,7 +148,6 @@ impl Uart {
         }
     }
 
-    #[expect(dead_code, reason = "the console shared by several guests (issue 10) reads input")]
     /// A received byte, if one is waiting. Taking it also clears the receive
     /// interrupt once nothing more waits (both families raise it by level).
     pub fn get(&self) -> Option<u8> {

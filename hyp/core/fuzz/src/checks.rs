@@ -104,7 +104,7 @@ pub fn guest_dtb_roundtrip(data: &[u8]) {
                 }
             };
             let opts =
-                GuestDtbOptions { initrd, bootargs: desc.and_then(|d| d.bootargs.as_deref()), owned_carveouts: &[] };
+                GuestDtbOptions { initrd, bootargs: desc.and_then(|d| d.bootargs.as_deref()), owned_carveouts: &[], emulated_console: false };
             let out = match guest_dtb(&tree, &machine, g, &opts) {
                 Ok(out) => out,
                 Err(e) => {
