@@ -14,7 +14,8 @@
 //!   reports both through `CONSOLE_WRITE` (`consoles: uart byte N.N ns, FR
 //!   read M.M ns`: one instruction a nanosecond under `-icount shift=0`,
 //!   `scripts/bench-traps`);
-//! - writes `LINES` lines `vmV line I <payload> end` byte by byte, polling FR.TXFF like Linux's console;
+//! - writes `LINES` lines `vmV line I <payload> end` byte by byte, polling
+//!   FR.TXFF like Linux's console (10 ms of the counter apart when asked for input, below);
 //! - then, if its device tree holds the string `consoles.input` (in the
 //!   kernel's `bootargs`), writes `vmV ready` and echoes each byte it
 //!   receives as `vmV got XX` (hex), checking that RIS.RT (the receive
@@ -147,7 +148,13 @@ mod stub {
             );
         }
 
+        let input = dtb_holds(dtb, b"consoles.input");
         for i in 0..LINES {
+            if input {
+                // Lines 10 ms of the counter apart: the four guests' lines overlap in time however their CPUs are scheduled.
+                let t = timer::cntvct() + u64::from(timer::cntfrq() / 100);
+                while timer::cntvct() < t {}
+            }
             let fill = char::from(b'a' + (vmid as u8 % 26));
             let _ = write!(u, "vm{vmid} line {i} ");
             for _ in 0..(i * 7 + vmid as u32) % 60 {
@@ -155,7 +162,7 @@ mod stub {
             }
             let _ = writeln!(u, " end");
         }
-        if !dtb_holds(dtb, b"consoles.input") {
+        if !input {
             say!("consoles: vm{} wrote {} lines, PASS", vmid, LINES);
             hvc::system_off()
         }
