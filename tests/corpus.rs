@@ -305,7 +305,7 @@ fn refusal(blob: &[u8]) -> Option<(Stage, String, i32)> {
     };
     for g in &p.guests {
         let bootargs = g.desc.as_ref().and_then(|d| d.bootargs.as_deref());
-        let opts = GuestDtbOptions { initrd: None, bootargs, owned_carveouts: &[] };
+        let opts = GuestDtbOptions { initrd: None, bootargs, owned_carveouts: &[], emulated_console: false };
         if let Err(e) = guest_dtb(&tree, &machine, g, &opts) {
             return Some((Stage::GuestDtb, e.to_string(), EXIT_BAD_PLAN));
         }
@@ -476,7 +476,12 @@ fn untidy_cases_plan_with_their_warnings_and_write_guest_dtbs() {
         // Each guest's DTB: written, small, without the machine's carveouts.
         for g in &p.guests {
             let d = g.desc.as_ref().expect("the tree's guests");
-            let opts = GuestDtbOptions { initrd: None, bootargs: d.bootargs.as_deref(), owned_carveouts: &[] };
+            let opts = GuestDtbOptions {
+                initrd: None,
+                bootargs: d.bootargs.as_deref(),
+                owned_carveouts: &[],
+                emulated_console: false,
+            };
             match guest_dtb(&tree, &machine, g, &opts) {
                 Err(e) => f.check(case, false, || format!("{}: no guest DTB: {e}", g.name)),
                 Ok(out) => {

@@ -134,6 +134,21 @@ pub struct Access {
     pub reg: u8,
 }
 
+impl Access {
+    /// The value a load of this access puts in its register, from `value`
+    /// already shifted to the accessed bytes: the access's low bytes, zero-
+    /// or sign-extended (SSE) to 32 bits.
+    pub const fn load_value(&self, value: u32) -> u32 {
+        match (self.size, self.sign_extend) {
+            (AccessSize::Byte, false) => value & 0xff,
+            (AccessSize::Byte, true) => value as u8 as i8 as u32,
+            (AccessSize::Halfword, false) => value & 0xffff,
+            (AccessSize::Halfword, true) => value as u16 as i16 as u32,
+            (AccessSize::Word, _) => value,
+        }
+    }
+}
+
 /// A fault status code (DFSC or IFSC), long-descriptor format (B3.13.3, Table B3-24).
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum FaultStatus {
@@ -496,5 +511,16 @@ mod tests {
     #[test]
     fn displays_the_fields() {
         assert_eq!(format!("{}", Syndrome::from_raw(0x9381_0005)), "HSR 0x93810005 (EC 0x24, IL 1, ISS 0x1810005)");
+    }
+
+    #[test]
+    fn a_load_value_is_cut_to_its_size_and_extended_as_sse_says() {
+        let a = |size, sign_extend| Access { size, sign_extend, reg: 0 };
+        assert_eq!(a(AccessSize::Byte, false).load_value(0x1234_5680), 0x80);
+        assert_eq!(a(AccessSize::Byte, true).load_value(0x1234_5680), 0xffff_ff80);
+        assert_eq!(a(AccessSize::Halfword, false).load_value(0x1234_8001), 0x8001);
+        assert_eq!(a(AccessSize::Halfword, true).load_value(0x1234_8001), 0xffff_8001);
+        assert_eq!(a(AccessSize::Halfword, true).load_value(0x1234_7001), 0x7001);
+        assert_eq!(a(AccessSize::Word, true).load_value(0x8765_4321), 0x8765_4321);
     }
 }

@@ -197,6 +197,21 @@ pub fn use_uart(uart: Uart) {
     })
 }
 
+/// The UART the log goes to, if one took it (the console several guests
+/// share may be that UART: it then reads input from it and logs their lines).
+pub fn uart() -> Option<Uart> {
+    critical_section::with(|_| {
+        // SAFETY: inside the critical section (re-entrant on this CPU), only the sink is read.
+        unsafe {
+            with_state(|s| match s.out.sink {
+                Sink::Uart(u) => Some(u),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+        }
+    })
+}
+
 /// Stops keeping early frames (the sink is final: no UART will take the log).
 pub fn settle() {
     KEEPING.store(false, Ordering::Relaxed);

@@ -148,7 +148,6 @@ impl Uart {
         }
     }
 
-    #[expect(dead_code, reason = "the console shared by several guests (issue 10) reads input")]
     /// A received byte, if one is waiting. Taking it also clears the receive
     /// interrupt once nothing more waits (both families raise it by level).
     pub fn get(&self) -> Option<u8> {
@@ -166,7 +165,6 @@ impl Uart {
         Some(byte as u8)
     }
 
-    #[expect(dead_code, reason = "the console shared by several guests (issue 10) takes receive interrupts")]
     /// Switches the receive interrupt on or off (the only interrupt the monitor wants of a UART).
     pub fn set_rx_interrupt(&self, on: bool) {
         match self.kind {

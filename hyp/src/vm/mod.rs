@@ -19,6 +19,7 @@
 //! PSCI CPU_ON, or a boot monitor's SYS_FLAGS), and then runs its own.
 
 mod cma;
+pub mod console;
 mod inject;
 #[cfg(feature = "selftest")]
 pub mod selftest;
@@ -197,6 +198,8 @@ pub fn build(
     let desc = g.desc.as_ref().ok_or_else(|| format!("{}: not described by the device tree", g.name))?;
     let kernel = desc.kernel.as_ref().ok_or_else(|| format!("{}: no kernel module", g.name))?;
     let ramdisk = desc.ramdisk.as_ref();
+    // Several guests: the console is the monitor's, each guest gets an emulated one ([`console`]).
+    let emulated_console = !devices && machine.uart.is_some();
 
     // The movable part's pages, lent by their CMA pool; then stage-2: RAM, then the devices the guest is given.
     let vmid = (index + 1) as u8;
@@ -207,7 +210,12 @@ pub fn build(
     let stage2 = build_stage2(g, &devices, gicv, &movable)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
         .map_err(|e| format!("{e}"))?;
-    let opts = GuestDtbOptions { initrd: layout.initrd, bootargs: desc.bootargs.as_deref(), owned_carveouts: &[] };
+    let opts = GuestDtbOptions {
+        initrd: layout.initrd,
+        bootargs: desc.bootargs.as_deref(),
+        owned_carveouts: &[],
+        emulated_console,
+    };
     let dtb = guest_dtb(tree, machine, g, &opts).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
     if dtb.len() as u64 > boot::DTB_MAX {
         return Err(format!(
@@ -488,7 +496,11 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
             "vm: one guest with carve,virtual-gic: it gets the virtual GIC, and the console UART with its line"
         );
     } else if !virtual_gic {
-        defmt::info!("vm: {=usize} guests: none is given the UART or the GIC (they share nothing)", plan.guests.len());
+        defmt::info!("vm: {=usize} guests: none is given the UART or the GIC (they share nothing but the console the monitor emulates)", plan.guests.len());
+    }
+    if console::shared(machine, plan.guests.len()) {
+        let names: Vec<&str> = plan.guests.iter().map(|g| g.name.as_str()).collect();
+        console::init(machine, &names);
     }
     let mut vms = Vec::new();
     for (i, g) in plan.guests.iter().enumerate() {
@@ -645,6 +657,7 @@ pub fn run_secondary(cpu: u32, pen: bool) -> ! {
 pub fn mark_ended(vms: &mut [Vm], index: usize, how: Ending) -> Option<ExitCode> {
     vms[index].done = Some(how);
     vgic::guest_ended(vms, index);
+    console::ended(index, if how == Ending::PoweredOff { "powered off" } else { "stopped after a fault" });
     if !vms.iter().all(|v| v.done.is_some()) {
         defmt::info!("vm: {=str} ended ({}); the other guests run on", vms[index].name(), how);
         return None;

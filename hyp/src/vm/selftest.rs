@@ -16,7 +16,7 @@ use alloc::string::String;
 
 use carve_core::addr::PAGE_SIZE;
 use carve_core::mm::Pfn;
-use carve_core::syndrome::{Abort, AccessSize};
+use carve_core::syndrome::Abort;
 use carve_core::vm::hypercall as hc;
 use spin::Mutex;
 
@@ -277,13 +277,6 @@ pub fn emulate_testdev(vm: &mut Vm, frame: &mut TrapFrame, a: Abort, ipa: u64) -
         hc::TESTDEV_ID => hc::TESTDEV_MAGIC,
         _ => 0,
     };
-    let v = value >> ((offset & 3) * 8);
-    frame.r[usize::from(access.reg)] = match (access.size, access.sign_extend) {
-        (AccessSize::Byte, false) => v & 0xff,
-        (AccessSize::Byte, true) => v as u8 as i8 as u32,
-        (AccessSize::Halfword, false) => v & 0xffff,
-        (AccessSize::Halfword, true) => v as u16 as i16 as u32,
-        (AccessSize::Word, _) => v,
-    };
+    frame.r[usize::from(access.reg)] = access.load_value(value >> ((offset & 3) * 8));
     true
 }

@@ -1,4 +1,4 @@
-//! Guest traps: PSCI and carve calls (HVC, or a trapped SMC), emulated MMIO (the vGIC's GICD), stage-2 faults.
+//! Guest traps: PSCI and carve calls (HVC, or a trapped SMC), emulated MMIO (the vGIC's GICD, the shared console's UARTs), stage-2 faults.
 //!
 //! The architecture layer hands over the HSR as a [`Syndrome`], which
 //! carve-core decodes (Arm ARM B3.13.6): an HVC (ELR_hyp already past it), an
@@ -209,14 +209,13 @@ fn carve_call(vms: &mut [Vm], index: usize, frame: &TrapFrame) -> i32 {
     }
 }
 
-/// A stage-2 abort: the test device is emulated; anything else is a fault handled by the guest's policy.
+/// A stage-2 abort: the emulated UART of a shared console and the test device are emulated; anything else is a fault handled by the guest's policy.
 fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: Abort) -> After {
     let far = if a.is_data() { Hdfar::read().0 } else { Hifar::read().0 };
     // HPFAR[31:4] holds IPA[39:12]: build the IPA in 64 bits.
     let ipa = (u64::from(Hpfar::read().0 >> 4) << 12) | u64::from(far & 0xfff);
-    let vm = &mut vms[index];
     if a.is_data() {
-        match super::vgic::emulate(vm, this_cpu(), frame, &a, ipa) {
+        match super::vgic::emulate(&mut vms[index], this_cpu(), frame, &a, ipa) {
             Some(true) => {
                 frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
                 return After::Resume;
@@ -229,10 +228,18 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
         }
     }
     #[cfg(feature = "selftest")]
-    if a.is_data() && super::selftest::is_testdev(ipa) && super::selftest::emulate_testdev(vm, frame, a, ipa) {
+    if a.is_data()
+        && super::selftest::is_testdev(ipa)
+        && super::selftest::emulate_testdev(&mut vms[index], frame, a, ipa)
+    {
         frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
         return After::Resume;
     }
+    if a.is_data() && super::console::emulate(vms, index, frame, a, ipa) {
+        frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
+        return After::Resume;
+    }
+    let vm = &mut vms[index];
     if a.status().is_translation_or_permission() && moved_meanwhile(vm, ipa, a.write()) {
         // A page that was being moved (CMA): its entry is switched now; the access goes again.
         vm.migration_waits += 1;

@@ -145,7 +145,6 @@ pub fn start(machine: &Machine) -> bool {
 /// (on the CPU it is routed to, with no lock held; the interrupt is
 /// deactivated after it returns, so a level-sensitive line must be quiet by
 /// then). Call before the guests start or after; only one such interrupt.
-#[allow(dead_code)] // the emulated UART calls it (issue 10's console part)
 pub fn set_monitor_irq(intid: u32, handler: fn()) {
     if intid < 32 {
         return;
@@ -186,7 +185,6 @@ fn this_cpu() -> u32 {
 
 /// Raises (true) or lowers (false) virtual SPI `intid` of `vm` (level-sensitive). Kicks the
 /// target vCPU. Call with the guests' lock held. No virtual GIC (a lone guest): nothing.
-#[allow(dead_code)] // the emulated UART calls it (issue 10's console part)
 pub fn set_spi_level(vm: &mut Vm, intid: u32, level: bool) {
     let Some(g) = vm.vgic.as_mut() else { return };
     let kick = g.dist.set_level(intid, level);

@@ -103,8 +103,12 @@ pub fn guest_dtb_roundtrip(data: &[u8]) {
                     continue;
                 }
             };
-            let opts =
-                GuestDtbOptions { initrd, bootargs: desc.and_then(|d| d.bootargs.as_deref()), owned_carveouts: &[] };
+            let opts = GuestDtbOptions {
+                initrd,
+                bootargs: desc.and_then(|d| d.bootargs.as_deref()),
+                owned_carveouts: &[],
+                emulated_console: false,
+            };
             let out = match guest_dtb(&tree, &machine, g, &opts) {
                 Ok(out) => out,
                 Err(e) => {

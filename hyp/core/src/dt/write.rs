@@ -49,6 +49,10 @@ pub struct GuestDtbOptions<'s> {
     /// Names (`fb@60000000`) of the `/reserved-memory` children this guest owns.
     /// They are kept with their `reg` unchanged: the monitor maps them 1:1.
     pub owned_carveouts: &'s [&'s str],
+    /// The console UART is the monitor's emulated one (several guests share
+    /// the machine): its node is written as an `arm,sbsa-uart` at the same
+    /// address with the same interrupt, and `stdout-path` still names it.
+    pub emulated_console: bool,
 }
 
 /// The most property and name bytes a guest DTB may hold. Guest trees are a
@@ -638,6 +642,8 @@ impl Out<'_, '_, '_> {
             self.gic_props(i)?;
         } else if sel.cpus.contains(&i) {
             self.cpu_props(n)?;
+        } else if self.opts.emulated_console && self.machine.uart.as_ref().is_some_and(|u| u.node == n.path) {
+            self.emulated_console_props(n)?;
         } else {
             self.props_as_they_are(n)?;
         }
@@ -673,6 +679,16 @@ impl Out<'_, '_, '_> {
             self.prop(&n.path, p.name, p.value)?;
         }
         self.w.property_string("enable-method", "psci").map_err(fdt_err(&n.path))
+    }
+
+    /// The console as the monitor's emulated SBSA UART (`crate::vm::vuart`):
+    /// its `reg` and interrupt kept, a fixed baud rate, no clocks or IDs.
+    fn emulated_console_props(&mut self, n: &Node<'_>) -> Result<(), DtError> {
+        self.prop(&n.path, "compatible", b"arm,sbsa-uart\0")?;
+        for p in n.props.iter().filter(|p| matches!(p.name, "reg" | "interrupts" | "interrupt-parent" | "status")) {
+            self.prop(&n.path, p.name, p.value)?;
+        }
+        self.prop(&n.path, "current-speed", &crate::vm::vuart::BAUD.to_be_bytes())
     }
 
     fn props_as_they_are(&mut self, n: &Node<'_>) -> Result<(), DtError> {

@@ -776,3 +776,33 @@ fn a_device_named_like_the_guests_ram_node_is_refused() {
         "/memory@40000000: guest@0 is given this node, which is not RAM, and its RAM node would take the same name"
     );
 }
+
+/// With several guests the console is the monitor's emulated SBSA UART: same
+/// node, address and interrupt, `arm,sbsa-uart` with a fixed baud rate, no
+/// clocks; `stdout-path` still names it, and the machine reader finds it as the console.
+#[test]
+fn an_emulated_console_is_written_as_an_sbsa_uart_where_the_pl011_was() {
+    let opts = GuestDtbOptions { bootargs: Some("console=ttyAMA0"), emulated_console: true, ..Default::default() };
+    let (m, _, out) = guest_of(QEMU_VIRT, &opts);
+    let out = out.unwrap();
+    let t = Tree::parse(&out).unwrap();
+    let n = t.find("/pl011@9000000").unwrap();
+    let names: Vec<&str> = n.props.iter().map(|p| p.name).collect();
+    assert_eq!(names, ["compatible", "interrupts", "reg", "current-speed"], "the machine's order for what is kept");
+    assert_eq!(n.prop("compatible"), Some(&b"arm,sbsa-uart\0"[..]));
+    assert_eq!(n.u32_prop("current-speed").unwrap(), Some(crate::vm::vuart::BAUD));
+    let machine_uart = Tree::parse(QEMU_VIRT).unwrap();
+    let pl011 = machine_uart.find("/pl011@9000000").unwrap();
+    assert_eq!(n.prop("reg"), pl011.prop("reg"));
+    assert_eq!(n.prop("interrupts"), pl011.prop("interrupts"));
+    let gm = Machine::from_dtb(&out).unwrap();
+    let uart = gm.uart.as_ref().expect("stdout-path names the emulated UART");
+    assert_eq!(uart.node, "/pl011@9000000");
+    assert_eq!(uart.compatible.as_deref(), Some("arm,sbsa-uart"));
+    assert_eq!(gm.uart_irq, m.uart_irq, "the same interrupt as the machine's console");
+    // Without the option, the machine's PL011 as it is.
+    let (_, _, plain) = guest_of(QEMU_VIRT, &GuestDtbOptions::default());
+    let plain = plain.unwrap();
+    let t = Tree::parse(&plain).unwrap();
+    assert_eq!(t.find("/pl011@9000000").unwrap().prop("compatible"), pl011.prop("compatible"));
+}

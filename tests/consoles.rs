@@ -1,0 +1,221 @@
+//! The console several guests share (issue 10): whole prefixed lines out, input to the guest with the focus.
+//!
+//! Four `consoles` stubs (guest-stubs/carve-stubs/src/bin/consoles.rs) run at
+//! once on `-smp 4`, each writing 40 lines a byte at a time to its emulated
+//! UART. QEMU's first serial port is a Unix socket the test holds: it reads
+//! what the monitor prints and types into it, as a person would.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use carve_tests::{compile_dts, monitor_elf, stub, test_dir, tool, virt_dts, GuestNode, MACHINE_HYP, MEM_MIB};
+
+/// Lines each stub writes (`LINES` in the stub).
+const LINES: u32 = 40;
+const GUESTS: u32 = 4;
+
+/// What the stub with VMID `v` writes as its line `i`.
+fn expected_line(v: u32, i: u32) -> String {
+    let fill = char::from(b'a' + (v % 26) as u8);
+    format!("vm{v} line {i} {} end", fill.to_string().repeat(((i * 7 + v) % 60) as usize))
+}
+
+/// The console's output so far, `\r` removed.
+struct Output(Arc<Mutex<Vec<u8>>>);
+
+impl Output {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).replace('\r', "")
+    }
+
+    /// Waits until the output holds `needle`, at most `secs` seconds.
+    fn wait_for(&self, needle: &str, secs: u64, log: &Path) {
+        let start = Instant::now();
+        while !self.text().contains(needle) {
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "no {needle:?} on the console within {secs} s; console so far:\n{}\n(monitor log: {})",
+                self.text(),
+                log.display()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn four_guests_lines_come_out_whole_and_prefixed_and_input_reaches_only_the_focused_guest() {
+    let dir = test_dir!("consoles", "four-guests");
+    const NAMES: [&str; GUESTS as usize] = ["guest@0", "guest@1", "guest@2", "guest@3"];
+    let guests: Vec<GuestNode> = (0..GUESTS)
+        .map(|i| GuestNode {
+            name: NAMES[i as usize],
+            kib: 64 * 1024,
+            cpus: 1,
+            module: 0x4800_0000 + u64::from(i) * 0x100_0000,
+            kernel: stub("consoles").to_path_buf(),
+            props: String::from("\t\t\tbootargs = \"consoles.input\";\n"),
+        })
+        .collect();
+    let (dtb, _) = compile_dts(&dir, &virt_dts(GUESTS, MEM_MIB, "", &guests));
+    let sock = dir.join("console.sock");
+    let _ = std::fs::remove_file(&sock);
+    let elf = monitor_elf();
+    let mut qemu = Command::new(tool("timeout"));
+    qemu.args(["--kill-after=5", "240"])
+        .arg(tool("qemu-system-arm"))
+        .args(["-M", MACHINE_HYP, "-cpu", "cortex-a15", "-m", &MEM_MIB.to_string(), "-smp", &GUESTS.to_string()])
+        .args(["-semihosting", "-nographic", "-nic", "none", "-monitor", "none"])
+        .arg("-chardev")
+        .arg(format!("socket,id=con,path={},server=on,wait=on", sock.display()))
+        .args(["-serial", "chardev:con", "-kernel"])
+        .arg(elf)
+        .arg("-dtb")
+        .arg(&dtb);
+    for g in &guests {
+        qemu.arg("-device").arg(format!("loader,file={},addr={:#x},force-raw=on", g.kernel.display(), g.module));
+    }
+    let mut qemu = qemu.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start QEMU");
+    let frames = qemu.stdout.take().expect("QEMU's stdout is piped");
+    let log_path = dir.join("hyp.log");
+    let log_file = std::fs::File::create(&log_path).expect("create hyp.log");
+    let mut decoder = Command::new(tool("defmt-print"))
+        .arg("-e")
+        .arg(elf)
+        .stdin(Stdio::from(frames))
+        .stdout(Stdio::from(log_file))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start defmt-print");
+
+    // QEMU waits for the console's client before it starts the machine.
+    let start = Instant::now();
+    let mut con = loop {
+        match UnixStream::connect(&sock) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() < Duration::from_secs(30) => {
+                let _ = e;
+                thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("cannot connect to QEMU's console socket {}: {e}", sock.display()),
+        }
+    };
+    let out = Output(Arc::new(Mutex::new(Vec::new())));
+    let reader = {
+        let buf = Arc::clone(&out.0);
+        let mut con = con.try_clone().expect("clone the socket");
+        thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = con.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let mut send = |bytes: &[u8]| con.write_all(bytes).expect("type into the console");
+
+    for v in 1..=GUESTS {
+        out.wait_for(&format!("vm{v} ready"), 120, &log_path);
+    }
+    // The focus starts on guest@0; each Ctrl-A x3 moves it on.
+    send(b"k");
+    out.wait_for("guest@0| vm1 got 6b", 30, &log_path);
+    let typed: [(&[u8], &[&str]); 3] = [
+        // Two Ctrl-A and a key: all three delivered.
+        (b"\x01\x01z", &["vm2 got 01", "vm2 got 7a"]),
+        (b"n", &["vm3 got 6e"]),
+        (b"o", &["vm4 got 6f"]),
+    ];
+    for (g, (keys, want)) in (1..).zip(typed) {
+        send(b"\x01\x01\x01");
+        out.wait_for(&format!("(carve)| input goes to guest@{g}"), 30, &log_path);
+        send(keys);
+        for w in want {
+            out.wait_for(&format!("guest@{g}| {w}"), 30, &log_path);
+        }
+    }
+    // Power them off one by one, each when it has the focus: guest@3 now, then 0, 1, 2.
+    send(b".");
+    out.wait_for("guest@3| vm4 bye", 30, &log_path);
+    for g in 0..3 {
+        send(b"\x01\x01\x01");
+        out.wait_for(&format!("(carve)| input goes to guest@{g}"), 30, &log_path);
+        send(b".");
+        out.wait_for(&format!("guest@{g}| vm{} bye", g + 1), 30, &log_path);
+    }
+    let status = qemu.wait().expect("wait for QEMU");
+    let _ = decoder.wait();
+    let _ = reader.join();
+    let text = out.text();
+    std::fs::write(dir.join("console.txt"), &text).expect("keep the console's output");
+    let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+    let context = format!("console:\n{text}\n--- monitor log ---\n{log}");
+    assert_eq!(status.code(), Some(0), "QEMU's exit status\n{context}");
+    assert!(log.contains("console: 4 guests share /pl011@9000000"), "{context}");
+
+    // Every line carries a known prefix; gather each guest's pieces in order.
+    let mut pieces: Vec<Vec<&str>> = vec![Vec::new(); GUESTS as usize];
+    let mut order = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if line.starts_with("(carve)| ") {
+            continue;
+        }
+        let (name, rest) =
+            line.split_once("| ").unwrap_or_else(|| panic!("a line without a prefix: {line:?}\n{context}"));
+        let g: usize = name
+            .strip_prefix("guest@")
+            .and_then(|n| n.parse().ok())
+            .filter(|&g| g < GUESTS as usize)
+            .unwrap_or_else(|| panic!("an unknown prefix {name:?} in {line:?}\n{context}"));
+        pieces[g].push(rest);
+        if rest.contains(" line ") {
+            order.push(g);
+        }
+    }
+    for (g, p) in pieces.iter().enumerate() {
+        let v = g as u32 + 1;
+        // Each line appears whole, once, in order. The focused guest's line is
+        // shown as it is written and, when it pauses, cut for the others' and
+        // shown again: such a cut piece is the start of one of its lines.
+        let want: Vec<String> = (0..LINES).map(|i| expected_line(v, i)).collect();
+        let mut whole: Vec<&str> = Vec::new();
+        for &piece in p.iter().filter(|l| l.starts_with(&format!("vm{v} line "))) {
+            if want.iter().any(|w| w == piece) {
+                if whole.last() != Some(&piece) {
+                    whole.push(piece);
+                }
+            } else {
+                assert!(g == 0, "guest@{g} is never focused while it writes, yet {piece:?} is cut\n{context}");
+                assert!(
+                    want.iter().any(|w| w.starts_with(piece)),
+                    "{piece:?} is no start of a line of guest@{g}\n{context}"
+                );
+            }
+        }
+        assert_eq!(whole, want, "guest@{g}'s lines, each whole, in order\n{context}");
+        // Input reached only the guest that had the focus, and all of it.
+        let got: Vec<&str> = p.iter().copied().filter(|l| l.contains(" got ")).collect();
+        let want: &[&str] = match g {
+            0 => &["vm1 got 6b"],
+            1 => &["vm2 got 01", "vm2 got 01", "vm2 got 7a"],
+            2 => &["vm3 got 6e"],
+            _ => &["vm4 got 6f"],
+        };
+        assert_eq!(got, want, "what guest@{g} received\n{context}");
+        assert!(!p.iter().any(|l| l.contains("FAIL")), "guest@{g} reported a failure\n{context}");
+    }
+    // The guests wrote at the same time: their lines alternate on the console
+    // (one after the other would change guest GUESTS - 1 times).
+    let switches = order.windows(2).filter(|w| w[0] != w[1]).count();
+    assert!(
+        switches >= 4 * GUESTS as usize,
+        "only {switches} changes of guest between lines: they did not overlap\n{context}"
+    );
+}
