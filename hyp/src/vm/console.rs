@@ -39,6 +39,7 @@ use carve_core::vm::vuart::{self, Vuart, WriteEffect};
 use spin::Mutex;
 
 use super::Vm;
+use crate::arch::guest;
 use crate::arch::uart::Uart;
 use crate::arch::vectors::TrapFrame;
 
@@ -223,7 +224,9 @@ pub fn emulate(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, a: Abort, ip
     if ipa >> 12 != u64::from(PAGE.load(Ordering::Acquire)) {
         return false;
     }
-    let Some(access) = a.access().filter(|x| x.reg <= 12) else { return false };
+    let Some(access) = a.access() else { return false };
+    // The register as the guest's mode has it (SP and LR are banked: Linux's writel may store from LR).
+    let Some(stored) = guest::banked::read(frame, access.reg) else { return false };
     let mut changes = Vec::new();
     let irq = {
         let mut guard = CONSOLE.lock();
@@ -233,14 +236,14 @@ pub fn emulate(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, a: Abort, ip
         }
         let now = crate::arch::counter();
         s.poll_input(now);
-        let (offset, bytes, reg) = (ipa - s.ipa, access.size.bytes(), usize::from(access.reg));
+        let (offset, bytes) = (ipa - s.ipa, access.size.bytes());
         if a.write() {
-            if let WriteEffect::Transmit(byte) = s.uarts[index].write(offset, bytes, frame.r[reg]) {
+            if let WriteEffect::Transmit(byte) = s.uarts[index].write(offset, bytes, stored) {
                 let Shared { mux, sink, .. } = s;
                 mux.output(index, byte, now, &mut |b: &[u8]| sink.write(b));
             }
         } else {
-            frame.r[reg] = access.load_value(s.uarts[index].read(offset, bytes));
+            guest::banked::write(frame, access.reg, access.load_value(s.uarts[index].read(offset, bytes)));
         }
         s.line_changes(&mut changes);
         s.irq

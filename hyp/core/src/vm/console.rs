@@ -37,7 +37,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 /// Bytes of a line held for a guest before it is cut.
-pub const LINE_MAX: usize = 160;
+pub const LINE_MAX: usize = 256;
 
 /// Bytes of other guests' whole lines that may wait behind the focused guest's open line.
 pub const QUEUE_MAX: usize = 4096;
