@@ -368,3 +368,109 @@ fn two_smp_linux_guests_each_bring_up_two_cpus() {
         assert_eq!(b.guest_field(g, "nproc"), "2", "{g}: nproc\n{}", b.context());
     }
 }
+
+/// Two Debian guests with a shell (`carve.shell=1`) share the console; the
+/// test types into QEMU's console socket (`scripts/run --console-socket`) as
+/// a person would. A command typed reaches only the guest with the focus
+/// (its emulated UART's receive interrupt, through its virtual GIC), its
+/// answer comes back prefixed; Ctrl-A three times moves the focus; `exit` in
+/// each shell powers that guest off and the monitor exits 0.
+#[test]
+fn typed_commands_reach_only_the_focused_linux_guest() {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    require_setup();
+    let _one_at_a_time = QEMU.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let dir = test_dir!("linux", "typed-input");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create the run directory");
+    let sock = dir.join("console.sock");
+    let timeout = TIMEOUT_S.to_string();
+    let script = Command::new(repo_root().join("scripts/run"))
+        .args(["-q", "--timeout", &timeout, "--guests", "2", "--append", "carve.shell=1", "--hyp"])
+        .arg(monitor_elf())
+        .arg("--out")
+        .arg(&dir)
+        .arg("--console-socket")
+        .arg(&sock)
+        .current_dir(repo_root())
+        .env("CARVE_SETUP_DONE", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start scripts/run");
+    let start = Instant::now();
+    let con = loop {
+        if let Ok(s) = UnixStream::connect(&sock) {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no console socket at {}", sock.display());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let seen = Arc::clone(&seen);
+        let mut con = con.try_clone().expect("clone the socket");
+        std::thread::spawn(move || {
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = con.read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let text = || String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
+    let wait = |needle: &str| {
+        let t = Instant::now();
+        while !text().contains(needle) {
+            assert!(
+                t.elapsed() < Duration::from_secs(u64::from(TIMEOUT_S)),
+                "no {needle:?} on the console:\n{}",
+                text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let mut con = con;
+    let mut send = |s: &str| {
+        for b in s.bytes() {
+            con.write_all(&[b]).expect("type into the console");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("guest@0| CARVE-INIT-DONE");
+    wait("guest@1| CARVE-INIT-DONE");
+    std::thread::sleep(Duration::from_secs(2));
+    // The answers are computed by the shell, so they appear only if it ran the command.
+    send("echo to0-$((40+2))\r");
+    wait("guest@0| to0-42");
+    send("\x01\x01\x01");
+    wait("(carve)| input goes to guest@1");
+    send("echo to1-$((40+3))\r");
+    wait("guest@1| to1-43");
+    send("exit\r");
+    wait("(carve)| guest@1 ended: powered off");
+    send("\x01\x01\x01");
+    wait("(carve)| input goes to guest@0");
+    send("exit\r");
+    let out = script.wait_with_output().expect("wait for scripts/run");
+    let _ = reader.join();
+    let console = text();
+    let context = format!(
+        "console:\n{console}\n--- scripts/run ---\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "scripts/run's exit status\n{context}");
+    // Each answer came from its own guest only.
+    assert!(!console.contains("guest@1| to0-42") && !console.contains("guest@0| to1-43"), "{context}");
+    let got: Vec<&str> = console.lines().filter(|l| l.ends_with("to0-42") || l.ends_with("to1-43")).collect();
+    assert_eq!(got, ["guest@0| to0-42", "guest@1| to1-43"], "{context}");
+    assert!(console.contains("(carve)| guest@0 ended: powered off"), "{context}");
+}
