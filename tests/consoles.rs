@@ -5,7 +5,7 @@
 //! UART. QEMU's first serial port is a Unix socket the test holds: it reads
 //! what the monitor prints and types into it, as a person would.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -105,20 +105,8 @@ fn four_guests_lines_come_out_whole_and_prefixed_and_input_reaches_only_the_focu
             Err(e) => panic!("cannot connect to QEMU's console socket {}: {e}", sock.display()),
         }
     };
-    let out = Output(Arc::new(Mutex::new(Vec::new())));
-    let reader = {
-        let buf = Arc::clone(&out.0);
-        let mut con = con.try_clone().expect("clone the socket");
-        thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = con.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                buf.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        })
-    };
+    let (buf, reader) = carve_tests::gather(con.try_clone().expect("clone the socket"));
+    let out = Output(buf);
     let mut send = |bytes: &[u8]| con.write_all(bytes).expect("type into the console");
 
     for v in 1..=GUESTS {

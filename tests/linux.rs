@@ -377,9 +377,8 @@ fn two_smp_linux_guests_each_bring_up_two_cpus() {
 /// each shell powers that guest off and the monitor exits 0.
 #[test]
 fn typed_commands_reach_only_the_focused_linux_guest() {
-    use std::io::{Read as _, Write as _};
+    use std::io::Write as _;
     use std::os::unix::net::UnixStream;
-    use std::sync::Arc;
     use std::time::{Duration, Instant};
 
     require_setup();
@@ -411,20 +410,7 @@ fn typed_commands_reach_only_the_focused_linux_guest() {
         assert!(start.elapsed() < Duration::from_secs(60), "no console socket at {}", sock.display());
         std::thread::sleep(Duration::from_millis(100));
     };
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let seen = Arc::clone(&seen);
-        let mut con = con.try_clone().expect("clone the socket");
-        std::thread::spawn(move || {
-            let mut chunk = [0u8; 4096];
-            while let Ok(n) = con.read(&mut chunk) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock().unwrap().extend_from_slice(&chunk[..n]);
-            }
-        })
-    };
+    let (seen, reader) = carve_tests::gather(con.try_clone().expect("clone the socket"));
     let text = || String::from_utf8_lossy(&seen.lock().unwrap()).replace('\r', "");
     let wait = |needle: &str| {
         let t = Instant::now();

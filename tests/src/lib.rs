@@ -546,3 +546,20 @@ pub fn dtb_over_qemus(blob: &Path) -> [String; 4] {
         format!("loader,file={},addr=0x40000000,force-raw=on,cpu-num=1", blob.display()),
     ]
 }
+
+/// Bytes read from `from` (a console socket, a pipe) by a thread of their own,
+/// as they come: the buffer they gather in, and the thread (done at end of file).
+pub fn gather(mut from: impl Read + Send + 'static) -> (std::sync::Arc<Mutex<Vec<u8>>>, thread::JoinHandle<()>) {
+    let buf = std::sync::Arc::new(Mutex::new(Vec::new()));
+    let to = std::sync::Arc::clone(&buf);
+    let reader = thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            to.lock().unwrap_or_else(|p| p.into_inner()).extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, reader)
+}
