@@ -227,16 +227,8 @@ pub fn send_sgi(cpus: u8, id: u32) {
     write(&GICD, GICD_SGIR, (u32::from(cpus) << 16) | (id & 0xf));
 }
 
-/// Which of the set/clear register banks a [`bits`] operation writes.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Bank {
-    SetEnable,
-    ClearEnable,
-    SetPending,
-    ClearPending,
-    SetActive,
-    ClearActive,
-}
+/// Which of the set/clear register banks a [`bits`] operation writes (carve-core names them).
+pub use carve_core::vm::vgic::Bank;
 
 /// Writes `mask` to the set/clear register of `bank` covering INTIDs `first..first + 32`
 /// (for INTIDs below 32: this CPU's banked copy).

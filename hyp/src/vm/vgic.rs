@@ -391,12 +391,7 @@ pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64
 fn apply(vm: &Vm, op: HwOp) {
     match op {
         HwOp::None => {}
-        HwOp::Enable { first, mask } => gic::bits(Bank::SetEnable, first, mask),
-        HwOp::Disable { first, mask } => gic::bits(Bank::ClearEnable, first, mask),
-        HwOp::SetPending { first, mask } => gic::bits(Bank::SetPending, first, mask),
-        HwOp::ClearPending { first, mask } => gic::bits(Bank::ClearPending, first, mask),
-        HwOp::SetActive { first, mask } => gic::bits(Bank::SetActive, first, mask),
-        HwOp::ClearActive { first, mask } => gic::bits(Bank::ClearActive, first, mask),
+        HwOp::Bits { bank, first, mask } => gic::bits(bank, first, mask),
         HwOp::Target { first, vcpus, mask } => {
             for (k, &want) in vcpus.iter().enumerate().filter(|(k, _)| mask & (1 << k) != 0) {
                 let cpus = (0..vm.cpu_ids.len().min(8))

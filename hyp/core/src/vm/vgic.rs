@@ -101,27 +101,9 @@ pub struct BadAccess;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HwOp {
     None,
-    Enable {
-        first: u32,
-        mask: u32,
-    },
-    Disable {
-        first: u32,
-        mask: u32,
-    },
-    SetPending {
-        first: u32,
-        mask: u32,
-    },
-    ClearPending {
-        first: u32,
-        mask: u32,
-    },
-    SetActive {
-        first: u32,
-        mask: u32,
-    },
-    ClearActive {
+    /// The same set/clear register write, for the hardware-backed bits only.
+    Bits {
+        bank: Bank,
         first: u32,
         mask: u32,
     },
@@ -585,22 +567,22 @@ impl Distributor {
                 Outcome::kick(if self.enabled { self.pending_mask() } else { 0 })
             }
             reg::ISENABLER..=0x17c => {
-                self.write_bits(vcpu, ((word - reg::ISENABLER) / 4) as usize, value, Bits::SetEnable)
+                self.write_bits(vcpu, ((word - reg::ISENABLER) / 4) as usize, value, Bank::SetEnable)
             }
             reg::ICENABLER..=0x1fc => {
-                self.write_bits(vcpu, ((word - reg::ICENABLER) / 4) as usize, value, Bits::ClearEnable)
+                self.write_bits(vcpu, ((word - reg::ICENABLER) / 4) as usize, value, Bank::ClearEnable)
             }
             reg::ISPENDR..=0x27c => {
-                self.write_bits(vcpu, ((word - reg::ISPENDR) / 4) as usize, value, Bits::SetPending)
+                self.write_bits(vcpu, ((word - reg::ISPENDR) / 4) as usize, value, Bank::SetPending)
             }
             reg::ICPENDR..=0x2fc => {
-                self.write_bits(vcpu, ((word - reg::ICPENDR) / 4) as usize, value, Bits::ClearPending)
+                self.write_bits(vcpu, ((word - reg::ICPENDR) / 4) as usize, value, Bank::ClearPending)
             }
             reg::ISACTIVER..=0x37c => {
-                self.write_bits(vcpu, ((word - reg::ISACTIVER) / 4) as usize, value, Bits::SetActive)
+                self.write_bits(vcpu, ((word - reg::ISACTIVER) / 4) as usize, value, Bank::SetActive)
             }
             reg::ICACTIVER..=0x3fc => {
-                self.write_bits(vcpu, ((word - reg::ICACTIVER) / 4) as usize, value, Bits::ClearActive)
+                self.write_bits(vcpu, ((word - reg::ICACTIVER) / 4) as usize, value, Bank::ClearActive)
             }
             reg::IPRIORITYR..=0xbfc | reg::CPENDSGIR..=0xf2c => self.write_bytes(vcpu, offset, value, 4),
             reg::ICFGR..=0xcfc => self.write_cfg(vcpu, (word - reg::ICFGR) / 4, value),
@@ -615,7 +597,7 @@ impl Distributor {
         (0..self.cpus).filter(|&v| self.has_pending(v)).fold(0, |m, v| m | 1 << v)
     }
 
-    fn write_bits(&mut self, vcpu: usize, i: usize, value: u32, op: Bits) -> Outcome {
+    fn write_bits(&mut self, vcpu: usize, i: usize, value: u32, op: Bank) -> Outcome {
         if i * 32 >= self.lines as usize {
             self.count_if(value != 0);
             return Outcome::NONE;
@@ -623,7 +605,7 @@ impl Distributor {
         let owned = self.owned_mask(i);
         self.count_if(value & !owned != 0);
         let mut v = value & owned;
-        if i == 0 && matches!(op, Bits::SetPending | Bits::ClearPending) {
+        if i == 0 && matches!(op, Bank::SetPending | Bank::ClearPending) {
             // SGI pending state is set and cleared through GICD_SPENDSGIR/CPENDSGIR only (4.3.7, 4.3.8).
             v &= 0xffff_0000;
         }
@@ -631,7 +613,7 @@ impl Distributor {
         let first = i as u32 * 32;
         let mut kick = 0;
         match op {
-            Bits::SetEnable => {
+            Bank::SetEnable => {
                 if i == 0 {
                     self.banked[vcpu].enabled |= v;
                     kick = if self.has_pending(vcpu) { 1 << vcpu } else { 0 };
@@ -640,32 +622,32 @@ impl Distributor {
                     kick = self.pending_mask();
                 }
             }
-            Bits::ClearEnable => {
+            Bank::ClearEnable => {
                 if i == 0 {
                     self.banked[vcpu].enabled &= !v;
                 } else {
                     self.enabled_spi[i] &= !v;
                 }
             }
-            Bits::SetPending => {
+            Bank::SetPending => {
                 if i > 0 {
                     self.pending[i] |= v & !hw;
                     kick = self.pending_mask();
                 }
             }
-            Bits::ClearPending => {
+            Bank::ClearPending => {
                 if i > 0 {
                     self.pending[i] &= !v;
                 }
             }
-            Bits::SetActive => {
+            Bank::SetActive => {
                 if i == 0 {
                     self.banked[vcpu].active |= v;
                 } else {
                     self.active[i] |= v;
                 }
             }
-            Bits::ClearActive => {
+            Bank::ClearActive => {
                 if i == 0 {
                     self.banked[vcpu].active &= !v;
                 } else {
@@ -673,18 +655,7 @@ impl Distributor {
                 }
             }
         }
-        let hw = if hw == 0 {
-            HwOp::None
-        } else {
-            match op {
-                Bits::SetEnable => HwOp::Enable { first, mask: hw },
-                Bits::ClearEnable => HwOp::Disable { first, mask: hw },
-                Bits::SetPending => HwOp::SetPending { first, mask: hw },
-                Bits::ClearPending => HwOp::ClearPending { first, mask: hw },
-                Bits::SetActive => HwOp::SetActive { first, mask: hw },
-                Bits::ClearActive => HwOp::ClearActive { first, mask: hw },
-            }
-        };
+        let hw = if hw == 0 { HwOp::None } else { HwOp::Bits { bank: op, first, mask: hw } };
         Outcome { kick, ..Outcome::hw(hw) }
     }
 
@@ -822,8 +793,9 @@ impl Distributor {
     }
 }
 
-#[derive(Clone, Copy)]
-enum Bits {
+/// A set/clear register bank of the distributor (4.3.5-4.3.10): what a bit written as 1 does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Bank {
     SetEnable,
     ClearEnable,
     SetPending,

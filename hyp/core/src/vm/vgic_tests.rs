@@ -82,11 +82,11 @@ fn enables_are_banked_for_sgis_and_ppis_and_shared_for_spis() {
 fn hardware_backed_interrupts_are_forwarded() {
     let mut d = two_cpus();
     let o = w(&mut d, 0, reg::ISENABLER, 1 << VTIMER_PPI | 1 << 3);
-    assert_eq!(o.hw, HwOp::Enable { first: 0, mask: 1 << VTIMER_PPI }, "the timer, not the SGI");
+    assert_eq!(o.hw, HwOp::Bits { bank: Bank::SetEnable, first: 0, mask: 1 << VTIMER_PPI }, "the timer, not the SGI");
     let o = w(&mut d, 0, reg::ICENABLER + 4, 0xffff_ffff);
-    assert_eq!(o.hw, HwOp::Disable { first: 32, mask: 1 << (DEV - 32) });
+    assert_eq!(o.hw, HwOp::Bits { bank: Bank::ClearEnable, first: 32, mask: 1 << (DEV - 32) });
     let o = w(&mut d, 0, reg::ISPENDR + 4, 1 << (DEV - 32));
-    assert_eq!(o.hw, HwOp::SetPending { first: 32, mask: 1 << (DEV - 32) });
+    assert_eq!(o.hw, HwOp::Bits { bank: Bank::SetPending, first: 32, mask: 1 << (DEV - 32) });
     assert_eq!(r(&d, 0, reg::ISPENDR + 4), 0, "hardware pending state is not kept here");
     let o = d.write(0, reg::ITARGETSR + DEV, 1, 0x02).unwrap();
     assert_eq!(o.hw, HwOp::Target { first: DEV, vcpus: [2, 0, 0, 0], mask: 1 });
