@@ -61,7 +61,10 @@ fn hyp_zimage_is_a_zimage_without_semihosting_calls() {
     assert_eq!(traps, 0, "hyp.zImage holds {traps} semihosting trap(s)");
     // The scan finds them where they are: in the ELF the QEMU tests run.
     let elf = std::fs::read(monitor_elf()).expect("read the monitor ELF");
-    assert!(words(&elf).any(|w| SEMIHOSTING_TRAPS.contains(&w)), "the semihosting ELF shows no trap: the scan is blind");
+    assert!(
+        words(&elf).any(|w| SEMIHOSTING_TRAPS.contains(&w)),
+        "the semihosting ELF shows no trap: the scan is blind"
+    );
 }
 
 /// `scripts/run --board` flattens the ELF it is given and refuses it, before
@@ -171,6 +174,10 @@ fn vexpress_a15_boots_a_linux_guest_on_both_cpus() {
     b.assert_logged("iofpga-bus@300000000/serial@a0000 (carve,log)");
     b.assert_logged("hyp: CPUs start from the boot monitor's loop");
     b.assert_logged("mcc/shutdown, SYS_CFGCTRL function 8 site 0");
+    // Given the board, but not the shutdown node the monitor powers it off through.
+    b.assert_logged("vm: guest@0: given the board (carve,devices = \"all\")");
+    b.assert_logged("vm: guest@0: dma-ranges on /bus@8000000: 1 entries");
+    assert!(b.log.lines().any(|l| l.contains("mmc@50000") && l.contains("passed through")), "{}", b.context());
 }
 
 /// Orange Pi PC (Allwinner H3, Cortex-A7 x 4, PSCI from the firmware): the
@@ -186,7 +193,13 @@ fn orangepi_pc_boots_a_linux_guest_on_four_cpus() {
     b.assert_logged("log on /soc/serial@1c28400 (carve,log)");
     b.assert_logged("hyp: CPUs start through PSCI CPU_ON (SMC)");
     b.assert_logged("hyp: power-off: PSCI SYSTEM_OFF through the firmware (SMC)");
-    b.assert_logged("clock@1c20000 and pinctrl@1c20800 passed through");
+    // Given the board: the console's clock and pin controllers among the
+    // rest, the SD card's controller too, and /soc's dma-ranges.
+    b.assert_logged("vm: guest@0: given the board (carve,devices = \"all\")");
+    b.assert_logged("clock@1c20000 and pinctrl@1c20800 and ");
+    assert!(b.log.lines().any(|l| l.contains("mmc@1c0f000") && l.contains("passed through")), "{}", b.context());
+    b.assert_logged("vm: guest@0: dma-ranges on /soc: 1 entries, one per extent (1 remapped)");
+    assert!(!b.log.contains("serial@1c28400 passed through"), "the log UART was given\n{}", b.context());
 }
 
 /// QEMU `virt` with two memtest guests, one CPU each, and the monitor's log
@@ -309,7 +322,9 @@ impl Output {
         loop {
             {
                 let b = self.0.lock().unwrap();
-                if let Some(at) = b.get(from..).and_then(|s| s.windows(needle.len()).position(|w| w == needle.as_bytes())) {
+                if let Some(at) =
+                    b.get(from..).and_then(|s| s.windows(needle.len()).position(|w| w == needle.as_bytes()))
+                {
                     return Some(from + at + needle.len());
                 }
             }

@@ -229,6 +229,7 @@ fn modules_are_kept_out_and_checked() {
         bootargs: Some("console=ttyAMA0".into()),
         on_fault: Default::default(),
         movable: None,
+        devices: Default::default(),
     });
     let p = plan(&m, &PlanConfig::default()).unwrap();
     verify(&p).unwrap();
@@ -359,6 +360,7 @@ fn small_guest(n: u32, cpus: u32, cpu_ids: Option<Vec<u32>>, kernel: u64) -> Gue
         bootargs: None,
         on_fault: Default::default(),
         movable: None,
+        devices: Default::default(),
     }
 }
 
