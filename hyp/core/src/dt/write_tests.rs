@@ -610,15 +610,20 @@ fn buses_stay_for_what_they_hold_and_only_the_consoles_providers_come_with_reg()
     let sel = strip_for_guest(&tree, &m, &g).unwrap();
     assert!(sel.keeps("/soc/serial@8000") && sel.keeps("/soc/pinctrl@4000/uart0-pins"));
     assert!(sel.keeps("/soc/clock-controller@3000") && !sel.keeps("/soc/i2c@9000") && !sel.keeps("/soc2"));
-    let given: Vec<(String, u64)> =
-        passed_through(&tree, &m, &g).unwrap().into_iter().map(|d| (d.node, d.regs[0].start())).collect();
-    let want = [
-        ("/soc/serial@8000", 0x1000_8000),
-        ("/soc/clock-controller@3000", 0x1000_3000),
-        ("/soc/pinctrl@4000", 0x1000_4000),
-        ("/soc/interrupt-controller@c00", 0x1000_0c00),
-    ];
-    assert_eq!(given, want.map(|(n, a)| (n.to_string(), a)));
+    assert_eq!(given(&tree, &m, &g), CONSOLE_DEVICES.map(|(n, a)| (n.to_string(), a)));
+}
+
+/// What [`board_blob`]'s console needs, in the order [`passed_through`] lists it.
+const CONSOLE_DEVICES: [(&str, u64); 4] = [
+    ("/soc/serial@8000", 0x1000_8000),
+    ("/soc/clock-controller@3000", 0x1000_3000),
+    ("/soc/pinctrl@4000", 0x1000_4000),
+    ("/soc/interrupt-controller@c00", 0x1000_0c00),
+];
+
+/// Each device [`passed_through`] lists, with its first window's physical address.
+fn given(tree: &Tree<'_>, m: &Machine, g: &GuestPlan) -> Vec<(String, u64)> {
+    passed_through(tree, m, g).unwrap().into_iter().map(|d| (d.node, d.regs[0].start())).collect()
 }
 
 #[test]
@@ -836,16 +841,9 @@ fn a_guest_given_the_board_keeps_every_device_but_the_monitors_and_gets_dma_rang
     assert!(!p.contains(&"/soc/i2c@9000".to_string()), "the monitor's log UART was given: {p:?}");
     assert_eq!(t.find("/soc/interrupt-controller@1000").unwrap().prop("reg").unwrap().len(), 16, "GICH/GICV left out");
 
-    let given: Vec<(String, u64)> =
-        passed_through(&tree, &m, &g).unwrap().into_iter().map(|d| (d.node, d.regs[0].start())).collect();
-    let want = [
-        ("/soc/serial@8000", 0x1000_8000),
-        ("/soc/clock-controller@3000", 0x1000_3000),
-        ("/soc/pinctrl@4000", 0x1000_4000),
-        ("/soc/interrupt-controller@c00", 0x1000_0c00),
-        ("/soc2/virtio_mmio@a000000", 0x0a00_0000),
-    ];
-    assert_eq!(given, want.map(|(n, a)| (n.to_string(), a)));
+    let mut want: Vec<(String, u64)> = CONSOLE_DEVICES.map(|(n, a)| (n.to_string(), a)).to_vec();
+    want.push(("/soc2/virtio_mmio@a000000".to_string(), 0x0a00_0000));
+    assert_eq!(given(&tree, &m, &g), want, "the console's first, then the rest of the board");
     assert_eq!(dma_buses(&tree, &m, &g).unwrap(), ["/soc", "/soc2"]);
 
     let cells = Cells { address: 1, size: 1 };
