@@ -170,7 +170,8 @@ impl Selection<'_, '_> {
 
 /// Chooses the machine nodes `guest` sees: the devices passed through (GIC,
 /// timer, console UART), the first `guest.cpus` CPUs, what they reference by
-/// phandle that has no `reg`, and the nodes that contain them.
+/// phandle that has no `reg`, and the nodes that contain them; given the
+/// board, every node but the monitor's (`mark_board`).
 pub fn strip_for_guest<'t, 'a>(
     tree: &'t Tree<'a>,
     machine: &Machine,
@@ -269,8 +270,9 @@ fn on_mmio_bus(sel: &Selection<'_, '_>, i: usize) -> bool {
 
 /// The devices the guest's tree lists besides the GIC (whose hypervisor
 /// parts the writer leaves out): the console UART and the devices it depends
-/// on, each with its `reg` windows translated to physical addresses. A guest
-/// given the console must have all of them mapped, 1:1.
+/// on, then, for a guest given the board ([`gets_the_board`]), every other
+/// device on a memory-mapped bus; each with its `reg` windows translated to
+/// physical addresses. A lone guest must have all of them mapped, 1:1.
 pub fn passed_through(tree: &Tree<'_>, machine: &Machine, guest: &GuestPlan) -> Result<Vec<Device>, DtError> {
     let sel = strip_for_guest(tree, machine, guest)?;
     sel.devices.iter().map(|&i| super::machine::device(tree, sel.nodes[i])).collect()
