@@ -61,7 +61,10 @@ fn hyp_zimage_is_a_zimage_without_semihosting_calls() {
     assert_eq!(traps, 0, "hyp.zImage holds {traps} semihosting trap(s)");
     // The scan finds them where they are: in the ELF the QEMU tests run.
     let elf = std::fs::read(monitor_elf()).expect("read the monitor ELF");
-    assert!(words(&elf).any(|w| SEMIHOSTING_TRAPS.contains(&w)), "the semihosting ELF shows no trap: the scan is blind");
+    assert!(
+        words(&elf).any(|w| SEMIHOSTING_TRAPS.contains(&w)),
+        "the semihosting ELF shows no trap: the scan is blind"
+    );
 }
 
 /// `scripts/run --board` flattens the ELF it is given and refuses it, before
@@ -119,12 +122,17 @@ impl BoardBoot {
 }
 
 fn boot_board(board: &str) -> BoardBoot {
-    let dir = test_dir(board);
+    boot_board_with(board, &test_dir(board), &[])
+}
+
+/// [`boot_board`] with more `scripts/run` arguments, its files kept in `dir`.
+fn boot_board_with(board: &str, dir: &Path, extra: &[&str]) -> BoardBoot {
     let _one = QEMU.lock().unwrap_or_else(|p| p.into_inner());
     let started = Instant::now();
     let out = Command::new(repo_root().join("scripts/run"))
         .args(["--board", board, "-q", "--timeout", &BOARD_TIMEOUT_S.to_string(), "--out"])
-        .arg(&dir)
+        .arg(dir)
+        .args(extra)
         .stdin(Stdio::null())
         .output()
         .expect("run scripts/run");
@@ -171,6 +179,10 @@ fn vexpress_a15_boots_a_linux_guest_on_both_cpus() {
     b.assert_logged("iofpga-bus@300000000/serial@a0000 (carve,log)");
     b.assert_logged("hyp: CPUs start from the boot monitor's loop");
     b.assert_logged("mcc/shutdown, SYS_CFGCTRL function 8 site 0");
+    // Given the board, but not the shutdown node the monitor powers it off through.
+    b.assert_logged("vm: guest@0: given the board (carve,devices = \"all\")");
+    b.assert_logged("vm: guest@0: dma-ranges on /bus@8000000: 1 entries");
+    assert!(b.log.lines().any(|l| l.contains("mmc@50000") && l.contains("passed through")), "{}", b.context());
 }
 
 /// Orange Pi PC (Allwinner H3, Cortex-A7 x 4, PSCI from the firmware): the
@@ -186,7 +198,93 @@ fn orangepi_pc_boots_a_linux_guest_on_four_cpus() {
     b.assert_logged("log on /soc/serial@1c28400 (carve,log)");
     b.assert_logged("hyp: CPUs start through PSCI CPU_ON (SMC)");
     b.assert_logged("hyp: power-off: PSCI SYSTEM_OFF through the firmware (SMC)");
-    b.assert_logged("clock@1c20000 and pinctrl@1c20800 passed through");
+    // Given the board: the console's clock and pin controllers among the
+    // rest, the SD card's controller too, and /soc's dma-ranges.
+    b.assert_logged("vm: guest@0: given the board (carve,devices = \"all\")");
+    b.assert_logged("clock@1c20000 and pinctrl@1c20800 and ");
+    assert!(b.log.lines().any(|l| l.contains("mmc@1c0f000") && l.contains("passed through")), "{}", b.context());
+    b.assert_logged("vm: guest@0: dma-ranges on /soc: 1 entries, one per extent (1 remapped)");
+    assert!(!b.log.contains("serial@1c28400 passed through"), "the log UART was given\n{}", b.context());
+}
+
+/// `len` bytes that depend on `seed` (xorshift64), for a file whose checksum the test knows.
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend(x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// The SHA-256 of `file`, from the host's `sha256sum`.
+fn sha256(file: &Path) -> String {
+    let out = Command::new(tool("sha256sum")).arg(file).output().expect("run sha256sum");
+    assert!(out.status.success(), "sha256sum {}", file.display());
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap_or_default().to_string()
+}
+
+/// Orange Pi PC, its guest's RAM split in two extents by a carveout the
+/// test puts inside the board's RAM (0x5f000000, 32 MiB, `no-map`: less than
+/// 512 MiB is free above it, and the IPAs of the rest are carved out at
+/// their own PAs), neither extent at its own IPAs: the guest mounts an ext2 filesystem from the board's SD
+/// card (`-drive if=sd`; the H3's MMC controller reads it by DMA, its
+/// descriptors and buffers in the guest's RAM) and reads a 6 MiB file whose
+/// SHA-256 the test knows. The controller puts what it reads at the physical
+/// addresses the guest's DMA API gives it: right only through the
+/// `dma-ranges` the monitor writes on `/soc` (one entry per extent).
+#[test]
+fn orangepi_pc_guest_reads_its_sd_card_by_dma_into_remapped_ram() {
+    let dir = test_dir("orangepi-pc-sd");
+    let files = dir.join("sd");
+    std::fs::create_dir_all(&files).expect("create the SD card's files");
+    let data = files.join("data.bin");
+    std::fs::write(&data, pattern(0x5d_ca7e, 6 << 20)).expect("write the file");
+    let want = sha256(&data);
+    // An ext2 image of 16 MiB (QEMU's SD card wants a power of two), built without root.
+    let image = dir.join("sd.img");
+    // mke2fs (e2fsprogs, scripts/setup) is in /usr/sbin, which a user's PATH may lack.
+    let mke2fs = carve_tests::find_tool("mke2fs").unwrap_or_else(|| PathBuf::from("/usr/sbin/mke2fs"));
+    let mkfs = Command::new(mke2fs)
+        .args(["-q", "-t", "ext2", "-b", "4096", "-d"])
+        .arg(&files)
+        .arg(&image)
+        .arg("16M")
+        .output()
+        .expect("run mke2fs");
+    assert!(mkfs.status.success(), "mke2fs: {}", String::from_utf8_lossy(&mkfs.stderr));
+    let initrd = dir.join("initrd-blk.cpio.gz");
+    let mk = Command::new(repo_root().join("scripts/mkinitrd")).arg("--blk").arg(&initrd).output().expect("mkinitrd");
+    assert!(mk.status.success(), "scripts/mkinitrd --blk: {}", String::from_utf8_lossy(&mk.stderr));
+    let carveout = dir.join("carveout.dtsi");
+    std::fs::write(
+        &carveout,
+        "/ {\n\treserved-memory {\n\t\t#address-cells = <1>;\n\t\t#size-cells = <1>;\n\t\tranges;\n\t\tsplit@5f000000 {\n\t\t\treg = <0x5f000000 0x2000000>;\n\t\t\tno-map;\n\t\t};\n\t};\n};\n",
+    )
+    .expect("write the carveout");
+    let drive = format!("-drive if=sd,format=raw,file={}", image.display());
+    let run = dir.join("run");
+    let (initrd_s, carveout_s) = (initrd.display().to_string(), carveout.display().to_string());
+    let b = boot_board_with(
+        "orangepi-pc",
+        &run,
+        &["--initrd", &initrd_s, "--carveouts", &carveout_s, "--append", "carve.blk=mmcblk0", "--qemu-args", &drive],
+    );
+    check_board(&b, 4);
+    // The guest's RAM: two extents, each at a PA other than its IPA.
+    let extents = carve_tests::logged_extents(&b.log, "guest@0");
+    assert_eq!(extents.len(), 2, "extents {extents:x?}\n{}", b.context());
+    assert!(extents.iter().all(|&(ipa, pa, _)| ipa != pa), "extents {extents:x?}");
+    b.assert_logged("vm: guest@0: dma-ranges on /soc: 2 entries, one per extent (2 remapped)");
+    let read: Vec<&str> = b.console.lines().filter(|l| l.starts_with("CARVE-BLK")).collect();
+    assert!(read.contains(&"CARVE-BLK-END"), "the guest never finished reading the card\n{}", b.context());
+    let line = format!("CARVE-BLK {want}  /mnt/data.bin");
+    assert!(read.contains(&line.as_str()), "want {line:?}, the guest read {read:?}\n{}", b.context());
+    assert!(b.elapsed < Duration::from_secs(u64::from(BOARD_TIMEOUT_S)), "{:?}", b.elapsed);
 }
 
 /// QEMU `virt` with two memtest guests, one CPU each, and the monitor's log
@@ -309,7 +407,9 @@ impl Output {
         loop {
             {
                 let b = self.0.lock().unwrap();
-                if let Some(at) = b.get(from..).and_then(|s| s.windows(needle.len()).position(|w| w == needle.as_bytes())) {
+                if let Some(at) =
+                    b.get(from..).and_then(|s| s.windows(needle.len()).position(|w| w == needle.as_bytes()))
+                {
                     return Some(from + at + needle.len());
                 }
             }

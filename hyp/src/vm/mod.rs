@@ -5,8 +5,12 @@
 //! devices the UART depends on (its clock, reset and pin controllers, as its
 //! DTB lists them: `dt::write::passed_through`), and the GIC distributor and
 //! CPU interface, at their physical addresses (it owns the interrupt
-//! controller: HCR.IMO/FMO stay clear). When several run, none is given a
-//! device: they share nothing. Every other access is a stage-2 fault.
+//! controller: HCR.IMO/FMO stay clear). A lone guest whose node says
+//! `carve,devices = "all"` is given the board: every device but the
+//! monitor's log UART and the GIC's hypervisor parts, and its DTB's buses
+//! carry `dma-ranges` so its devices' DMA reaches its remapped RAM. When
+//! several run, none is given a device: they share nothing. Every other
+//! access is a stage-2 fault.
 //!
 //! The movable part of a guest's RAM (a CMA pool's free pages, lent at build
 //! time) is mapped page by page, so a contiguous allocation can move one page
@@ -33,7 +37,7 @@ use alloc::vec::Vec;
 use carve_core::addr::{Address, Ipa, IpaRange, PhysAddr, PhysRange, Size, PAGE_SIZE};
 use carve_core::dt::machine::{FaultPolicy, Machine};
 use carve_core::dt::tree::Tree;
-use carve_core::dt::write::{guest_dtb, guest_mpidrs, passed_through, GuestDtbOptions};
+use carve_core::dt::write::{dma_buses, gets_the_board, guest_dtb, guest_mpidrs, passed_through, GuestDtbOptions};
 use carve_core::mm::{Attrs, MapStats, PageTable, Stage2, VTCR_VALUE};
 use carve_core::plan::{GuestPlan, Plan};
 use carve_core::vm::boot::{self, BootLayout};
@@ -382,7 +386,9 @@ fn device_pages(devices: &[(String, PhysRange)]) -> Vec<(String, u64, u64)> {
     for (what, start, end) in pages {
         match merged.last_mut() {
             Some(last) if start <= last.2 => {
-                last.0 = format!("{} and {what}", last.0);
+                if !last.0.split(" and ").any(|n| n == what) {
+                    last.0 = format!("{} and {what}", last.0);
+                }
                 last.2 = last.2.max(end);
             }
             _ => merged.push((what, start, end)),
@@ -401,10 +407,14 @@ fn passthrough(
     with_gic: bool,
 ) -> Result<Vec<(String, PhysRange)>, VmError> {
     let listed = passed_through(tree, machine, g).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
+    if gets_the_board(machine, g) {
+        log_board(tree, machine, g, listed.len())?;
+    }
     let mut v: Vec<(String, PhysRange)> = Vec::new();
     for d in listed {
         let name = d.node.rsplit('/').next().unwrap_or(d.node.as_str());
-        for r in d.regs {
+        // A zero-sized window (a placeholder `reg`) has no page to map.
+        for r in d.regs.into_iter().filter(|r| r.size > 0) {
             v.push((String::from(name), r));
         }
     }
@@ -421,6 +431,26 @@ fn passthrough(
         }
     }
     Ok(v)
+}
+
+/// Logs that `g` is given the board, and which buses translate its DMA.
+fn log_board(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, devices: usize) -> Result<(), VmError> {
+    defmt::info!(
+        "vm: {=str}: given the board (carve,devices = \"all\"): {=usize} devices, all but the monitor's log UART, power-off node and the GIC's hypervisor parts; without an IOMMU their DMA reaches all memory",
+        g.name.as_str(),
+        devices
+    );
+    let remapped = g.extents.iter().filter(|e| e.ipa.as_u64() != e.pa.as_u64()).count();
+    for bus in dma_buses(tree, machine, g).map_err(|e| format!("{}: guest DTB: {e}", g.name))? {
+        defmt::info!(
+            "vm: {=str}: dma-ranges on {=str}: {=usize} entries, one per extent ({=usize} remapped), bus address = PA, CPU address = IPA",
+            g.name.as_str(),
+            bus.as_str(),
+            g.extents.len(),
+            remapped
+        );
+    }
+    Ok(())
 }
 
 /// Copies a boot module from where the loader put it into guest RAM.

@@ -89,6 +89,21 @@ pub enum FaultPolicy {
     Inject,
 }
 
+/// Which of the machine's devices a guest alone on the machine is given
+/// (`carve,devices`). With several guests, none is given a device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeviceGrant {
+    /// The console UART and what it needs (clocks, resets, pins, interrupt
+    /// parents), and the GIC distributor and CPU interface (the default).
+    #[default]
+    Console,
+    /// Every device of the machine the monitor does not keep for itself
+    /// (its log UART, its power-off node, the GIC's hypervisor parts): the board. Without an
+    /// IOMMU a DMA-capable device given to a guest can reach any memory, so
+    /// the tree must ask for it.
+    All,
+}
+
 /// A guest under `/chosen`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Guest {
@@ -117,6 +132,9 @@ pub struct Guest {
     /// `carve,virtual-gic`: a lone guest gets the virtual GIC instead of the
     /// physical one (guests that share the machine always do).
     pub virtual_gic: bool,
+
+    /// `carve,devices = "console" | "all"`: what the guest is given when it runs alone.
+    pub devices: DeviceGrant,
 }
 
 /// An MMIO device window, translated to a physical address.
@@ -850,6 +868,17 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
             ))
         }
     };
+    let devices = match node.str_prop("carve,devices")? {
+        None | Some("console") => DeviceGrant::Console,
+        Some("all") => DeviceGrant::All,
+        Some(other) => {
+            return Err(DtError::prop(
+                &node.path,
+                "carve,devices",
+                format!("{other:?}: expected \"console\" or \"all\""),
+            ))
+        }
+    };
     let movable = movable(node, memory)?;
     let cells = node.cells()?;
     let mut g = Guest {
@@ -866,6 +895,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         on_fault,
         movable,
         virtual_gic: node.prop("carve,virtual-gic").is_some(),
+        devices,
     };
     for m in &node.children {
         let slot = if m.is_compatible("multiboot,kernel") {

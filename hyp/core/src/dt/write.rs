@@ -16,6 +16,12 @@
 //!   controller, a pin controller, the Versatile Express system registers its
 //!   clocks are configured through). [`passed_through`] lists these devices
 //!   with the console: a lone guest is given them all.
+//! - for a lone guest whose node says `carve,devices = "all"`: the whole
+//!   board, every node but the monitor's log UART and power-off node (and
+//!   the CPUs the guest does not have), each device listed by [`passed_through`]; and, because
+//!   the guest's RAM is remapped while devices see physical addresses,
+//!   `dma-ranges` on the buses that hold them ([`dma_ranges`]: bus address =
+//!   PA, CPU address = IPA, one entry per extent of the guest's RAM).
 //!
 //! Every other node with `reg` is dropped, so the guest never probes a device
 //! the monitor did not map, and so is every node without `reg` that nothing
@@ -29,11 +35,11 @@ use alloc::vec::Vec;
 
 use vm_fdt::FdtWriter;
 
-use super::machine::{cpu_mpidr, root_role, Device, RootRole};
-use super::tree::{strings, DtError, Node, Tree};
+use super::machine::{cpu_mpidr, root_role, Device, DeviceGrant, PowerOff, RootRole};
+use super::tree::{cells_to_u64, strings, Cells, DtError, Node, Tree};
 use super::Machine;
-use crate::addr::IpaRange;
-use crate::plan::GuestPlan;
+use crate::addr::{Address, IpaRange};
+use crate::plan::{Extent, GuestPlan};
 
 #[cfg(test)]
 #[path = "write_tests.rs"]
@@ -121,8 +127,14 @@ pub struct Selection<'t, 'a> {
     special: Vec<Option<RootRole>>,
     gic: Option<usize>,
     cpus: Vec<usize>,
-    /// The devices (nodes with `reg`) kept for the console: the UART and its providers.
+    /// The devices (nodes with `reg`) kept for the console: the UART and its
+    /// providers; for a guest given the board, every device after them.
     devices: Vec<usize>,
+    /// Given the board: the root's children that are buses holding devices
+    /// (their `dma-ranges` translate), and the buses below them (an empty
+    /// `dma-ranges` where they have none, so Linux looks further up).
+    dma_top: Vec<usize>,
+    dma_inner: Vec<usize>,
 }
 
 impl Selection<'_, '_> {
@@ -162,7 +174,8 @@ impl Selection<'_, '_> {
 
 /// Chooses the machine nodes `guest` sees: the devices passed through (GIC,
 /// timer, console UART), the first `guest.cpus` CPUs, what they reference by
-/// phandle that has no `reg`, and the nodes that contain them.
+/// phandle that has no `reg`, and the nodes that contain them; given the
+/// board, every node but the monitor's (`mark_board`).
 pub fn strip_for_guest<'t, 'a>(
     tree: &'t Tree<'a>,
     machine: &Machine,
@@ -177,6 +190,8 @@ pub fn strip_for_guest<'t, 'a>(
         gic: None,
         cpus: Vec::new(),
         devices: Vec::new(),
+        dma_top: Vec::new(),
+        dma_inner: Vec::new(),
     };
     index(&mut sel, &tree.root, None, None);
     sel.gic = machine.gic.as_ref().and_then(|g| sel.index_of(&g.node));
@@ -185,16 +200,194 @@ pub fn strip_for_guest<'t, 'a>(
     seeds.extend((0..sel.nodes.len()).filter(|&i| TIMERS.iter().any(|t| sel.nodes[i].is_compatible(t))));
     let console: Vec<usize> = machine.uart.as_ref().and_then(|u| sel.index_of(&u.node)).into_iter().collect();
     mark(&mut sel, &seeds, &console);
+    if gets_the_board(machine, guest) {
+        mark_board(&mut sel, tree, machine);
+    }
     Ok(sel)
+}
+
+/// Whether `guest` is given the whole board: it runs alone and its node says `carve,devices = "all"`.
+pub fn gets_the_board(machine: &Machine, guest: &GuestPlan) -> bool {
+    machine.guests.len() <= 1 && guest.desc.as_ref().is_some_and(|d| d.devices == DeviceGrant::All)
+}
+
+/// Keeps every node but the special root children, the CPUs the guest does
+/// not have, the monitor's log UART and its power-off node; lists the devices among them (nodes
+/// with `reg` on memory-mapped buses, [`on_mmio_bus`]) after the console's,
+/// the GIC apart; and picks the buses that get `dma-ranges`.
+fn mark_board(sel: &mut Selection<'_, '_>, tree: &Tree<'_>, machine: &Machine) {
+    let cpus = tree.root.child("cpus").and_then(|c| sel.index_of(&c.path));
+    // The monitor's own: its log UART, and the node it powers the board off
+    // through (a guest's power-off must reach the monitor, as PSCI SYSTEM_OFF).
+    let log = machine.log_uart.as_ref().and_then(|l| sel.index_of(&l.device.node));
+    let power_off = match &machine.power_off {
+        Some(PowerOff::VexpressSysCfg { node, .. }) => sel.index_of(node),
+        _ => None,
+    };
+    let within = |sel: &Selection<'_, '_>, i: usize, top: Option<usize>| {
+        top.is_some_and(|t| core::iter::successors(Some(i), |&a| sel.parent[a]).any(|a| a == t))
+    };
+    let (mut queue, mut with) = (Vec::new(), alloc::vec![false; sel.nodes.len()]);
+    let mut listed = alloc::vec![false; sel.nodes.len()];
+    for &d in &sel.devices {
+        listed[d] = true;
+    }
+    for i in 1..sel.nodes.len() {
+        if sel.special[i].is_some() || within(sel, i, cpus) || within(sel, i, log) || within(sel, i, power_off) {
+            continue;
+        }
+        keep(sel, i, &mut queue, false, &mut with);
+        queue.clear();
+        if Some(i) != sel.gic && !listed[i] && on_mmio_bus(sel, i) {
+            listed[i] = true;
+            sel.devices.push(i);
+        }
+    }
+    let buses = |sel: &Selection<'_, '_>, i: usize| sel.keep[i] && sel.nodes[i].has_prop("ranges");
+    for &top in &sel.children[0] {
+        let holds_devices = sel.devices.iter().any(|&d| d != top && within(sel, d, Some(top)));
+        if sel.special[top].is_none() && buses(sel, top) && holds_devices {
+            sel.dma_top.push(top);
+        }
+    }
+    for i in 1..sel.nodes.len() {
+        let below = sel.parent[i].is_some_and(|p| sel.dma_top.iter().any(|&t| within(sel, p, Some(t))));
+        if below && buses(sel, i) && sel.children[i].iter().any(|&c| sel.keep[c]) {
+            sel.dma_inner.push(i);
+        }
+    }
+}
+
+/// A device the monitor maps: a node with `reg` whose parent gives it sizes
+/// and every ancestor below the root is a bus (no `reg`, or `ranges` that
+/// translate into its parent), so `reg` is a physical window. An I2C or MDIO
+/// child, whose `reg` is an address on its controller's bus, is none.
+fn on_mmio_bus(sel: &Selection<'_, '_>, i: usize) -> bool {
+    let Some(parent) = sel.parent[i] else { return false };
+    if !sel.nodes[i].has_prop("reg") || !sel.nodes[parent].cells().is_ok_and(|c| c.size > 0) {
+        return false;
+    }
+    core::iter::successors(Some(parent), |&a| sel.parent[a])
+        .take_while(|&a| a != 0)
+        .all(|a| !sel.nodes[a].has_prop("reg") || sel.nodes[a].has_prop("ranges"))
 }
 
 /// The devices the guest's tree lists besides the GIC (whose hypervisor
 /// parts the writer leaves out): the console UART and the devices it depends
-/// on, each with its `reg` windows translated to physical addresses. A guest
-/// given the console must have all of them mapped, 1:1.
+/// on, then, for a guest given the board ([`gets_the_board`]), every other
+/// device on a memory-mapped bus; each with its `reg` windows translated to
+/// physical addresses. A lone guest must have all of them mapped, 1:1.
 pub fn passed_through(tree: &Tree<'_>, machine: &Machine, guest: &GuestPlan) -> Result<Vec<Device>, DtError> {
     let sel = strip_for_guest(tree, machine, guest)?;
     sel.devices.iter().map(|&i| super::machine::device(tree, sel.nodes[i])).collect()
+}
+
+/// The buses of `guest`'s tree that get translating `dma-ranges` (the
+/// root's children holding devices, given the board), by path: empty unless
+/// [`gets_the_board`]. Devices directly under the root are not covered:
+/// Linux 6.1 translates no `dma-ranges` of the root itself.
+pub fn dma_buses(tree: &Tree<'_>, machine: &Machine, guest: &GuestPlan) -> Result<Vec<String>, DtError> {
+    let sel = strip_for_guest(tree, machine, guest)?;
+    Ok(sel.dma_top.iter().map(|&i| sel.nodes[i].path.clone()).collect())
+}
+
+/// One `dma-ranges` entry: devices on the bus address `bus..bus + size`, the
+/// CPU (the guest) sees it at `cpu..cpu + size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DmaRange {
+    pub bus: u64,
+    pub cpu: u64,
+    pub size: u64,
+}
+
+/// The most entries carve composes from a bus's own `dma-ranges` (each is
+/// split by the guest's extents, so the product is bounded too).
+pub const MAX_DMA_RANGES: usize = 256;
+
+/// The `dma-ranges` a bus gets in a guest whose RAM is `extents` (IPA to
+/// PA): for each extent, devices address its physical frames and the guest
+/// sees them at its IPAs. `existing` is the bus's own `dma-ranges` in the
+/// machine's tree (bus address to PA; absent or empty: the identity), which
+/// each extent is composed with, one entry per piece where both overlap.
+/// `bus` is the bus's own cell counts (bus addresses and sizes), `parent`
+/// its parent's (CPU addresses), as in `ranges`.
+pub fn dma_ranges(
+    path: &str,
+    existing: Option<&[u8]>,
+    bus: Cells,
+    parent: Cells,
+    extents: &[Extent],
+) -> Result<Vec<DmaRange>, DtError> {
+    let machine = match existing {
+        Some(v) if !v.is_empty() => decode_dma_ranges(path, v, bus, parent)?,
+        _ => alloc::vec![DmaRange { bus: 0, cpu: 0, size: u64::MAX }],
+    };
+    let mut out = Vec::new();
+    for m in &machine {
+        let m_end = m.cpu.saturating_add(m.size);
+        for e in extents {
+            let (pa, pa_end) = (e.pa.as_u64(), e.pa.as_u64().saturating_add(e.size));
+            let (lo, hi) = (pa.max(m.cpu), pa_end.min(m_end));
+            if lo < hi {
+                let bus = m.bus.checked_add(lo - m.cpu).ok_or_else(|| {
+                    DtError::prop(path, "dma-ranges", format!("bus address {:#x} + {:#x} overflows", m.bus, lo - m.cpu))
+                })?;
+                out.push(DmaRange { bus, cpu: e.ipa.as_u64() + (lo - pa), size: hi - lo });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `ranges` as `dma-ranges` cells: bus address in `bus.address` cells, CPU
+/// address in `parent.address` cells, size in `bus.size` cells.
+pub fn encode_dma_ranges(path: &str, ranges: &[DmaRange], bus: Cells, parent: Cells) -> Result<Vec<u8>, DtError> {
+    let mut out = Vec::with_capacity(ranges.len() * 4 * (bus.address + parent.address + bus.size) as usize);
+    for r in ranges {
+        for (value, n, what) in
+            [(r.bus, bus.address, "bus address"), (r.cpu, parent.address, "CPU address"), (r.size, bus.size, "size")]
+        {
+            match n {
+                2 => out.extend(value.to_be_bytes()),
+                1 => out.extend(
+                    u32::try_from(value)
+                        .map_err(|_| {
+                            DtError::prop(path, "dma-ranges", format!("{what} {value:#x} does not fit in one cell"))
+                        })?
+                        .to_be_bytes(),
+                ),
+                _ => return Err(DtError::prop(path, "dma-ranges", format!("{what} cannot be written in {n} cells"))),
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads `dma-ranges` cells back (the inverse of [`encode_dma_ranges`]).
+pub fn decode_dma_ranges(path: &str, value: &[u8], bus: Cells, parent: Cells) -> Result<Vec<DmaRange>, DtError> {
+    let entry = 4 * (bus.address + parent.address + bus.size) as usize;
+    if entry == 0 || bus.size == 0 || value.len() % entry != 0 {
+        return Err(DtError::prop(
+            path,
+            "dma-ranges",
+            format!("{} bytes, not whole entries of {entry} bytes (#address-cells and #size-cells)", value.len()),
+        ));
+    }
+    if value.len() / entry > MAX_DMA_RANGES {
+        return Err(DtError::prop(
+            path,
+            "dma-ranges",
+            format!("{} entries; carve composes up to {MAX_DMA_RANGES}", value.len() / entry),
+        ));
+    }
+    Ok(value
+        .chunks_exact(entry)
+        .map(|e| {
+            let (b, rest) = e.split_at(4 * bus.address as usize);
+            let (c, s) = rest.split_at(4 * parent.address as usize);
+            DmaRange { bus: cells_to_u64(b), cpu: cells_to_u64(c), size: cells_to_u64(s) }
+        })
+        .collect())
 }
 
 /// Flattens the tree depth first; root children get their [`RootRole`].
@@ -644,8 +837,13 @@ impl Out<'_, '_, '_> {
             self.cpu_props(n)?;
         } else if self.opts.emulated_console && self.machine.uart.as_ref().is_some_and(|u| u.node == n.path) {
             self.emulated_console_props(n)?;
+        } else if sel.dma_top.contains(&i) {
+            self.dma_bus_props(n)?;
         } else {
             self.props_as_they_are(n)?;
+            if sel.dma_inner.contains(&i) && !n.has_prop("dma-ranges") {
+                self.prop(&n.path, "dma-ranges", &[])?;
+            }
         }
         for &c in &sel.children[i] {
             if sel.keep[c] {
@@ -671,6 +869,18 @@ impl Out<'_, '_, '_> {
             self.prop(&n.path, p.name, value)?;
         }
         Ok(())
+    }
+
+    /// A bus under the root holding devices given to the guest: its
+    /// `dma-ranges` map physical (bus) addresses to the guest's IPAs.
+    fn dma_bus_props(&mut self, n: &Node<'_>) -> Result<(), DtError> {
+        for p in n.props.iter().filter(|p| p.name != "dma-ranges") {
+            self.prop(&n.path, p.name, p.value)?;
+        }
+        let (bus, parent) = (n.cells()?, self.tree.root.cells()?);
+        let ranges = dma_ranges(&n.path, n.prop("dma-ranges"), bus, parent, &self.guest.extents)?;
+        let value = encode_dma_ranges(&n.path, &ranges, bus, parent)?;
+        self.prop(&n.path, "dma-ranges", &value)
     }
 
     /// A guest CPU: started through PSCI, whatever the machine uses.

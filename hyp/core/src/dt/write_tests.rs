@@ -9,8 +9,8 @@ use alloc::vec::Vec;
 use vm_fdt::{FdtReserveEntry, FdtWriter};
 
 use super::*;
-use crate::addr::{Ipa, IpaRange};
-use crate::dt::machine::{PsciMethod, ReservedKind};
+use crate::addr::{Ipa, IpaRange, PhysAddr};
+use crate::dt::machine::{Guest, PsciMethod, ReservedKind};
 use crate::plan::{plan, PlanConfig};
 
 const MIB: u64 = 1 << 20;
@@ -543,6 +543,8 @@ fn board_blob() -> Vec<u8> {
     w.end_node(soc).unwrap();
     let soc2 = w.begin_node("soc2").unwrap();
     w.property_string("compatible", "simple-bus").unwrap();
+    w.property_u32("#address-cells", 1).unwrap();
+    w.property_u32("#size-cells", 1).unwrap();
     w.property_null("ranges").unwrap();
     let n = w.begin_node("virtio_mmio@a000000").unwrap();
     w.property_array_u32("reg", &[0xa00_0000, 0x200]).unwrap();
@@ -608,15 +610,20 @@ fn buses_stay_for_what_they_hold_and_only_the_consoles_providers_come_with_reg()
     let sel = strip_for_guest(&tree, &m, &g).unwrap();
     assert!(sel.keeps("/soc/serial@8000") && sel.keeps("/soc/pinctrl@4000/uart0-pins"));
     assert!(sel.keeps("/soc/clock-controller@3000") && !sel.keeps("/soc/i2c@9000") && !sel.keeps("/soc2"));
-    let given: Vec<(String, u64)> =
-        passed_through(&tree, &m, &g).unwrap().into_iter().map(|d| (d.node, d.regs[0].start())).collect();
-    let want = [
-        ("/soc/serial@8000", 0x1000_8000),
-        ("/soc/clock-controller@3000", 0x1000_3000),
-        ("/soc/pinctrl@4000", 0x1000_4000),
-        ("/soc/interrupt-controller@c00", 0x1000_0c00),
-    ];
-    assert_eq!(given, want.map(|(n, a)| (n.to_string(), a)));
+    assert_eq!(given(&tree, &m, &g), CONSOLE_DEVICES.map(|(n, a)| (n.to_string(), a)));
+}
+
+/// What [`board_blob`]'s console needs, in the order [`passed_through`] lists it.
+const CONSOLE_DEVICES: [(&str, u64); 4] = [
+    ("/soc/serial@8000", 0x1000_8000),
+    ("/soc/clock-controller@3000", 0x1000_3000),
+    ("/soc/pinctrl@4000", 0x1000_4000),
+    ("/soc/interrupt-controller@c00", 0x1000_0c00),
+];
+
+/// Each device [`passed_through`] lists, with its first window's physical address.
+fn given(tree: &Tree<'_>, m: &Machine, g: &GuestPlan) -> Vec<(String, u64)> {
+    passed_through(tree, m, g).unwrap().into_iter().map(|d| (d.node, d.regs[0].start())).collect()
 }
 
 #[test]
@@ -805,4 +812,123 @@ fn an_emulated_console_is_written_as_an_sbsa_uart_where_the_pl011_was() {
     let plain = plain.unwrap();
     let t = Tree::parse(&plain).unwrap();
     assert_eq!(t.find("/pl011@9000000").unwrap().prop("compatible"), pl011.prop("compatible"));
+}
+
+/// A guest's RAM in two extents, neither where its IPAs are: 256 MiB at
+/// IPA 0x40000000 from PA 0x90000000, 256 MiB at IPA 0x50000000 from PA 0xa8000000.
+fn two_extents() -> Vec<Extent> {
+    let e = |ipa: u64, pa: u64| Extent { ipa: Ipa::from_u64(ipa).unwrap(), pa: PhysAddr::new(pa), size: 256 * MIB };
+    vec![e(0x4000_0000, 0x9000_0000), e(0x5000_0000, 0xa800_0000)]
+}
+
+/// [`board_blob`]'s machine with its guest given the board (`carve,devices =
+/// "all"`), RAM in [`two_extents`], and /soc/i2c@9000 standing for the
+/// monitor's log UART.
+fn board_guest() -> (Machine, GuestPlan) {
+    let blob = board_blob();
+    let tree = Tree::parse(&blob).unwrap();
+    let mut m = Machine::from_tree(&tree).unwrap();
+    let cfg = PlanConfig { extra_guests: vec![512 * MIB], require_kernel: false, ..PlanConfig::default() };
+    let mut g = plan(&m, &cfg).unwrap().guests[0].clone();
+    g.extents = two_extents();
+    g.desc = Some(Guest {
+        name: g.name.clone(),
+        path: "/chosen/guest@0".into(),
+        memory: g.size,
+        cpus: 1,
+        cpu_ids: None,
+        ipa_base: None,
+        kernel: None,
+        ramdisk: None,
+        device_tree: None,
+        bootargs: None,
+        on_fault: Default::default(),
+        movable: None,
+        virtual_gic: false,
+        devices: DeviceGrant::All,
+    });
+    let log = Device { node: "/soc/i2c@9000".into(), compatible: None, regs: vec![] };
+    m.log_uart = Some(crate::dt::machine::LogUart { device: log, kind: crate::dt::machine::UartKind::Pl011 });
+    (m, g)
+}
+
+/// Given the board, a lone guest keeps every node but the monitor's log UART
+/// (and the GIC's hypervisor parts); every device on a memory-mapped bus is
+/// listed for stage-2 at its physical address, after the console's; each
+/// bus under the root that holds devices gets `dma-ranges`, one entry per
+/// extent (bus address = PA, CPU address = IPA), read back from the DTB.
+#[test]
+fn a_guest_given_the_board_keeps_every_device_but_the_monitors_and_gets_dma_ranges() {
+    let blob = board_blob();
+    let tree = Tree::parse(&blob).unwrap();
+    let (m, g) = board_guest();
+    assert!(gets_the_board(&m, &g));
+    let out = guest_dtb(&tree, &m, &g, &GuestDtbOptions::default()).unwrap();
+    let t = Tree::parse(&out).unwrap();
+    let p = paths(&t);
+    for kept in ["/soc/interrupt-controller@1000", "/soc2", "/soc2/virtio_mmio@a000000", "/regulators/regulator-5v"] {
+        assert!(p.contains(&kept.to_string()), "{kept} missing from {p:?}");
+    }
+    assert!(!p.contains(&"/soc/i2c@9000".to_string()), "the monitor's log UART was given: {p:?}");
+    assert_eq!(t.find("/soc/interrupt-controller@1000").unwrap().prop("reg").unwrap().len(), 16, "GICH/GICV left out");
+
+    let mut want: Vec<(String, u64)> = CONSOLE_DEVICES.map(|(n, a)| (n.to_string(), a)).to_vec();
+    want.push(("/soc2/virtio_mmio@a000000".to_string(), 0x0a00_0000));
+    assert_eq!(given(&tree, &m, &g), want, "the console's first, then the rest of the board");
+    assert_eq!(dma_buses(&tree, &m, &g).unwrap(), ["/soc", "/soc2"]);
+
+    let cells = Cells { address: 1, size: 1 };
+    for bus in ["/soc", "/soc2"] {
+        let value = t.find(bus).unwrap().prop("dma-ranges").unwrap();
+        let back = decode_dma_ranges(bus, value, cells, cells).unwrap();
+        let want = [
+            DmaRange { bus: 0x9000_0000, cpu: 0x4000_0000, size: 256 * MIB },
+            DmaRange { bus: 0xa800_0000, cpu: 0x5000_0000, size: 256 * MIB },
+        ];
+        assert_eq!(back, want, "{bus}");
+    }
+
+    // Not alone, the same guest is given nothing more than the console's devices, and no dma-ranges.
+    let mut two = m.clone();
+    two.guests = vec![g.desc.clone().unwrap(), g.desc.clone().unwrap()];
+    assert!(!gets_the_board(&two, &g));
+    let out = guest_dtb(&tree, &two, &g, &GuestDtbOptions::default()).unwrap();
+    let t = Tree::parse(&out).unwrap();
+    assert!(t.find("/soc2").is_none() && !t.find("/soc").unwrap().has_prop("dma-ranges"));
+}
+
+/// The writer takes the bus's own cell counts for bus addresses and sizes
+/// and its parent's for CPU addresses, writes one entry per extent, and
+/// composes with a bus's own `dma-ranges` (an Allwinner MBUS's: bus 0 is PA
+/// 0x40000000), one entry per piece where both overlap; what it writes reads back.
+#[test]
+fn dma_ranges_take_their_cells_from_bus_and_parent_and_compose_with_the_machines() {
+    let extents = two_extents();
+    let (bus, parent) = (Cells { address: 2, size: 1 }, Cells { address: 1, size: 1 });
+    let id = dma_ranges("/bus", None, bus, parent, &extents).unwrap();
+    assert_eq!(id, dma_ranges("/bus", Some(&[]), bus, parent, &extents).unwrap(), "empty dma-ranges: the identity");
+    let value = encode_dma_ranges("/bus", &id, bus, parent).unwrap();
+    assert_eq!(value.len(), 2 * 4 * 4, "two entries of 2 + 1 + 1 cells");
+    assert_eq!(&value[..16], &[0, 0, 0, 0, 0x90, 0, 0, 0, 0x40, 0, 0, 0, 0x10, 0, 0, 0]);
+    assert_eq!(decode_dma_ranges("/bus", &value, bus, parent).unwrap(), id);
+
+    // The machine's: bus 0..0x30000000 is PA 0x80000000..0xb0000000 (covers the
+    // first extent and half the second).
+    let one = Cells { address: 1, size: 1 };
+    let mbus =
+        encode_dma_ranges("/mbus", &[DmaRange { bus: 0, cpu: 0x8000_0000, size: 0x3000_0000 }], one, one).unwrap();
+    let composed = dma_ranges("/mbus", Some(&mbus), one, one, &extents).unwrap();
+    let want = [
+        DmaRange { bus: 0x1000_0000, cpu: 0x4000_0000, size: 256 * MIB },
+        DmaRange { bus: 0x2800_0000, cpu: 0x5000_0000, size: 128 * MIB },
+    ];
+    assert_eq!(composed, want);
+
+    // RAM above 4 GiB cannot be written in one-cell bus addresses: an error naming the bus.
+    let high = [Extent { ipa: Ipa::from_u64(0x4000_0000).unwrap(), pa: PhysAddr::new(0x1_0000_0000), size: MIB }];
+    let r = dma_ranges("/soc", None, one, one, &high).unwrap();
+    let err = encode_dma_ranges("/soc", &r, one, one).unwrap_err().to_string();
+    assert!(err.contains("/soc") && err.contains("0x100000000"), "{err}");
+    // Malformed machine dma-ranges are refused, not misread.
+    assert!(dma_ranges("/soc", Some(&[0; 12]), bus, parent, &extents).is_err());
 }

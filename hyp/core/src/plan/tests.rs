@@ -230,6 +230,7 @@ fn modules_are_kept_out_and_checked() {
         on_fault: Default::default(),
         virtual_gic: false,
         movable: None,
+        devices: Default::default(),
     });
     let p = plan(&m, &PlanConfig::default()).unwrap();
     verify(&p).unwrap();
@@ -361,6 +362,7 @@ fn small_guest(n: u32, cpus: u32, cpu_ids: Option<Vec<u32>>, kernel: u64) -> Gue
         on_fault: Default::default(),
         virtual_gic: false,
         movable: None,
+        devices: Default::default(),
     }
 }
 
