@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod psci;
+pub mod touch;
 
 /// carve's own hypercalls and test device (the guest ABI crate).
 pub use carve_abi::hypercall;
