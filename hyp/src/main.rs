@@ -331,6 +331,10 @@ fn run_self_tests(
             defmt::warn!("cma: carve.selftest=cma-no-tlbi: page moves skip the TLB invalidation (a broken monitor, for the stale-translation test only)");
             mm::cma::SKIP_TLBI.store(true, core::sync::atomic::Ordering::Relaxed);
         }
+        if asked.no_zero {
+            defmt::warn!("vm: carve.selftest=no-zero: guest RAM is mapped on first touch WITHOUT zeroing (a broken monitor, for the first-touch test only)");
+            vm::selftest::SKIP_ZERO.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
         if asked.mm && !mm::selftest::run(machine, plan, figures) {
             return Err(BootError::SelfTestFailed);
         }

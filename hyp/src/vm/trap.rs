@@ -132,6 +132,7 @@ fn psci_call(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame) -> A
         Action::SystemOff => {
             defmt::info!("vm: {=str} powered off (SYSTEM_OFF)", vm.name());
             defmt::info!("traps: {=u64}", vm.traps);
+            super::log_touches(vm);
             After::Ended(super::mark_ended(vms, index, Ending::PoweredOff))
         }
         Action::SystemReset => {
@@ -158,10 +159,14 @@ fn restart_or_end(vms: &mut [Vm], index: usize, frame: &mut TrapFrame) -> After 
 /// `CONSOLE_WRITE(ipa, len)`: the guest's bytes, gathered piece by piece
 /// (they may cross from one movable page to another), logged with its name.
 #[inline(never)] // off the hot trap path
-fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
+fn console_write(vm: &mut Vm, frame: &TrapFrame) -> i32 {
     let (ipa, len) = (u64::from(frame.r[1]), frame.r[2].min(hc::CONSOLE_MAX));
     if len == 0 {
         return if vm.ram_pa(ipa, 1).is_some() { 0 } else { hc::INVALID_ADDRESS };
+    }
+    // Bytes the guest never wrote read as the zeroes its first touch would give it.
+    if super::touch_range(vm, ipa, u64::from(len), &[]).is_err() {
+        return hc::INVALID_ADDRESS;
     }
     let mut buf = [0u8; hc::CONSOLE_MAX as usize];
     let n = len as usize;
@@ -181,7 +186,7 @@ fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
 fn carve_call(vms: &mut [Vm], index: usize, frame: &TrapFrame) -> i32 {
     match frame.r[0] {
         hc::NOP => hc::SUCCESS,
-        hc::CONSOLE_WRITE => console_write(&vms[index], frame),
+        hc::CONSOLE_WRITE => console_write(&mut vms[index], frame),
         hc::INFO => match frame.r[1] {
             hc::INFO_FREE_TABLE_PAGES => mmu::free_table_pages().unwrap_or(-1),
             hc::INFO_VMID => i32::from(vms[index].vmid),
@@ -220,9 +225,8 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
         frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
         return After::Resume;
     }
-    if a.status().is_translation_or_permission() && moved_meanwhile(vm, ipa, a.write()) {
-        // A page that was being moved (CMA): its entry is switched now; the access goes again.
-        vm.migration_waits += 1;
+    if a.status().is_translation_or_permission() && super::fault_in(vm, ipa, a.write()) {
+        // Guest RAM: mapped on this first touch, or meanwhile (another vCPU's touch, a CMA move); the access goes again.
         return After::Resume;
     }
     defmt::error!(
@@ -248,21 +252,4 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
             After::Ended(super::mark_ended(vms, index, Ending::Faulted))
         }
     }
-}
-
-/// Whether a translation or permission fault at `ipa` (the two a move causes:
-/// the entry invalid for break-before-make, or write-protected for the copy)
-/// came from a movable page the monitor was moving and the page is now mapped
-/// for the access: the mover held the guests' lock this trap waited on.
-#[inline(never)] // off the hot trap path
-fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool) -> bool {
-    let Some(at) = <carve_core::addr::Ipa as carve_core::addr::Address>::from_u64(ipa) else { return false };
-    if vm.movable_index(at).is_none() {
-        return false;
-    }
-    let vttbr = vm.vttbr();
-    let stage2 = &vm.stage2;
-    mmu::with_guest_tables(vttbr, |tm| stage2.translate(tm, at))
-        .flatten()
-        .is_some_and(|t| !write || t.attrs.access == carve_core::mm::table::Access::ReadWrite)
 }
