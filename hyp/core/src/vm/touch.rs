@@ -123,6 +123,13 @@ impl FirstTouch {
         (self.windows.iter().filter(|&&w| w).count(), self.movable.iter().filter(|&&m| m).count())
     }
 
+    /// Every unit touched (mapped) now, windows first.
+    pub fn touched_units(&self) -> Vec<Unit> {
+        let windows = self.windows.iter().enumerate().filter(|(_, &t)| t).map(|(n, _)| Unit::Window(n));
+        let pages = self.movable.iter().enumerate().filter(|(_, &t)| t).map(|(n, _)| Unit::Movable(n));
+        windows.chain(pages).collect()
+    }
+
     /// The units `[ipa, ipa + len)` of `g` lies in, in IPA order (none for IPAs that are not RAM).
     pub fn units_of(&self, g: &GuestPlan, ipa: u64, len: u64) -> Vec<Unit> {
         let mut out = Vec::new();
@@ -256,9 +263,11 @@ mod tests {
         t.set_touched(Unit::Movable(9999), 4096); // not a unit: ignored
         assert!(t.is_touched(Unit::Window(1)) && t.is_touched(Unit::Movable(5)));
         assert_eq!((t.touches, t.zeroed, t.touched()), (2, (2 << 20) + 4096, (1, 1)));
+        assert_eq!(t.touched_units(), [Unit::Window(1), Unit::Movable(5)]);
         t.forget();
         assert!(!t.is_touched(Unit::Window(1)) && !t.is_touched(Unit::Movable(5)));
         assert_eq!((t.touches, t.zeroed, t.touched()), (0, 0, (0, 0)));
+        assert!(t.touched_units().is_empty());
     }
 
     #[test]
