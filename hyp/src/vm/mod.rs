@@ -90,6 +90,8 @@ pub struct Vm {
     pub touch: FirstTouch,
     /// First-touch faults the guest took (the monitor's own touches for its images not counted).
     pub touch_faults: u64,
+    /// vCPUs asked to stop for a restart: each stops at its next trap (or start).
+    pub stopping: Vec<bool>,
 }
 
 /// How a guest ended.
@@ -241,10 +243,12 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         devices,
         touch: FirstTouch::new(g),
         touch_faults: 0,
+        stopping: alloc::vec![false; cpus],
     };
     load_images(&mut vm)?;
     vm.power[0] = Power::OnPending;
     vm.pending[0] = Some(vm.boot_frame());
+    log_memory(&vm);
     Ok(vm)
 }
 
@@ -421,6 +425,79 @@ pub fn fault_in(vm: &mut Vm, ipa: u64, write: bool) -> bool {
     mapped
 }
 
+/// Logs the pages stage-2 tables hold and the buddy's free pages as a boot of the guest starts (the same every boot).
+fn log_memory(vm: &Vm) {
+    if let Some((tables, free)) = crate::mm::table_and_free_pages() {
+        defmt::info!(
+            "vm: {=str}: boot {=u32}: stage-2 table pages {=u64}, buddy free pages {=u64}",
+            vm.name(),
+            vm.restarts,
+            tables,
+            free
+        );
+    }
+}
+
+/// Unmaps all of the guest's RAM from its stage-2 (the TLB invalidated by its
+/// VMID on every CPU): a vCPU still running faults on its next access.
+fn unmap_ram(vm: &mut Vm) -> Result<(), VmError> {
+    let pieces: Vec<Piece> = vm.touch.touched_units().into_iter().flat_map(|u| unit_pieces(vm, u)).collect();
+    let vttbr = vm.vttbr();
+    let stage2 = &mut vm.stage2;
+    mmu::with_guest_tables(vttbr, |tm| -> Result<(), VmError> {
+        for p in &pieces {
+            stage2.unmap(tm, p.ipa, p.size).map_err(|e| format!("unmapping IPA {:#x}: {e}", p.ipa.as_u64()))?;
+        }
+        Ok(())
+    })
+    .ok_or_else(|| String::from("no Hyp map"))??;
+    vm.touch.forget();
+    Ok(())
+}
+
+/// The first step of restarting a guest of several vCPUs from vCPU `caller`:
+/// its RAM unmapped, and every other vCPU that runs (or is being started)
+/// asked to stop: it does at its next trap, which its next access to RAM is
+/// (`arch::smp::kick` wakes a CPU that waits). Returns how many were asked.
+pub fn stop_others(vm: &mut Vm, caller: usize) -> Result<usize, VmError> {
+    let others: Vec<usize> = (0..vm.power.len()).filter(|&v| v != caller && vm.power[v] != Power::Off).collect();
+    if others.is_empty() {
+        return Ok(0);
+    }
+    unmap_ram(vm)?;
+    for &v in &others {
+        vm.stopping[v] = true;
+        if vm.power[v] == Power::OnPending {
+            vm.pending[v] = None; // not entered yet: it stops when its CPU arrives
+        } else if !crate::arch::smp::kick(vm.cpu_ids[v]) {
+            defmt::warn!(
+                "vm: {=str}: no GIC distributor to wake vCPU {=usize}: it stops at its next trap",
+                vm.name(),
+                v
+            );
+        }
+    }
+    defmt::info!(
+        "vm: {=str}: restart from vCPU {=usize}: RAM unmapped, {=usize} other vCPU(s) asked to stop",
+        vm.name(),
+        caller,
+        others.len()
+    );
+    Ok(others.len())
+}
+
+/// Stops vCPU `vcpu` if it was asked to (a restart): true if it was.
+pub fn stop_if_asked(vm: &mut Vm, vcpu: usize) -> bool {
+    if !vm.stopping.get(vcpu).copied().unwrap_or(false) {
+        return false;
+    }
+    vm.stopping[vcpu] = false;
+    vm.power[vcpu] = Power::Off;
+    vm.pending[vcpu] = None;
+    defmt::info!("vm: {=str}: vCPU {=usize} stopped for the restart", vm.name(), vcpu);
+    true
+}
+
 /// Logs how much of its RAM the guest has touched (at its power-off or restart).
 pub fn log_touches(vm: &Vm) {
     let (windows, pages) = vm.touch.touched();
@@ -503,34 +580,38 @@ fn load(vm: &Vm, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmErro
     Ok(())
 }
 
-/// Boots a guest again from its images: fresh stage-2 tables with none of
-/// its RAM mapped (each unit zeroed again on its first touch), the same
-/// plan. Returns vCPU 0's first registers.
-pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
-    if vm.power.len() > 1 {
-        return Err(format!("{}: restarting a guest of {} vCPUs is not supported", vm.name(), vm.power.len()));
-    }
-    log_touches(vm);
+/// Boots a guest again from its images, once no vCPU of it runs: fresh
+/// stage-2 tables with none of its RAM mapped (each unit zeroed again on its
+/// first touch), the same plan, `carve,restarts` in its DTB one more. vCPU 0
+/// is left pending with its first registers; the others are off until the
+/// guest starts them (PSCI CPU_ON), as on a real machine.
+pub fn restart(vm: &mut Vm) -> Result<(), VmError> {
     // Tear the old stage-2 down first, so the new one gets the same pages back.
     let old = core::mem::replace(&mut vm.stage2, build_stage2(&vm.plan, &vm.devices)?);
     mmu::with_pool(|pool| old.destroy(pool));
     vm.touch.forget();
     vm.touch_faults = 0;
-    load_images(vm)?;
     vm.restarts += 1;
+    carve_core::dt::write::set_restarts(&mut vm.dtb, vm.restarts)
+        .map_err(|e| format!("{}: guest DTB: {e}", vm.name()))?;
+    load_images(vm)?;
     vm.traps = 0;
     #[cfg(feature = "selftest")]
     {
         vm.testdev_reads = 0;
     }
-    guest::reset_pl1();
-    guest::configure(&vm.vcpu_regs(0));
+    vm.power.iter_mut().for_each(|p| *p = Power::Off);
+    vm.pending.iter_mut().for_each(|p| *p = None);
+    vm.stopping.iter_mut().for_each(|s| *s = false);
+    vm.power[0] = Power::OnPending;
+    vm.pending[0] = Some(vm.boot_frame());
     defmt::info!(
         "vm: {=str}: restarted ({=u32} so far): RAM unmapped (zeroed again on first touch), images reloaded",
         vm.name(),
         vm.restarts
     );
-    Ok(vm.boot_frame())
+    log_memory(vm);
+    Ok(())
 }
 
 /// Builds every guest of the plan, starts those on other CPUs, runs the one on this CPU.
@@ -629,13 +710,19 @@ pub fn run_cpu(cpu: u32) -> ! {
     if let Some(job) = selftest::take_job(cpu) {
         selftest::run_job(job)
     }
-    let (regs, frame) = {
+    let (regs, frame) = loop {
         let mut vms = VMS.lock();
         let Some((vm, vcpu)) = vms.iter_mut().find_map(|vm| vm.vcpu_on(cpu).map(|v| (vm, v))) else {
             drop(vms);
             defmt::info!("vm: CPU {=u32} runs no guest: parked", cpu);
             guest::park()
         };
+        // Started for a vCPU that a restart stopped before it ran: off again.
+        if stop_if_asked(vm, vcpu) {
+            drop(vms);
+            crate::arch::smp::cpu_off(cpu);
+            continue;
+        }
         let Some(frame) = vm.pending.get_mut(vcpu).and_then(Option::take) else {
             defmt::error!("vm: CPU {=u32} started, but no vCPU of {=str} waits for it", cpu, vm.name());
             semihost::exit(ExitCode::Unimplemented)
@@ -652,8 +739,10 @@ pub fn run_cpu(cpu: u32) -> ! {
             frame.r[2],
             vm.vmid
         );
-        (vm.vcpu_regs(vcpu), frame)
+        break (vm.vcpu_regs(vcpu), frame);
     };
+    // PSCI CPU_ON and a boot: PL1 as at reset (MMU and caches off).
+    guest::reset_pl1();
     guest::configure(&regs);
     if !ENTERED.swap(true, core::sync::atomic::Ordering::Relaxed) {
         let t = crate::arch::counter();

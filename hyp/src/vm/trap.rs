@@ -35,7 +35,15 @@ enum After {
     StartCpu(u32, u32, usize, usize),
     /// Stop this CPU (a vCPU's CPU_OFF).
     CpuOff,
+    /// Restarting guest `index` from vCPU `caller`: wait until its other vCPUs stopped, then rebuild it.
+    AwaitStop(usize, usize),
+    /// The guest was rebuilt from vCPU `caller` (not vCPU 0): start vCPU 0's
+    /// CPU (firmware target MPIDR, CPU number), then stop this one.
+    BootVcpu0(u32, u32),
 }
+
+/// How long a restart waits for the other vCPUs to stop: 1 s of counter time.
+const STOP_WAIT_MS: u64 = 1000;
 
 /// Handles a trap from the guest on this CPU; returning resumes it.
 pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
@@ -47,9 +55,34 @@ pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
             defmt::error!("vm: a guest trap (HSR {=u32:#010x}) on CPU {=u32}, which runs no guest", hsr.raw(), cpu);
             semihost::exit(ExitCode::UnhandledTrap)
         };
-        dispatch(&mut vms, index, cpu, frame, hsr)
+        let vcpu = vms[index].vcpu_on(cpu).unwrap_or(0);
+        if super::stop_if_asked(&mut vms[index], vcpu) {
+            After::CpuOff
+        } else {
+            dispatch(&mut vms, index, cpu, frame, hsr)
+        }
+    };
+    let after = match after {
+        After::AwaitStop(index, caller) => await_stop(index, caller, frame),
+        other => other,
     };
     match after {
+        After::AwaitStop(..) => {}
+        After::BootVcpu0(target, pcpu) => {
+            let mut r = carve_core::vm::psci::ALREADY_ON;
+            // Its CPU may still be on its way off from the stop.
+            for _ in 0..100_000 {
+                r = crate::arch::smp::cpu_on(pcpu, target);
+                if r != carve_core::vm::psci::ALREADY_ON {
+                    break;
+                }
+            }
+            if r != SUCCESS {
+                defmt::error!("vm: CPU_ON of CPU {=u32} for the restarted vCPU 0 failed: {=i32}", pcpu, r);
+            }
+            crate::arch::smp::cpu_off(cpu);
+            super::run_cpu(cpu)
+        }
         After::Resume => {}
         After::Ended(code) => super::after_end(code),
         After::StartCpu(target, pcpu, index, vcpu) => {
@@ -137,23 +170,78 @@ fn psci_call(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame) -> A
         }
         Action::SystemReset => {
             defmt::info!("vm: {=str} asked for SYSTEM_RESET after {=u64} traps", vm.name(), vm.traps);
-            restart_or_end(vms, index, frame)
+            restart_or_end(vms, index, caller, frame)
         }
     }
 }
 
-/// Boots the guest again in place (its vCPU 0 is this CPU), or ends it if that fails.
-fn restart_or_end(vms: &mut [Vm], index: usize, frame: &mut TrapFrame) -> After {
-    match super::restart(&mut vms[index]) {
-        Ok(fresh) => {
-            *frame = fresh;
-            After::Resume
-        }
+/// Restarts guest `index` from its vCPU `caller` (on this CPU): stops the
+/// others first ([`super::stop_others`]; the wait is [`await_stop`], with the
+/// lock released), or ends the guest if that fails.
+fn restart_or_end(vms: &mut [Vm], index: usize, caller: usize, frame: &mut TrapFrame) -> After {
+    super::log_touches(&vms[index]);
+    match super::stop_others(&mut vms[index], caller) {
+        Ok(0) => rebuild(vms, index, caller, frame),
+        Ok(_) => After::AwaitStop(index, caller),
         Err(e) => {
             defmt::error!("vm: restart failed: {=str}", e.as_str());
             After::Ended(super::mark_ended(vms, index, Ending::Faulted))
         }
     }
+}
+
+/// Waits (lock released) until every other vCPU of guest `index` stopped, then rebuilds it.
+#[inline(never)] // off the hot trap path
+fn await_stop(index: usize, caller: usize, frame: &mut TrapFrame) -> After {
+    let t0 = crate::arch::counter();
+    let limit = u64::from(crate::arch::counter_hz()) * STOP_WAIT_MS / 1000;
+    loop {
+        {
+            let mut vms = VMS.lock();
+            let waiting = vms[index].stopping.iter().filter(|&&s| s).count();
+            if waiting == 0 {
+                defmt::info!(
+                    "vm: {=str}: every other vCPU stopped after {=u64} counter ticks",
+                    vms[index].name(),
+                    crate::arch::counter() - t0
+                );
+                return rebuild(&mut vms, index, caller, frame);
+            }
+            if crate::arch::counter() - t0 > limit {
+                defmt::error!(
+                    "vm: {=str}: {=usize} vCPU(s) did not stop within {=u64} ms for the restart: the guest is stopped",
+                    vms[index].name(),
+                    waiting,
+                    STOP_WAIT_MS
+                );
+                return After::Ended(super::mark_ended(&mut vms, index, Ending::Faulted));
+            }
+        }
+        for _ in 0..1000 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Rebuilds guest `index` ([`super::restart`]) once no other vCPU runs: vCPU 0
+/// boots on this CPU if `caller` is vCPU 0, else on its own CPU, started for it.
+fn rebuild(vms: &mut [Vm], index: usize, caller: usize, frame: &mut TrapFrame) -> After {
+    let vm = &mut vms[index];
+    if let Err(e) = super::restart(vm) {
+        defmt::error!("vm: restart failed: {=str}", e.as_str());
+        return After::Ended(super::mark_ended(vms, index, Ending::Faulted));
+    }
+    if caller != 0 {
+        return After::BootVcpu0(vm.pcpu_mpidr[0] as u32, vm.cpu_ids[0]);
+    }
+    let Some(fresh) = vm.pending[0].take() else {
+        return After::Ended(super::mark_ended(vms, index, Ending::Faulted));
+    };
+    vm.power[0] = Power::On;
+    guest::reset_pl1();
+    guest::configure(&vm.vcpu_regs(0));
+    *frame = fresh;
+    After::Resume
 }
 
 /// `CONSOLE_WRITE(ipa, len)`: the guest's bytes, gathered piece by piece
@@ -245,7 +333,8 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
         }
         FaultPolicy::Reset => {
             defmt::info!("vm: {=str}: on-fault = reset", vm.name());
-            restart_or_end(vms, index, frame)
+            let caller = vm.vcpu_on(this_cpu()).unwrap_or(0);
+            restart_or_end(vms, index, caller, frame)
         }
         FaultPolicy::Stop => {
             defmt::error!("vm: {=str} stopped after {=u64} traps", vm.name(), vm.traps);
