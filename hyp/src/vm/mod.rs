@@ -92,6 +92,8 @@ pub struct Vm {
     pub touch_faults: u64,
     /// vCPUs asked to stop for a restart: each stops at its next trap (or start).
     pub stopping: Vec<bool>,
+    /// Whether any of `stopping` is set (one load on the trap path).
+    pub stopping_any: bool,
 }
 
 /// How a guest ended.
@@ -244,6 +246,7 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         touch: FirstTouch::new(g),
         touch_faults: 0,
         stopping: alloc::vec![false; cpus],
+        stopping_any: false,
     };
     load_images(&mut vm)?;
     vm.power[0] = Power::OnPending;
@@ -465,6 +468,7 @@ pub fn stop_others(vm: &mut Vm, caller: usize) -> Result<usize, VmError> {
         return Ok(0);
     }
     unmap_ram(vm)?;
+    vm.stopping_any = true;
     for &v in &others {
         vm.stopping[v] = true;
         if vm.power[v] == Power::OnPending {
@@ -492,6 +496,7 @@ pub fn stop_if_asked(vm: &mut Vm, vcpu: usize) -> bool {
         return false;
     }
     vm.stopping[vcpu] = false;
+    vm.stopping_any = vm.stopping.iter().any(|&s| s);
     vm.power[vcpu] = Power::Off;
     vm.pending[vcpu] = None;
     defmt::info!("vm: {=str}: vCPU {=usize} stopped for the restart", vm.name(), vcpu);
@@ -603,6 +608,7 @@ pub fn restart(vm: &mut Vm) -> Result<(), VmError> {
     vm.power.iter_mut().for_each(|p| *p = Power::Off);
     vm.pending.iter_mut().for_each(|p| *p = None);
     vm.stopping.iter_mut().for_each(|s| *s = false);
+    vm.stopping_any = false;
     vm.power[0] = Power::OnPending;
     vm.pending[0] = Some(vm.boot_frame());
     defmt::info!(

@@ -55,19 +55,37 @@ pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
             defmt::error!("vm: a guest trap (HSR {=u32:#010x}) on CPU {=u32}, which runs no guest", hsr.raw(), cpu);
             semihost::exit(ExitCode::UnhandledTrap)
         };
-        let vcpu = vms[index].vcpu_on(cpu).unwrap_or(0);
-        if super::stop_if_asked(&mut vms[index], vcpu) {
-            After::CpuOff
+        if vms[index].stopping_any {
+            stop_or_dispatch(&mut vms, index, cpu, frame, hsr)
         } else {
             dispatch(&mut vms, index, cpu, frame, hsr)
         }
     };
+    if !matches!(after, After::Resume) {
+        after_trap(after, cpu, frame)
+    }
+}
+
+/// A trap of a guest some of whose vCPUs are asked to stop (a restart under way).
+#[inline(never)] // off the hot trap path
+fn stop_or_dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: Syndrome) -> After {
+    let vcpu = vms[index].vcpu_on(cpu).unwrap_or(0);
+    if super::stop_if_asked(&mut vms[index], vcpu) {
+        After::CpuOff
+    } else {
+        dispatch(vms, index, cpu, frame, hsr)
+    }
+}
+
+/// What a trap that does not simply resume leads to, with the guests' lock released.
+#[inline(never)] // off the hot trap path
+fn after_trap(after: After, cpu: u32, frame: &mut TrapFrame) {
     let after = match after {
         After::AwaitStop(index, caller) => await_stop(index, caller, frame),
         other => other,
     };
     match after {
-        After::AwaitStop(..) => {}
+        After::Resume | After::AwaitStop(..) => {}
         After::BootVcpu0(target, pcpu) => {
             let mut r = carve_core::vm::psci::ALREADY_ON;
             // Its CPU may still be on its way off from the stop.
@@ -83,7 +101,6 @@ pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
             crate::arch::smp::cpu_off(cpu);
             super::run_cpu(cpu)
         }
-        After::Resume => {}
         After::Ended(code) => super::after_end(code),
         After::StartCpu(target, pcpu, index, vcpu) => {
             let r = crate::arch::smp::cpu_on(pcpu, target);
