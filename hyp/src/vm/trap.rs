@@ -122,6 +122,7 @@ fn after_trap(after: After, cpu: u32, frame: &mut TrapFrame) {
     }
 }
 
+#[inline(always)] // the hot trap path: HVC and MMIO go through here
 fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: Syndrome) -> After {
     vms[index].traps += 1;
     match hsr.class() {
