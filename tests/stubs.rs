@@ -335,6 +335,17 @@ fn hypercall_answers_follow_psci_and_the_carve_abi() {
     }
 }
 
+/// The restart stub's summary line of each of its four boots.
+fn restart_boots(run: &Run) -> Vec<&str> {
+    let boots: Vec<&str> = run
+        .console("guest@0")
+        .into_iter()
+        .filter(|l| l.starts_with("restart: boot ") && l.contains(": free table pages "))
+        .collect();
+    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    boots
+}
+
 /// restart: SYSTEM_RESET three times; each boot has zeroed RAM and sees the same free table pages.
 #[test]
 fn restart_boots_fresh_three_times_without_leaking() {
@@ -342,12 +353,7 @@ fn restart_boots_fresh_three_times_without_leaking() {
     let run = run_guests("restart", "", &guests, &RunOptions::default());
     run.assert_status(0);
     run.assert_no_fail("guest@0");
-    let boots: Vec<&str> = run
-        .console("guest@0")
-        .into_iter()
-        .filter(|l| l.starts_with("restart: boot ") && l.contains("free table pages"))
-        .collect();
-    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    let boots = restart_boots(&run);
     let free: Vec<u64> = boots.iter().map(|l| number_after(l, "free table pages ")).collect();
     for (i, l) in boots.iter().enumerate() {
         assert_eq!(number_after(l, "restart: boot "), i as u64, "{l}");
@@ -371,12 +377,7 @@ fn restart_with_movable_memory_zeroes_and_remaps_it() {
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     run.assert_logged("cma: guest@0: 4096 pages (16384 KiB) of IPA 0x41000000.. lent from pool cma@50000000");
-    let boots: Vec<&str> = run
-        .console("guest@0")
-        .into_iter()
-        .filter(|l| l.starts_with("restart: boot ") && l.contains(" RAM fresh "))
-        .collect();
-    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    let boots = restart_boots(&run);
     let free: Vec<u64> = boots.iter().map(|l| number_after(l, "free table pages ")).collect();
     assert!(free.iter().all(|&f| f == free[0]), "free table pages differ between boots: {free:?}\n{}", run.context());
     // Every boot checked (nearly) all 32 MiB, the movable half included.
@@ -439,12 +440,7 @@ fn first_touch_zeroes_planted_ram_on_every_boot_and_the_control_finds_it() {
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     assert!(planted >= 9, "{planted} pages planted");
-    let boots: Vec<&str> = run
-        .console("guest@0")
-        .into_iter()
-        .filter(|l| l.starts_with("restart: boot ") && l.contains(" planted pages)"))
-        .collect();
-    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    let boots = restart_boots(&run);
     for l in &boots {
         assert!(
             l.contains(" RAM fresh (") && l.contains(" 0 words not zero, 0 planted pages), ok"),
