@@ -464,6 +464,36 @@ fn first_touch_zeroes_planted_ram_on_every_boot_and_the_control_finds_it() {
     assert_eq!(number_after(first, " words not zero, "), planted_c as u64, "every planted page seen: {first}");
 }
 
+/// smpreset: vCPU 1 of a two-vCPU guest asks for SYSTEM_RESET while vCPU 0
+/// waits in WFE with its interrupts masked: the monitor stops vCPU 0 (RAM
+/// unmapped, its CPU woken), rebuilds the guest, and vCPU 0 boots again on its
+/// own CPU; vCPU 1 is off and starts again through CPU_ON.
+#[test]
+fn restart_asked_by_vcpu_1_boots_vcpu_0_again() {
+    let guests = [Guest { cpus: 2, ..Guest::new("guest@0", "smpreset", 16, 0x4800_0000) }];
+    let run = run_guests("smpreset", "", &guests, &RunOptions { smp: 2, ..RunOptions::default() });
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    run.line("guest@0", "smpreset: boot 0: CPU_ON(1) 0, vCPU 1 asks for SYSTEM_RESET");
+    let end = run.line("guest@0", "smpreset: boot 1: ");
+    assert!(end.ends_with("started again, PASS"), "{end}\n{}", run.context());
+    for want in [
+        "vm: guest@0: restart from vCPU 1: RAM unmapped, 1 other vCPU(s) asked to stop",
+        "vm: guest@0: vCPU 0 stopped for the restart",
+        "vm: guest@0: restarted (1 so far)",
+        "vm: guest@0: PoweredOff after 1 restart(s)",
+    ] {
+        run.assert_logged(want);
+    }
+    // vCPU 0 entered twice, both times on CPU 0.
+    assert_eq!(
+        run.log.matches("vm: guest@0: vCPU 0 on CPU 0 entering at IPA 0x40010000").count(),
+        2,
+        "{}",
+        run.context()
+    );
+}
+
 /// A 16 MiB CMA pool at 0x50000000, as `/reserved-memory`.
 const CMA_POOL: &str = "\treserved-memory {\n\t\t#address-cells = <2>;\n\t\t#size-cells = <2>;\n\t\tranges;\n\t\tcma_pool: cma@50000000 {\n\t\t\tcompatible = \"shared-dma-pool\";\n\t\t\treusable;\n\t\t\treg = <0x0 0x50000000 0x0 0x1000000>;\n\t\t};\n\t};\n";
 
@@ -672,7 +702,7 @@ fn psci_numbers_follow_the_specification() {
 #[test]
 fn stubs_are_linked_where_carve_loads_a_kernel() {
     let want = RAM_BASE + carve_abi::KERNEL_OFFSET;
-    for name in ["memtest", "probe", "probe2", "hypercall", "restart", "trapcost", "cma", "cmatlb"] {
+    for name in ["memtest", "probe", "probe2", "hypercall", "restart", "smpreset", "trapcost", "cma", "cmatlb"] {
         let flat = stub(name);
         let elf = flat.with_extension("");
         let (start, _) = elf_span(&elf);

@@ -94,6 +94,10 @@ pub struct Vm {
     pub stopping: Vec<bool>,
     /// Whether any of `stopping` is set (one load on the trap path).
     pub stopping_any: bool,
+    /// A restart is under way: vCPU 0's CPU, stopped, waits in the monitor for the fresh boot.
+    pub restarting: bool,
+    /// vCPU 0 ran (or was starting) when the restart began: its CPU waits for the fresh boot.
+    pub boot_cpu_waits: bool,
 }
 
 /// How a guest ended.
@@ -247,6 +251,8 @@ pub fn build(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan, index: usize, de
         touch_faults: 0,
         stopping: alloc::vec![false; cpus],
         stopping_any: false,
+        restarting: false,
+        boot_cpu_waits: false,
     };
     load_images(&mut vm)?;
     vm.power[0] = Power::OnPending;
@@ -468,6 +474,8 @@ pub fn stop_others(vm: &mut Vm, caller: usize) -> Result<usize, VmError> {
         return Ok(0);
     }
     unmap_ram(vm)?;
+    vm.restarting = true;
+    vm.boot_cpu_waits = caller != 0 && vm.power[0] != Power::Off;
     vm.stopping_any = true;
     for &v in &others {
         vm.stopping[v] = true;
@@ -609,6 +617,7 @@ pub fn restart(vm: &mut Vm) -> Result<(), VmError> {
     vm.pending.iter_mut().for_each(|p| *p = None);
     vm.stopping.iter_mut().for_each(|s| *s = false);
     vm.stopping_any = false;
+    vm.restarting = false;
     vm.power[0] = Power::OnPending;
     vm.pending[0] = Some(vm.boot_frame());
     defmt::info!(
@@ -723,10 +732,22 @@ pub fn run_cpu(cpu: u32) -> ! {
             defmt::info!("vm: CPU {=u32} runs no guest: parked", cpu);
             guest::park()
         };
-        // Started for a vCPU that a restart stopped before it ran: off again.
-        if stop_if_asked(vm, vcpu) {
+        // Started for a vCPU that a restart stopped before it ran: off again (vCPU 0 waits below).
+        if stop_if_asked(vm, vcpu) && vcpu != 0 {
             drop(vms);
             crate::arch::smp::cpu_off(cpu);
+            continue;
+        }
+        // vCPU 0 stopped by a restart another vCPU asked for: wait for the fresh boot (or the guest's end).
+        if vcpu == 0 && vm.pending[0].is_none() && (vm.restarting || vm.done.is_some()) {
+            let ended = vm.done.is_some();
+            drop(vms);
+            if ended {
+                guest::park()
+            }
+            for _ in 0..1000 {
+                core::hint::spin_loop();
+            }
             continue;
         }
         let Some(frame) = vm.pending.get_mut(vcpu).and_then(Option::take) else {

@@ -37,9 +37,11 @@ enum After {
     CpuOff,
     /// Restarting guest `index` from vCPU `caller`: wait until its other vCPUs stopped, then rebuild it.
     AwaitStop(usize, usize),
-    /// The guest was rebuilt from vCPU `caller` (not vCPU 0): start vCPU 0's
-    /// CPU (firmware target MPIDR, CPU number), then stop this one.
+    /// The guest was rebuilt from vCPU `caller` (not vCPU 0), whose CPU did not
+    /// wait for it: start vCPU 0's CPU (firmware target MPIDR, CPU number), then stop this one.
     BootVcpu0(u32, u32),
+    /// This CPU's vCPU 0 stopped for a restart: it waits in the monitor for the fresh boot.
+    AwaitBoot,
 }
 
 /// How long a restart waits for the other vCPUs to stop: 1 s of counter time.
@@ -71,7 +73,11 @@ pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
 fn stop_or_dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: Syndrome) -> After {
     let vcpu = vms[index].vcpu_on(cpu).unwrap_or(0);
     if super::stop_if_asked(&mut vms[index], vcpu) {
-        After::CpuOff
+        if vcpu == 0 {
+            After::AwaitBoot
+        } else {
+            After::CpuOff
+        }
     } else {
         dispatch(vms, index, cpu, frame, hsr)
     }
@@ -102,6 +108,7 @@ fn after_trap(after: After, cpu: u32, frame: &mut TrapFrame) {
             super::run_cpu(cpu)
         }
         After::Ended(code) => super::after_end(code),
+        After::AwaitBoot => super::run_cpu(cpu),
         After::StartCpu(target, pcpu, index, vcpu) => {
             let r = crate::arch::smp::cpu_on(pcpu, target);
             if r == SUCCESS {
@@ -250,7 +257,13 @@ fn rebuild(vms: &mut [Vm], index: usize, caller: usize, frame: &mut TrapFrame) -
         return After::Ended(super::mark_ended(vms, index, Ending::Faulted));
     }
     if caller != 0 {
-        return After::BootVcpu0(vm.pcpu_mpidr[0] as u32, vm.cpu_ids[0]);
+        // vCPU 0's CPU waits in the monitor (it ran), or is off and is started for it.
+        vm.power[caller] = Power::Off;
+        return if vm.boot_cpu_waits {
+            After::CpuOff
+        } else {
+            After::BootVcpu0(vm.pcpu_mpidr[0] as u32, vm.cpu_ids[0])
+        };
     }
     let Some(fresh) = vm.pending[0].take() else {
         return After::Ended(super::mark_ended(vms, index, Ending::Faulted));
