@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use carve_tests::{find_tool, logged_extents, monitor_elf, repo_root, test_dir};
+use carve_tests::{find_tool, logged_extents, monitor_elf, number_after, repo_root, test_dir};
 
 /// Seconds each boot may take before `timeout` stops QEMU (status 124).
 const TIMEOUT_S: u32 = 180;
@@ -227,6 +227,62 @@ fn guest_brings_up_two_cpus() {
     assert_eq!(online, "0-1", "/sys/devices/system/cpu/online\n{}", b.context());
     assert_eq!(b.field("nproc"), "2", "nproc\n{}", b.context());
     b.assert_dense_view();
+}
+
+/// A guest of two vCPUs restarts: its /init runs `reboot -f` on the first
+/// boot (`carve.reboot-once=1`); Linux stops CPU 1 and asks for SYSTEM_RESET on
+/// CPU 0; the monitor stops vCPU 1 (its RAM unmapped, its CPU woken), rebuilds
+/// the guest and boots vCPU 0, which starts vCPU 1 again through CPU_ON. The
+/// second boot sees both CPUs online and powers off, and the monitor's
+/// stage-2 table pages and the buddy's free pages are the same at the start
+/// of both boots.
+#[test]
+fn guest_of_two_cpus_reboots_once_with_both_cpus_and_no_page_lost() {
+    let b = boot(
+        "smp2-reboot",
+        &["--dts", "dts/virt-smp2.dts", "-m", "1280", "--smp", "2", "--append", "carve.reboot-once=1"],
+    );
+    b.assert_powered_off();
+    let reboots = b.console.lines().filter(|l| l.trim_end() == "CARVE-REBOOT").count();
+    assert_eq!(reboots, 1, "/init should reboot once\n{}", b.context());
+    // Two boots, each with its block; the second after the reboot, with both CPUs.
+    let blocks: Vec<&str> = b.console.split("CARVE-MEMINFO-BEGIN").skip(1).collect();
+    assert_eq!(blocks.len(), 2, "two boots' blocks\n{}", b.context());
+    for (i, block) in blocks.iter().enumerate() {
+        let field = |k: &str| {
+            block
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}: ")).map(|v| v.trim().to_string()))
+                .unwrap_or_default()
+        };
+        assert_eq!(field("restarts"), i.to_string(), "boot {i}: restarts\n{}", b.context());
+        assert_eq!(field("online"), "0-1", "boot {i}: /sys/devices/system/cpu/online\n{}", b.context());
+        assert_eq!(field("nproc"), "2", "boot {i}: nproc\n{}", b.context());
+    }
+    let reboot_at = b.console.find("CARVE-REBOOT").unwrap();
+    assert!(
+        b.console[reboot_at..].contains("CPU1: Booted secondary processor")
+            || b.console[reboot_at..].contains("smp: Brought up 1 node, 2 CPUs"),
+        "the second boot brings CPU 1 up\n{}",
+        b.context()
+    );
+    let log = &b.monitor_log;
+    for want in [
+        "vm: guest@0 asked for SYSTEM_RESET",
+        "vm: guest@0: restart from vCPU 0: RAM unmapped, 1 other vCPU(s) asked to stop",
+        "vm: guest@0: vCPU 1 stopped for the restart",
+        "vm: guest@0: restarted (1 so far)",
+        "vm: guest@0: PoweredOff after 1 restart(s)",
+    ] {
+        assert!(log.contains(want), "the monitor did not log {want:?}\n{}", b.context());
+    }
+    let counts: Vec<(u64, u64)> = log
+        .lines()
+        .filter(|l| l.contains("vm: guest@0: boot ") && l.contains("stage-2 table pages "))
+        .map(|l| (number_after(l, "stage-2 table pages "), number_after(l, "buddy free pages ")))
+        .collect();
+    assert_eq!(counts.len(), 2, "one count per boot\n{}", b.context());
+    assert_eq!(counts[0], counts[1], "table pages and free pages at the start of each boot\n{}", b.context());
 }
 
 /// RAM above 4 GiB (6 GiB, everything from 0x50000000 to 4 GiB carved out):

@@ -202,6 +202,6 @@ fn an_unknown_self_test_is_refused() {
     let run = run_monitor("unknown-selftest", MACHINE_HYP, &["-append", "carve.selftest=mm,nosuch"]);
     run.assert_status(12);
     run.assert_logged(
-        "hyp: bootargs carve.selftest=nosuch: no such self-test (there are mm, cma, cma-no-tlbi, or all)",
+        "hyp: bootargs carve.selftest=nosuch: no such self-test (there are mm, cma, cma-no-tlbi, no-zero, or all)",
     );
 }

@@ -203,6 +203,20 @@ const PROBE_RESERVED: &str = "\treserved-memory {
 \t};
 ";
 
+/// Plans the machine `blob` as the monitor `elf` will: its image where the
+/// ELF says, the DTB QEMU puts at the start of RAM, grown to about twice its size.
+fn plan_as_the_monitor(blob: &[u8], elf: &Path) -> plan::Plan {
+    let machine = Machine::from_dtb(blob).expect("the machine's DT reads");
+    let (img_start, img_end) = elf_span(elf);
+    let dtb_end = RAM_BASE + (2 * blob.len() as u64 + 20_000).next_multiple_of(0x1000);
+    let config = PlanConfig {
+        monitor_image: MonitorImage::At(PhysRange::from_bounds(img_start, img_end).expect("image range")),
+        monitor_extra: vec![PhysRange::from_bounds(RAM_BASE, dtb_end).expect("DTB range")],
+        ..PlanConfig::default()
+    };
+    plan::plan(&machine, &config).expect("the machine plans")
+}
+
 /// probe: every touch outside what the guest was given is refused with an
 /// injected abort the monitor logs, and no marker planted in the carveouts
 /// or the monitor's free RAM shows up in the guest's RAM.
@@ -219,15 +233,7 @@ fn probe_is_refused_everywhere_and_sees_no_secret() {
     // DTB QEMU puts at the start of RAM, grown to about twice its size) and
     // pick marker pages in every carveout and in the monitor's free RAM.
     let (dtb, blob) = compile_dts(&dir, &machine_dts(1, PROBE_RESERVED, &guests));
-    let machine = Machine::from_dtb(&blob).expect("the probe machine's DT reads");
-    let (img_start, img_end) = elf_span(monitor_elf());
-    let dtb_end = RAM_BASE + (2 * blob.len() as u64 + 20_000).next_multiple_of(0x1000);
-    let config = PlanConfig {
-        monitor_image: MonitorImage::At(PhysRange::from_bounds(img_start, img_end).expect("image range")),
-        monitor_extra: vec![PhysRange::from_bounds(RAM_BASE, dtb_end).expect("DTB range")],
-        ..PlanConfig::default()
-    };
-    let plan = plan::plan(&machine, &config).expect("the probe machine plans");
+    let plan = plan_as_the_monitor(&blob, monitor_elf());
     assert_eq!(plan.guests.len(), 1);
     let mut marks: Vec<(u64, String)> = Vec::new();
     for c in &plan.carveouts {
@@ -329,6 +335,17 @@ fn hypercall_answers_follow_psci_and_the_carve_abi() {
     }
 }
 
+/// The restart stub's summary line of each of its four boots.
+fn restart_boots(run: &Run) -> Vec<&str> {
+    let boots: Vec<&str> = run
+        .console("guest@0")
+        .into_iter()
+        .filter(|l| l.starts_with("restart: boot ") && l.contains(": free table pages "))
+        .collect();
+    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    boots
+}
+
 /// restart: SYSTEM_RESET three times; each boot has zeroed RAM and sees the same free table pages.
 #[test]
 fn restart_boots_fresh_three_times_without_leaking() {
@@ -336,12 +353,7 @@ fn restart_boots_fresh_three_times_without_leaking() {
     let run = run_guests("restart", "", &guests, &RunOptions::default());
     run.assert_status(0);
     run.assert_no_fail("guest@0");
-    let boots: Vec<&str> = run
-        .console("guest@0")
-        .into_iter()
-        .filter(|l| l.starts_with("restart: boot ") && l.contains("free table pages"))
-        .collect();
-    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    let boots = restart_boots(&run);
     let free: Vec<u64> = boots.iter().map(|l| number_after(l, "free table pages ")).collect();
     for (i, l) in boots.iter().enumerate() {
         assert_eq!(number_after(l, "restart: boot "), i as u64, "{l}");
@@ -349,7 +361,7 @@ fn restart_boots_fresh_three_times_without_leaking() {
     }
     assert!(free.iter().all(|&f| f == free[0]), "free table pages differ between boots: {free:?}\n{}", run.context());
     run.line("guest@0", "restart: 3 restarts, every boot with fresh RAM, PASS");
-    run.assert_logged("vm: guest@0: restarted (3 so far), RAM zeroed, images reloaded");
+    run.assert_logged("vm: guest@0: restarted (3 so far): RAM unmapped (zeroed again on first touch), images reloaded");
 }
 
 /// The restart test with half of the guest's RAM movable (lent from a CMA
@@ -365,17 +377,121 @@ fn restart_with_movable_memory_zeroes_and_remaps_it() {
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     run.assert_logged("cma: guest@0: 4096 pages (16384 KiB) of IPA 0x41000000.. lent from pool cma@50000000");
-    let boots: Vec<&str> = run
-        .console("guest@0")
-        .into_iter()
-        .filter(|l| l.starts_with("restart: boot ") && l.contains(" RAM fresh "))
-        .collect();
-    assert_eq!(boots.len(), 4, "want 4 boots: {boots:#?}\n{}", run.context());
+    let boots = restart_boots(&run);
     let free: Vec<u64> = boots.iter().map(|l| number_after(l, "free table pages ")).collect();
     assert!(free.iter().all(|&f| f == free[0]), "free table pages differ between boots: {free:?}\n{}", run.context());
     // Every boot checked (nearly) all 32 MiB, the movable half included.
     assert!(boots.iter().all(|l| number_after(l, "RAM fresh (") > 32 * MIB - 2 * MIB), "{boots:#?}");
     run.line("guest@0", "restart: 3 restarts, every boot with fresh RAM, PASS");
+}
+
+/// The first-touch machine (256 MiB of RAM): a 16 MiB CMA pool at its top
+/// and two `no-map` carveouts that leave no free run of 32 MiB, so the
+/// guest's fixed RAM comes in several extents.
+const TOUCH_RESERVED: &str = "\treserved-memory {\n\t\t#address-cells = <2>;\n\t\t#size-cells = <2>;\n\t\tranges;\n\t\tcma_pool: cma@4f000000 {\n\t\t\tcompatible = \"shared-dma-pool\";\n\t\t\treusable;\n\t\t\treg = <0x0 0x4f000000 0x0 0x1000000>;\n\t\t};\n\t\tcarveout@41000000 {\n\t\t\treg = <0x0 0x41000000 0x0 0x7000000>;\n\t\t\tno-map;\n\t\t};\n\t\tcarveout@49400000 {\n\t\t\treg = <0x0 0x49400000 0x0 0x4c00000>;\n\t\t\tno-map;\n\t\t};\n\t};\n";
+
+const TOUCH_MIB: u64 = 256;
+
+/// Runs the restart stub (48 MiB, its top 16 MiB movable from the pool) with
+/// a page of `CARVE-PLANTED-PG` loaded by QEMU at the start, middle and end
+/// of each of its extents and of the pool before the monitor starts, on
+/// `image` with bootargs `append`; returns the run and the planted pages' count.
+fn run_planted(name: &str, image: Image, append: Option<&str>) -> (Run, usize) {
+    let dir = test_dir!("stubs", name);
+    let guests = [Guest {
+        props: "\t\t\tmemory-region = <&cma_pool>;\n\t\t\tcarve,movable-memory = <0x0 0x4000>;\n",
+        ..Guest::new("guest@0", "restart", 48, 0x4800_0000)
+    }];
+    let nodes: Vec<GuestNode> = guests.iter().map(Guest::node).collect();
+    let (dtb, blob) = compile_dts(&dir, &virt_dts(1, TOUCH_MIB, TOUCH_RESERVED, &nodes));
+    let plan = plan_as_the_monitor(&blob, image.elf());
+    let extents: Vec<PhysRange> = plan.guests[0].extents.iter().map(|e| e.pa_range()).collect();
+    assert!(extents.len() >= 2, "the carveout should split the guest's RAM: {extents:x?}");
+    let pool = PhysRange::from_raw(0x4f00_0000, 16 * MIB).expect("pool range");
+    let mut marks = Vec::new();
+    for r in extents.iter().chain([&pool]) {
+        marks.extend([r.start(), (r.start() + r.size / 2) & !0xfff, r.end() - 0x1000]);
+    }
+    marks.sort_unstable();
+    marks.dedup();
+    let page: Vec<u8> = b"CARVE-PLANTED-PG".iter().copied().cycle().take(0x1000).collect();
+    let file = dir.join("planted.bin");
+    std::fs::write(&file, page).expect("write the planted page");
+    let loads = marks.iter().map(|&at| (file.clone(), at)).collect();
+    let opts = RunOptions { loads, image, append, mem_mib: TOUCH_MIB, ..RunOptions::default() };
+    let run = run_monitor(name, &dtb, &guests, &opts);
+    // The monitor put the guest where the test's plan did, so the marks are in its RAM.
+    let logged = run.extents("guest@0");
+    for &at in marks.iter().filter(|&&at| !pool.contains(at)) {
+        assert!(logged.iter().any(|&(_, pa, size)| (pa..pa + size).contains(&at)), "mark {at:#x} not in {logged:x?}");
+    }
+    (run, marks.len())
+}
+
+/// First touch: RAM the guest reads before it writes it is zero, on the first
+/// boot and after each restart, movable pages included, although pages of a
+/// pattern were planted at the start, middle and end of every extent of its
+/// RAM and of the CMA pool its movable part comes from before the monitor
+/// started. The same machine with `carve.selftest=no-zero` (first touches map
+/// without zeroing) must find every planted page: the check sees what is there.
+#[test]
+fn first_touch_zeroes_planted_ram_on_every_boot_and_the_control_finds_it() {
+    let (run, planted) = run_planted("first-touch", Image::Plain, None);
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    assert!(planted >= 9, "{planted} pages planted");
+    let boots = restart_boots(&run);
+    for l in &boots {
+        assert!(
+            l.contains(" RAM fresh (") && l.contains(" 0 words not zero, 0 planted pages), ok"),
+            "{l}\n{}",
+            run.context()
+        );
+        assert!(number_after(l, "RAM fresh (") > 48 * MIB - 2 * MIB, "{l}");
+    }
+    run.line("guest@0", "restart: 3 restarts, every boot with fresh RAM, PASS");
+    // RAM was mapped on first touch, movable pages one by one, and each restart started over.
+    let touches: Vec<&str> = run.log.lines().filter(|l| l.contains("vm: guest@0: first touch: ")).collect();
+    assert_eq!(touches.len(), 4, "{touches:#?}");
+    for l in &touches {
+        assert!(l.contains(" 4096 movable pages mapped"), "{l}");
+    }
+
+    let (control, planted_c) = run_planted("first-touch-no-zero", Image::SelfTest, Some("carve.selftest=no-zero"));
+    control.assert_logged("vm: carve.selftest=no-zero: guest RAM is mapped on first touch WITHOUT zeroing");
+    let first = control.line("guest@0", "restart: boot 0: free table pages ");
+    assert!(first.contains(" RAM NOT fresh ("), "{first}\n{}", control.context());
+    assert_eq!(number_after(first, " words not zero, "), planted_c as u64, "every planted page seen: {first}");
+}
+
+/// smpreset: vCPU 1 of a two-vCPU guest asks for SYSTEM_RESET while vCPU 0
+/// waits in WFE with its interrupts masked: the monitor stops vCPU 0 (RAM
+/// unmapped, its CPU woken), rebuilds the guest, and vCPU 0 boots again on its
+/// own CPU; vCPU 1 is off and starts again through CPU_ON.
+#[test]
+fn restart_asked_by_vcpu_1_boots_vcpu_0_again() {
+    let guests = [Guest { cpus: 2, ..Guest::new("guest@0", "smpreset", 16, 0x4800_0000) }];
+    let run = run_guests("smpreset", "", &guests, &RunOptions { smp: 2, ..RunOptions::default() });
+    run.assert_status(0);
+    run.assert_no_fail("guest@0");
+    run.line("guest@0", "smpreset: boot 0: CPU_ON(1) 0, vCPU 1 asks for SYSTEM_RESET");
+    let end = run.line("guest@0", "smpreset: boot 1: ");
+    assert!(end.ends_with("started again, PASS"), "{end}\n{}", run.context());
+    for want in [
+        "vm: guest@0: restart from vCPU 1: RAM unmapped, 1 other vCPU(s) asked to stop",
+        "vm: guest@0: vCPU 0 stopped for the restart",
+        "vm: guest@0: restarted (1 so far)",
+        "vm: guest@0: PoweredOff after 1 restart(s)",
+    ] {
+        run.assert_logged(want);
+    }
+    // vCPU 0 entered twice, both times on CPU 0.
+    assert_eq!(
+        run.log.matches("vm: guest@0: vCPU 0 on CPU 0 entering at IPA 0x40010000").count(),
+        2,
+        "{}",
+        run.context()
+    );
 }
 
 /// A 16 MiB CMA pool at 0x50000000, as `/reserved-memory`.
@@ -586,7 +702,7 @@ fn psci_numbers_follow_the_specification() {
 #[test]
 fn stubs_are_linked_where_carve_loads_a_kernel() {
     let want = RAM_BASE + carve_abi::KERNEL_OFFSET;
-    for name in ["memtest", "probe", "probe2", "hypercall", "restart", "trapcost", "cma", "cmatlb"] {
+    for name in ["memtest", "probe", "probe2", "hypercall", "restart", "smpreset", "trapcost", "cma", "cmatlb"] {
         let flat = stub(name);
         let elf = flat.with_extension("");
         let (start, _) = elf_span(&elf);

@@ -331,6 +331,10 @@ fn run_self_tests(
             defmt::warn!("cma: carve.selftest=cma-no-tlbi: page moves skip the TLB invalidation (a broken monitor, for the stale-translation test only)");
             mm::cma::SKIP_TLBI.store(true, core::sync::atomic::Ordering::Relaxed);
         }
+        if asked.no_zero {
+            defmt::warn!("vm: carve.selftest=no-zero: guest RAM is mapped on first touch WITHOUT zeroing (a broken monitor, for the first-touch test only)");
+            vm::selftest::SKIP_ZERO.store(true, core::sync::atomic::Ordering::Relaxed);
+        }
         if asked.mm && !mm::selftest::run(machine, plan, figures) {
             return Err(BootError::SelfTestFailed);
         }
@@ -416,13 +420,22 @@ fn board_control(machine: &carve_core::dt::Machine) {
         }
         None => defmt::warn!("hyp: the tree names no way to power off (no PSCI with SMC, no arm,vexpress-shutdown)"),
     }
+    // The GIC distributor: SGIs that wake CPUs (held by a boot monitor, or running a guest to be stopped).
+    let gicd = machine.gic.as_ref().map(|gic| arch::mmu::map_board(BoardPage::GicDistributor, gic.distributor.start()));
+    if let Some(Ok(va)) = gicd {
+        arch::smp::set_gic_distributor(va);
+    }
     match (&machine.cpu_start, &machine.gic) {
         (Some(CpuStart::Psci), _) => {
             defmt::info!("hyp: CPUs start through PSCI CPU_ON (SMC)");
             arch::smp::use_psci();
         }
         (Some(CpuStart::VexpressSysFlags { sysreg }), Some(gic)) => {
-            let gicd = arch::mmu::map_board(BoardPage::GicDistributor, gic.distributor.start());
+            let gicd = gicd.unwrap_or(Err(arch::mmu::MmuError::BadRegion {
+                what: "GIC distributor",
+                start: gic.distributor.start(),
+                end: gic.distributor.end(),
+            }));
             match (map_sysregs(sysreg.start()), gicd) {
                 (Some(va), Ok(gicd)) => {
                     defmt::info!(

@@ -5,12 +5,13 @@
 //! guests use the CMA test calls (`vm::selftest`). `cma-no-tlbi` does too,
 //! and breaks the monitor on purpose: its page moves leave the TLB alone, so
 //! a guest keeps stale translations (the stale-translation test shows that
-//! its check fails then); `all` does not include it. Only an image built with
+//! its check fails then); `no-zero` maps guest RAM on first touch without
+//! zeroing it (the first-touch test's control); `all` includes neither. Only an image built with
 //! the `selftest` feature (`scripts/build --selftest`) has them; a plain
 //! image asked for them refuses to run rather than run without them.
 
 /// The self-tests a `selftest` build knows.
-pub const NAMES: &str = "mm, cma, cma-no-tlbi";
+pub const NAMES: &str = "mm, cma, cma-no-tlbi, no-zero";
 
 /// What `carve.selftest=` asks for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -21,12 +22,14 @@ pub struct Requested {
     pub cma: bool,
     /// `cma-no-tlbi`: the CMA test calls, with moves that skip the TLB invalidation.
     pub cma_no_tlbi: bool,
+    /// `no-zero`: first touches map guest RAM without zeroing it.
+    pub no_zero: bool,
 }
 
 impl Requested {
     /// Whether anything is asked for.
     pub fn any(&self) -> bool {
-        self.mm || self.cma
+        self.mm || self.cma || self.no_zero
     }
 }
 
@@ -40,6 +43,7 @@ pub fn requested(bootargs: Option<&str>) -> Result<Requested, &str> {
             "mm" => r.mm = true,
             "cma" => r.cma = true,
             "cma-no-tlbi" => (r.cma, r.cma_no_tlbi) = (true, true),
+            "no-zero" => r.no_zero = true,
             "all" => (r.mm, r.cma) = (true, true),
             other => return Err(other),
         }

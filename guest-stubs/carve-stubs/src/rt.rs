@@ -510,6 +510,12 @@ extern "C" fn carve_secondary_main(context: u32) -> ! {
     // Published last, with release ordering: the boot CPU polls the count.
     let run = SEC_RUNS.load(Ordering::Relaxed).wrapping_add(1);
     SEC_RUNS.store(run, Ordering::Release);
+    if context == RESET_CONTEXT {
+        // The smpreset stub: this vCPU, not vCPU 0, restarts the guest.
+        let r = hvc::system_reset();
+        crate::say!("secondary: SYSTEM_RESET returned {}, FAIL", r);
+        hvc::halt()
+    }
     // Stay on until the boot CPU has looked at us (or long enough).
     let deadline = crate::timer::cntvct() + SEC_WAIT_S * u64::from(crate::timer::cntfrq());
     while SEC_RELEASE.load(Ordering::Acquire) < run && crate::timer::cntvct() < deadline {}
@@ -518,6 +524,9 @@ extern "C" fn carve_secondary_main(context: u32) -> ! {
     SEC_OFF_RETURNED.store(true, Ordering::Release);
     hvc::halt()
 }
+
+/// The CPU_ON context that makes a secondary ask for SYSTEM_RESET at once (the smpreset stub).
+pub const RESET_CONTEXT: u32 = 0x5e5e_7e57;
 
 /// The IPA a CPU_ON should start a secondary at: it records its run, waits for
 /// [`release_secondary`] and turns itself off.

@@ -14,8 +14,22 @@
 //! MMU on and waits in [`wait_for_start`] until a start is asked for it; a
 //! CPU turned off waits there again. (The SGI stays pending at each CPU
 //! until its guest acknowledges it: Linux counts SGI 0 as its wake-up IPI.)
+//!
+//! Stopping a CPU that runs a guest ([`kick`], for a guest's restart): the
+//! `vm` layer first unmaps all of the guest's RAM from its stage-2 (TLB
+//! invalidated by VMID, inner shareable), so that the CPU's next fetch or
+//! access to it is a stage-2 fault, which traps to the monitor whatever the
+//! guest was doing. Only a CPU that waits does not fetch: SEV wakes it from
+//! WFE (Linux parks CPUs it stops for a reboot in a WFE loop, interrupts
+//! masked), and SGI 0 from the GIC distributor wakes it from WFI (a wake-up
+//! event even with interrupts masked). The guest owns the GIC (HCR.IMO
+//! clear), so the SGI goes to its vector, whose fetch faults; it stays
+//! pending until the guest's next boot acknowledges it, where Linux counts
+//! SGI 0 as its wake-up IPI, which does nothing. That is the smallest thing
+//! that reaches a lone guest's CPU with the GIC passed through: the monitor
+//! takes no interrupt, and needs neither the virtual GIC nor a Hyp timer.
 
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use carve_core::vm::psci;
 use spin::Mutex;
@@ -30,6 +44,34 @@ const SYS_FLAGSCLR: usize = 0x34;
 const GICD_CTLR: usize = 0x000;
 const GICD_SGIR: usize = 0xf00;
 const SGIR_ALL_BUT_SELF: u32 = 0b01 << 24;
+/// CPUTargetList, bits [23:16]: the CPU interfaces an SGI with TargetListFilter 0b00 goes to.
+const SGIR_TARGET_SHIFT: u32 = 16;
+
+/// The GIC distributor's registers, mapped for good (0: the machine has none mapped).
+static GICD: AtomicUsize = AtomicUsize::new(0);
+
+/// The GIC distributor is mapped at `va` (the fixmap's board slot).
+pub fn set_gic_distributor(va: usize) {
+    GICD.store(va, Ordering::Release);
+}
+
+/// Wakes CPU `cpu` from WFE and WFI: SEV, and SGI 0 to its CPU interface
+/// (interface `cpu`, as on QEMU `virt` and the boards carve runs on). Returns
+/// whether the SGI could be sent (a distributor is mapped).
+pub fn kick(cpu: u32) -> bool {
+    super::cache::dsb();
+    sev();
+    let gicd = GICD.load(Ordering::Acquire);
+    if gicd == 0 || cpu >= 8 {
+        return false;
+    }
+    // SAFETY: `gicd` maps the GIC distributor's page as Device memory for
+    // good; GICD_SGIR only makes SGI 0 pending at one CPU interface, which
+    // wakes that CPU and is handled (or ignored) by whoever owns its interrupts.
+    unsafe { write32(gicd + GICD_SGIR, 1 << (SGIR_TARGET_SHIFT + cpu)) };
+    super::cache::dsb();
+    true
+}
 
 /// How other CPUs start.
 #[derive(Clone, Copy, Debug)]

@@ -129,6 +129,13 @@ pub fn finish_deferred() -> Result<(u64, u64), String> {
 static KMAP: [Mutex<Option<KmapAtomic>>; FIX_MAX_CPUS as usize] = [const { Mutex::new(None) }; FIX_MAX_CPUS as usize];
 
 /// Sets up every CPU's atomic kmap slots (after [`init`]).
+/// The pages stage-2 tables hold and the buddy's free pages, for a guest's restart log.
+pub fn table_and_free_pages() -> Option<(u64, u64)> {
+    let mem = MEM.lock();
+    let m = mem.as_ref()?;
+    Some((m.buddy.owner_pages(carve_core::mm::Owner::Stage2Tables), m.buddy.free_pages()))
+}
+
 pub fn init_kmap_atomic(plan: &Plan) {
     for (cpu, slot) in KMAP.iter().enumerate() {
         *slot.lock() = KmapAtomic::new(cpu as u32, &plan.monitor).ok();

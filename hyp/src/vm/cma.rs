@@ -2,11 +2,12 @@
 //!
 //! A guest with movable memory (`memory-region` + `carve,movable-memory`)
 //! gets the top of its RAM from free pages of a CMA pool ([`lend`]), mapped
-//! in stage-2 page by page ([`Vm::movable`] keeps the frame behind each).
+//! in stage-2 page by page on its first touch ([`Vm::movable`] keeps the frame behind each).
 //! When a contiguous allocation from the pool (`mm::cma::alloc`) finds one
 //! of those pages in its way, [`migrate_guest_page`] moves it: the guest is
 //! looked up by VMID under the guests' lock, which its traps wait on, and
-//! `mm::cma::migrate_page` does the page and table work. A guest access that
+//! `mm::cma::migrate_page` does the page and table work (a page the guest has
+//! not touched yet is not mapped: only its frame changes). A guest access that
 //! faults meanwhile is retried once the entry is switched (`vm::trap`).
 //!
 //! Nothing in the monitor claims CMA memory on its own yet: the test calls
@@ -49,6 +50,11 @@ pub fn migrate_guest_page(m: &Migration) -> Result<(), String> {
     let i = v.movable_index(m.ipa).ok_or("not a movable page of the guest")?;
     if v.movable.get(i).map(|&f| u64::from(f)) != Some(m.from.0) {
         return Err(format!("the guest's page at IPA {:#x} is not {}", m.ipa.as_u64(), m.from));
+    }
+    if v.touch.unit(&v.plan, m.ipa.as_u64()).is_some_and(|u| !v.touch.is_touched(u)) {
+        // Not touched yet, so not mapped: its contents are nothing (the first touch zeroes the new frame).
+        v.movable[i] = m.to.0 as u32;
+        return Ok(());
     }
     let vttbr = v.vttbr();
     pool::migrate_page(&mut v.stage2, vttbr, m)?;

@@ -1,7 +1,14 @@
 //! Guests: stage-2 from the plan, boot images loaded, vCPUs entered, traps served.
 //!
-//! A guest's RAM is the plan's extents mapped at its dense IPA range with the
-//! largest blocks. When one guest runs, it is given the console UART, the
+//! A guest's RAM is the plan's extents at its dense IPA range, mapped on
+//! first touch ([`carve_core::vm::touch`]): stage-2 starts with none of it,
+//! and the guest's first access to a 2 MiB window (or a movable page) is a
+//! translation fault on which the monitor zeroes the window and maps it with
+//! the largest blocks that fit ([`fault_in`]). So no byte that was in that
+//! memory before the guest (a loader's, an earlier boot's, the monitor's) is
+//! readable by it, and a restart only forgets what was mapped. The windows
+//! the monitor writes the boot images into are touched by the monitor
+//! itself: zeroed where the images leave gaps, then loaded and mapped. When one guest runs, it is given the console UART, the
 //! devices the UART depends on (its clock, reset and pin controllers, as its
 //! DTB lists them: `dt::write::passed_through`), and the GIC distributor and
 //! CPU interface, at their physical addresses (it owns the interrupt
@@ -42,6 +49,7 @@ use carve_core::mm::{Attrs, MapStats, PageTable, Stage2, VTCR_VALUE};
 use carve_core::plan::{GuestPlan, Plan};
 use carve_core::vm::boot::{self, BootLayout};
 use carve_core::vm::psci::Power;
+use carve_core::vm::touch::{gaps, FirstTouch, Piece, Unit};
 use spin::Mutex;
 
 use crate::arch::guest::{self, VcpuRegs, SPSR_SVC_MASKED};
@@ -88,6 +96,18 @@ pub struct Vm {
     pub vgic: Option<vgic::VmGic>,
     /// The hardware GICV page mapped at the guest's GICC address (IPA, PA, size), kept for restarts.
     pub gicv: Option<(u64, u64, u64)>,
+    /// Which of its RAM is mapped yet (zeroed on first touch), since the last (re)start.
+    pub touch: FirstTouch,
+    /// First-touch faults the guest took (the monitor's own touches for its images not counted).
+    pub touch_faults: u64,
+    /// vCPUs asked to stop for a restart: each stops at its next trap (or start).
+    pub stopping: Vec<bool>,
+    /// Whether any of `stopping` is set (one load on the trap path).
+    pub stopping_any: bool,
+    /// A restart is under way: vCPU 0's CPU, stopped, waits in the monitor for the fresh boot.
+    pub restarting: bool,
+    /// vCPU 0 ran (or was starting) when the restart began: its CPU waits for the fresh boot.
+    pub boot_cpu_waits: bool,
 }
 
 /// How a guest ended.
@@ -211,7 +231,7 @@ pub fn build(
     let devices = if devices { passthrough(tree, machine, g, !virtual_gic)? } else { Vec::new() };
     let uart_given = !devices.is_empty();
     let gicv = if virtual_gic { vgic::gicv_window(machine).map_err(|e| format!("{}: {e}", g.name))? } else { None };
-    let stage2 = build_stage2(g, &devices, gicv, &movable)?;
+    let stage2 = build_stage2(g, &devices, gicv)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
         .map_err(|e| format!("{e}"))?;
     let opts = GuestDtbOptions {
@@ -257,42 +277,30 @@ pub fn build(
         devices,
         vgic: if virtual_gic { vgic::VmGic::new(machine, cpus, uart_given) } else { None },
         gicv,
+        touch: FirstTouch::new(g),
+        touch_faults: 0,
+        stopping: alloc::vec![false; cpus],
+        stopping_any: false,
+        restarting: false,
+        boot_cpu_waits: false,
     };
-    load_images(&vm)?;
+    load_images(&mut vm)?;
     vm.power[0] = Power::OnPending;
     vm.pending[0] = Some(vm.boot_frame());
+    log_memory(&vm);
     Ok(vm)
 }
 
+/// A guest's stage-2 as it starts: its device windows (and the GICV page at
+/// its GICC address, with the virtual GIC), none of its RAM (mapped on first touch).
 fn build_stage2(
     g: &GuestPlan,
     devices: &[(String, PhysRange)],
     gicv: Option<(u64, u64, u64)>,
-    movable: &[u32],
 ) -> Result<PageTable<Stage2>, VmError> {
     let mut stats = MapStats::default();
     let stage2 = mmu::with_pool(|pool| -> Result<PageTable<Stage2>, VmError> {
         let mut s2 = PageTable::<Stage2>::new(pool).map_err(|e| format!("{}: stage-2 root: {e}", g.name))?;
-        let mut fill = || -> Result<(), VmError> {
-            for e in &g.extents {
-                stats += s2.map(pool, e.ipa, e.pa, e.size, Attrs::ram()).map_err(|err| format!("{}: {err}", g.name))?;
-            }
-            // Movable pages one by one, even where frames run on: each must stay a 4 KiB page to be moved alone.
-            if let Some(m) = &g.movable {
-                for (i, &frame) in movable.iter().enumerate() {
-                    let ipa = Ipa::from_u64(m.ipa.as_u64() + i as u64 * PAGE_SIZE)
-                        .ok_or_else(|| format!("{}: movable page {i} is past the IPA space", g.name))?;
-                    let pa = PhysAddr::new(u64::from(frame) * PAGE_SIZE);
-                    stats +=
-                        s2.map(pool, ipa, pa, PAGE_SIZE, Attrs::ram()).map_err(|err| format!("{}: {err}", g.name))?;
-                }
-            }
-            Ok(())
-        };
-        if let Err(e) = fill() {
-            s2.destroy(pool);
-            return Err(e);
-        }
         for (what, base, size) in device_pages(devices) {
             let ipa = Ipa::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the IPA space"))?;
             let pa = PhysAddr::from_u64(base).ok_or_else(|| format!("{what} at {base:#x} is past the PA space"))?;
@@ -323,7 +331,7 @@ fn build_stage2(
     })
     .ok_or_else(|| String::from("no table pool: the Hyp map is not up"))??;
     defmt::info!(
-        "vm: {=str}: stage-2 root {=u64:#010x}, {=u32} 1 GiB + {=u32} 2 MiB blocks + {=u32} 4 KiB pages, {=u32} table pages",
+        "vm: {=str}: stage-2 root {=u64:#010x}, devices in {=u32} 1 GiB + {=u32} 2 MiB blocks + {=u32} 4 KiB pages, {=u32} table pages; RAM mapped on first touch",
         g.name.as_str(),
         stage2.root().as_u64(),
         stats.blocks_1g,
@@ -339,10 +347,23 @@ fn instructions(ticks: u64) -> u64 {
     ticks * 1_000_000_000 / u64::from(crate::arch::counter_hz().max(1))
 }
 
-/// Copies kernel, initrd and DTB into the guest's RAM; logs what the copy cost.
-fn load_images(vm: &Vm) -> Result<(), VmError> {
-    let g = &vm.plan;
+/// Copies kernel, initrd and DTB into the guest's RAM, into units first
+/// touched here (zeroed where the images leave gaps, then mapped); logs what it cost.
+fn load_images(vm: &mut Vm) -> Result<(), VmError> {
+    let t_touch = crate::arch::counter();
+    let mut images: Vec<IpaRange> = Vec::new();
+    images.extend(IpaRange::from_raw(vm.boot.kernel.start(), vm.kernel.size));
+    if let (Some(r), Some(at)) = (vm.ramdisk, vm.boot.initrd) {
+        images.extend(IpaRange::from_raw(at.start(), r.size));
+    }
+    images.extend(IpaRange::from_raw(vm.boot.dtb.start(), vm.dtb.len() as u64));
+    for r in images.clone() {
+        touch_range(vm, r.start(), r.size, &images)?;
+    }
     let t0 = crate::arch::counter();
+    let touch_ticks = t0 - t_touch;
+    let vm = &*vm;
+    let g = &vm.plan;
     load(vm, "kernel", vm.kernel, vm.boot.kernel)?;
     if let (Some(r), Some(at)) = (vm.ramdisk, vm.boot.initrd) {
         load(vm, "initrd", r, at)?;
@@ -361,14 +382,195 @@ fn load_images(vm: &Vm) -> Result<(), VmError> {
     let bytes = vm.kernel.size + vm.ramdisk.map_or(0, |r| r.size) + vm.dtb.len() as u64;
     let pa = vm.ram_piece(g.ipa_range().start()).map_or(0, |(pa, _)| pa);
     defmt::info!(
-        "vm: {=str}: images copied: {=u64} bytes in {=u64} counter ticks, {=u64} instructions a KiB under -icount shift=0, into guest RAM at PA {=u64:#x}",
+        "vm: {=str}: images copied: {=u64} bytes in {=u64} counter ticks, {=u64} instructions a KiB under -icount shift=0, into guest RAM at PA {=u64:#x}; {=u64} units touched for them, {=u64} KiB zeroed around them in {=u64} counter ticks",
         g.name.as_str(),
         bytes,
         ticks,
         instructions(ticks) * 1024 / bytes.max(1),
-        pa
+        pa,
+        vm.touch.touches,
+        vm.touch.zeroed / 1024,
+        touch_ticks
     );
     Ok(())
+}
+
+/// The pieces of unit `u`: a window's parts in the extents, or a movable page and its frame.
+fn unit_pieces(vm: &Vm, u: Unit) -> Vec<Piece> {
+    match u {
+        Unit::Window(n) => vm.touch.window_pieces(&vm.plan, n),
+        Unit::Movable(n) => {
+            let span = vm.touch.span(u);
+            vm.movable
+                .get(n)
+                .map(|&f| Piece { ipa: span.base, pa: PhysAddr::new(u64::from(f) * PAGE_SIZE), size: PAGE_SIZE })
+                .into_iter()
+                .collect()
+        }
+    }
+}
+
+/// The first touch of unit `u`: its memory zeroed (but where `keep`, which
+/// the caller is about to write), then mapped with the largest blocks that fit.
+fn first_touch(vm: &mut Vm, u: Unit, keep: &[IpaRange]) -> Result<(), VmError> {
+    let mut zeroed = 0;
+    let pieces = unit_pieces(vm, u);
+    for p in &pieces {
+        #[cfg(feature = "selftest")]
+        if selftest::SKIP_ZERO.load(core::sync::atomic::Ordering::Relaxed) {
+            break;
+        }
+        for gap in gaps(p.ipa_range(), keep) {
+            let pa = p.pa.as_u64() + (gap.start() - p.ipa.as_u64());
+            crate::window::zero_phys(pa, gap.size)
+                .map_err(|e| format!("{}: zeroing guest RAM at PA {pa:#x}: {e}", vm.name()))?;
+            zeroed += gap.size;
+        }
+    }
+    let stage2 = &mut vm.stage2;
+    mmu::with_pool(|pool| -> Result<(), VmError> {
+        for p in &pieces {
+            stage2
+                .map(pool, p.ipa, p.pa, p.size, Attrs::ram())
+                .map_err(|e| format!("mapping guest RAM at IPA {:#x}: {e}", p.ipa.as_u64()))?;
+        }
+        Ok(())
+    })
+    .ok_or_else(|| String::from("no table pool: the Hyp map is not up"))??;
+    vm.touch.set_touched(u, zeroed);
+    Ok(())
+}
+
+/// Touches, as the monitor, every unit of guest RAM `[ipa, ipa + len)` not touched yet.
+pub fn touch_range(vm: &mut Vm, ipa: u64, len: u64, keep: &[IpaRange]) -> Result<(), VmError> {
+    for u in vm.touch.units_of(&vm.plan, ipa, len) {
+        if !vm.touch.is_touched(u) {
+            first_touch(vm, u, keep)?;
+        }
+    }
+    Ok(())
+}
+
+/// A stage-2 translation or permission fault at `ipa` (a `write` or not):
+/// whether it was guest RAM the access may now go to. RAM not touched yet is
+/// zeroed and mapped here (a first-touch fault); RAM mapped already was
+/// mapped meanwhile (another vCPU's first touch, or a movable page moved
+/// while this trap waited on the guests' lock).
+pub fn fault_in(vm: &mut Vm, ipa: u64, write: bool) -> bool {
+    let Some(u) = vm.touch.unit(&vm.plan, ipa) else { return false };
+    if !vm.touch.is_touched(u) {
+        return match first_touch(vm, u, &[]) {
+            Ok(()) => {
+                vm.touch_faults += 1;
+                true
+            }
+            Err(e) => {
+                defmt::error!("vm: first touch: {=str}", e.as_str());
+                false
+            }
+        };
+    }
+    let Some(at) = Ipa::from_u64(ipa) else { return false };
+    let vttbr = vm.vttbr();
+    let stage2 = &vm.stage2;
+    let mapped = mmu::with_guest_tables(vttbr, |tm| stage2.translate(tm, at))
+        .flatten()
+        .is_some_and(|t| !write || t.attrs.access == carve_core::mm::table::Access::ReadWrite);
+    if mapped && matches!(u, Unit::Movable(_)) {
+        vm.migration_waits += 1;
+    }
+    mapped
+}
+
+/// Logs the pages stage-2 tables hold and the buddy's free pages as a boot of the guest starts (the same every boot).
+fn log_memory(vm: &Vm) {
+    if let Some((tables, free)) = crate::mm::table_and_free_pages() {
+        defmt::info!(
+            "vm: {=str}: boot {=u32}: stage-2 table pages {=u64}, buddy free pages {=u64}",
+            vm.name(),
+            vm.restarts,
+            tables,
+            free
+        );
+    }
+}
+
+/// Unmaps all of the guest's RAM from its stage-2 (the TLB invalidated by its
+/// VMID on every CPU): a vCPU still running faults on its next access.
+fn unmap_ram(vm: &mut Vm) -> Result<(), VmError> {
+    let pieces: Vec<Piece> = vm.touch.touched_units().into_iter().flat_map(|u| unit_pieces(vm, u)).collect();
+    let vttbr = vm.vttbr();
+    let stage2 = &mut vm.stage2;
+    mmu::with_guest_tables(vttbr, |tm| -> Result<(), VmError> {
+        for p in &pieces {
+            stage2.unmap(tm, p.ipa, p.size).map_err(|e| format!("unmapping IPA {:#x}: {e}", p.ipa.as_u64()))?;
+        }
+        Ok(())
+    })
+    .ok_or_else(|| String::from("no Hyp map"))??;
+    vm.touch.forget();
+    Ok(())
+}
+
+/// The first step of restarting a guest of several vCPUs from vCPU `caller`:
+/// its RAM unmapped, and every other vCPU that runs (or is being started)
+/// asked to stop: it does at its next trap, which its next access to RAM is
+/// (`arch::smp::kick` wakes a CPU that waits). Returns how many were asked.
+pub fn stop_others(vm: &mut Vm, caller: usize) -> Result<usize, VmError> {
+    let others: Vec<usize> = (0..vm.power.len()).filter(|&v| v != caller && vm.power[v] != Power::Off).collect();
+    if others.is_empty() {
+        return Ok(0);
+    }
+    unmap_ram(vm)?;
+    vm.restarting = true;
+    vm.boot_cpu_waits = caller != 0 && vm.power[0] != Power::Off;
+    vm.stopping_any = true;
+    for &v in &others {
+        vm.stopping[v] = true;
+        if vm.power[v] == Power::OnPending {
+            vm.pending[v] = None; // not entered yet: it stops when its CPU arrives
+        } else if !crate::arch::smp::kick(vm.cpu_ids[v]) {
+            defmt::warn!(
+                "vm: {=str}: no GIC distributor to wake vCPU {=usize}: it stops at its next trap",
+                vm.name(),
+                v
+            );
+        }
+    }
+    defmt::info!(
+        "vm: {=str}: restart from vCPU {=usize}: RAM unmapped, {=usize} other vCPU(s) asked to stop",
+        vm.name(),
+        caller,
+        others.len()
+    );
+    Ok(others.len())
+}
+
+/// Stops vCPU `vcpu` if it was asked to (a restart): true if it was.
+pub fn stop_if_asked(vm: &mut Vm, vcpu: usize) -> bool {
+    if !vm.stopping.get(vcpu).copied().unwrap_or(false) {
+        return false;
+    }
+    vm.stopping[vcpu] = false;
+    vm.stopping_any = vm.stopping.iter().any(|&s| s);
+    vm.power[vcpu] = Power::Off;
+    vm.pending[vcpu] = None;
+    defmt::info!("vm: {=str}: vCPU {=usize} stopped for the restart", vm.name(), vcpu);
+    true
+}
+
+/// Logs how much of its RAM the guest has touched (at its power-off or restart).
+pub fn log_touches(vm: &Vm) {
+    let (windows, pages) = vm.touch.touched();
+    defmt::info!(
+        "vm: {=str}: first touch: {=u64} faults, {=usize} 2 MiB windows + {=usize} movable pages mapped, {=u64} KiB zeroed (of {=u64} MiB)",
+        vm.name(),
+        vm.touch_faults,
+        windows,
+        pages,
+        vm.touch.zeroed / 1024,
+        vm.plan.size >> 20
+    );
 }
 
 /// The pages that hold `devices`' windows, merged where devices share a page
@@ -470,45 +672,43 @@ fn load(vm: &Vm, what: &str, from: PhysRange, to: IpaRange) -> Result<(), VmErro
     Ok(())
 }
 
-/// Boots a guest again from its images: fresh (zeroed) RAM, fresh stage-2
-/// tables, the same plan. Returns vCPU 0's first registers.
-pub fn restart(vm: &mut Vm) -> Result<TrapFrame, VmError> {
-    if vm.power.len() > 1 {
-        return Err(format!("{}: restarting a guest of {} vCPUs is not supported", vm.name(), vm.power.len()));
-    }
+/// Boots a guest again from its images, once no vCPU of it runs: fresh
+/// stage-2 tables with none of its RAM mapped (each unit zeroed again on its
+/// first touch), the same plan, `carve,restarts` in its DTB one more. vCPU 0
+/// is left pending with its first registers; the others are off until the
+/// guest starts them (PSCI CPU_ON), as on a real machine.
+pub fn restart(vm: &mut Vm) -> Result<(), VmError> {
     // Tear the old stage-2 down first, so the new one gets the same pages back.
-    let old = core::mem::replace(&mut vm.stage2, build_stage2(&vm.plan, &vm.devices, vm.gicv, &vm.movable)?);
+    let old = core::mem::replace(&mut vm.stage2, build_stage2(&vm.plan, &vm.devices, vm.gicv)?);
     mmu::with_pool(|pool| old.destroy(pool));
-    let t0 = crate::arch::counter();
-    for e in &vm.plan.extents {
-        crate::window::zero_phys(e.pa.as_u64(), e.size).map_err(|err| format!("zeroing guest RAM: {err}"))?;
-    }
-    for &frame in &vm.movable {
-        crate::window::zero_phys(u64::from(frame) * PAGE_SIZE, PAGE_SIZE)
-            .map_err(|err| format!("zeroing guest RAM: {err}"))?;
-    }
-    let zeroed = crate::arch::counter() - t0;
-    load_images(vm)?;
+    vm.touch.forget();
+    vm.touch_faults = 0;
     vm.restarts += 1;
+    carve_core::dt::write::set_restarts(&mut vm.dtb, vm.restarts)
+        .map_err(|e| format!("{}: guest DTB: {e}", vm.name()))?;
+    load_images(vm)?;
     vm.traps = 0;
     #[cfg(feature = "selftest")]
     {
         vm.testdev_reads = 0;
     }
-    guest::reset_pl1();
     if let Some(g) = vm.vgic.as_mut() {
         g.reset();
-        vgic::reset_cpu();
     }
-    guest::configure(&vm.vcpu_regs(0));
+    vm.power.iter_mut().for_each(|p| *p = Power::Off);
+    vm.pending.iter_mut().for_each(|p| *p = None);
+    vm.stopping.iter_mut().for_each(|s| *s = false);
+    vm.stopping_any = false;
+    vm.restarting = false;
+    vm.power[0] = Power::OnPending;
+    vm.pending[0] = Some(vm.boot_frame());
     defmt::info!(
-        "vm: {=str}: restarted ({=u32} so far), RAM zeroed, images reloaded; zeroing {=u64} MiB took {=u64} counter ticks",
+        "vm: {=str}: restarted ({=u32} so far): RAM unmapped (zeroed again on first touch), images reloaded",
         vm.name(),
-        vm.restarts,
-        vm.plan.ipa_range().size >> 20,
-        zeroed
+        vm.restarts
     );
-    Ok(vm.boot_frame())
+    log_memory(vm);
+    Ok(())
 }
 
 /// Builds every guest of the plan, starts those on other CPUs, runs the one on this CPU.
@@ -629,13 +829,31 @@ pub fn run_cpu(cpu: u32) -> ! {
     if let Some(job) = selftest::take_job(cpu) {
         selftest::run_job(job)
     }
-    let (regs, frame) = {
+    let (regs, frame) = loop {
         let mut vms = VMS.lock();
         let Some((vm, vcpu)) = vms.iter_mut().find_map(|vm| vm.vcpu_on(cpu).map(|v| (vm, v))) else {
             drop(vms);
             defmt::info!("vm: CPU {=u32} runs no guest: parked", cpu);
             guest::park()
         };
+        // Started for a vCPU that a restart stopped before it ran: off again (vCPU 0 waits below).
+        if stop_if_asked(vm, vcpu) && vcpu != 0 {
+            drop(vms);
+            crate::arch::smp::cpu_off(cpu);
+            continue;
+        }
+        // vCPU 0 stopped by a restart another vCPU asked for: wait for the fresh boot (or the guest's end).
+        if vcpu == 0 && vm.pending[0].is_none() && (vm.restarting || vm.done.is_some()) {
+            let ended = vm.done.is_some();
+            drop(vms);
+            if ended {
+                guest::park()
+            }
+            for _ in 0..1000 {
+                core::hint::spin_loop();
+            }
+            continue;
+        }
         let Some(frame) = vm.pending.get_mut(vcpu).and_then(Option::take) else {
             defmt::error!("vm: CPU {=u32} started, but no vCPU of {=str} waits for it", cpu, vm.name());
             semihost::exit(ExitCode::Unimplemented)
@@ -652,11 +870,13 @@ pub fn run_cpu(cpu: u32) -> ! {
             frame.r[2],
             vm.vmid
         );
-        (vm.vcpu_regs(vcpu), frame)
+        break (vm.vcpu_regs(vcpu), frame);
     };
     if regs.virtual_irqs {
         vgic::reset_cpu();
     }
+    // PSCI CPU_ON and a boot: PL1 as at reset (MMU and caches off).
+    guest::reset_pl1();
     guest::configure(&regs);
     if !ENTERED.swap(true, core::sync::atomic::Ordering::Relaxed) {
         let t = crate::arch::counter();

@@ -9,6 +9,8 @@
 //!   access is a stage-2 data abort the monitor emulates from the syndrome
 //!   ([`emulate_testdev`]); the trapcost stub times it.
 //!
+//! - `carve.selftest=no-zero` ([`SKIP_ZERO`]) breaks first-touch zeroing on purpose.
+//!
 //! A plain build has none of this: the calls answer NOT_SUPPORTED and the
 //! page is a stage-2 fault like any other.
 
@@ -27,6 +29,11 @@ use crate::arch::memmap;
 use crate::arch::vectors::TrapFrame;
 use crate::mm::cma::{self as pool, Allocation};
 use crate::mm::with_page;
+
+/// A test switch (`carve.selftest=no-zero`): a first touch maps guest RAM
+/// without zeroing it (a broken monitor), so the first-touch test can show
+/// that what was planted in RAM before the monitor is there to be found.
+pub static SKIP_ZERO: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// The word the monitor writes at physical `pa` of an allocation it owns
 /// (tests/stubs.rs reads a stale translation's old frame by it).

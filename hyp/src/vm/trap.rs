@@ -35,7 +35,17 @@ enum After {
     StartCpu(u32, u32, usize, usize),
     /// Stop this CPU (a vCPU's CPU_OFF).
     CpuOff,
+    /// Restarting guest `index` from vCPU `caller`: wait until its other vCPUs stopped, then rebuild it.
+    AwaitStop(usize, usize),
+    /// The guest was rebuilt from vCPU `caller` (not vCPU 0), whose CPU did not
+    /// wait for it: start vCPU 0's CPU (firmware target MPIDR, CPU number), then stop this one.
+    BootVcpu0(u32, u32),
+    /// This CPU's vCPU 0 stopped for a restart: it waits in the monitor for the fresh boot.
+    AwaitBoot,
 }
+
+/// How long a restart waits for the other vCPUs to stop: 1 s of counter time.
+const STOP_WAIT_MS: u64 = 1000;
 
 /// Handles a trap from the guest on this CPU; returning resumes it.
 pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
@@ -47,11 +57,58 @@ pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
             defmt::error!("vm: a guest trap (HSR {=u32:#010x}) on CPU {=u32}, which runs no guest", hsr.raw(), cpu);
             semihost::exit(ExitCode::UnhandledTrap)
         };
-        dispatch(&mut vms, index, cpu, frame, hsr)
+        if vms[index].stopping_any {
+            stop_or_dispatch(&mut vms, index, cpu, frame, hsr)
+        } else {
+            dispatch(&mut vms, index, cpu, frame, hsr)
+        }
+    };
+    if !matches!(after, After::Resume) {
+        after_trap(after, cpu, frame)
+    }
+}
+
+/// A trap of a guest some of whose vCPUs are asked to stop (a restart under way).
+#[inline(never)] // off the hot trap path
+fn stop_or_dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: Syndrome) -> After {
+    let vcpu = vms[index].vcpu_on(cpu).unwrap_or(0);
+    if super::stop_if_asked(&mut vms[index], vcpu) {
+        if vcpu == 0 {
+            After::AwaitBoot
+        } else {
+            After::CpuOff
+        }
+    } else {
+        dispatch(vms, index, cpu, frame, hsr)
+    }
+}
+
+/// What a trap that does not simply resume leads to, with the guests' lock released.
+#[inline(never)] // off the hot trap path
+fn after_trap(after: After, cpu: u32, frame: &mut TrapFrame) {
+    let after = match after {
+        After::AwaitStop(index, caller) => await_stop(index, caller, frame),
+        other => other,
     };
     match after {
-        After::Resume => {}
+        After::Resume | After::AwaitStop(..) => {}
+        After::BootVcpu0(target, pcpu) => {
+            let mut r = carve_core::vm::psci::ALREADY_ON;
+            // Its CPU may still be on its way off from the stop.
+            for _ in 0..100_000 {
+                r = crate::arch::smp::cpu_on(pcpu, target);
+                if r != carve_core::vm::psci::ALREADY_ON {
+                    break;
+                }
+            }
+            if r != SUCCESS {
+                defmt::error!("vm: CPU_ON of CPU {=u32} for the restarted vCPU 0 failed: {=i32}", pcpu, r);
+            }
+            crate::arch::smp::cpu_off(cpu);
+            super::run_cpu(cpu)
+        }
         After::Ended(code) => super::after_end(code),
+        After::AwaitBoot => super::run_cpu(cpu),
         After::StartCpu(target, pcpu, index, vcpu) => {
             let r = crate::arch::smp::cpu_on(pcpu, target);
             if r == SUCCESS {
@@ -72,6 +129,7 @@ pub fn handle(frame: &mut TrapFrame, hsr: Syndrome) {
     }
 }
 
+#[inline(always)] // the hot trap path: HVC and MMIO go through here
 fn dispatch(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame, hsr: Syndrome) -> After {
     vms[index].traps += 1;
     match hsr.class() {
@@ -132,22 +190,24 @@ fn psci_call(vms: &mut [Vm], index: usize, cpu: u32, frame: &mut TrapFrame) -> A
         Action::SystemOff => {
             defmt::info!("vm: {=str} powered off (SYSTEM_OFF)", vm.name());
             defmt::info!("traps: {=u64}", vm.traps);
+            super::log_touches(vm);
             After::Ended(super::mark_ended(vms, index, Ending::PoweredOff))
         }
         Action::SystemReset => {
             defmt::info!("vm: {=str} asked for SYSTEM_RESET after {=u64} traps", vm.name(), vm.traps);
-            restart_or_end(vms, index, frame)
+            restart_or_end(vms, index, caller, frame)
         }
     }
 }
 
-/// Boots the guest again in place (its vCPU 0 is this CPU), or ends it if that fails.
-fn restart_or_end(vms: &mut [Vm], index: usize, frame: &mut TrapFrame) -> After {
-    match super::restart(&mut vms[index]) {
-        Ok(fresh) => {
-            *frame = fresh;
-            After::Resume
-        }
+/// Restarts guest `index` from its vCPU `caller` (on this CPU): stops the
+/// others first ([`super::stop_others`]; the wait is [`await_stop`], with the
+/// lock released), or ends the guest if that fails.
+fn restart_or_end(vms: &mut [Vm], index: usize, caller: usize, frame: &mut TrapFrame) -> After {
+    super::log_touches(&vms[index]);
+    match super::stop_others(&mut vms[index], caller) {
+        Ok(0) => rebuild(vms, index, caller, frame),
+        Ok(_) => After::AwaitStop(index, caller),
         Err(e) => {
             defmt::error!("vm: restart failed: {=str}", e.as_str());
             After::Ended(super::mark_ended(vms, index, Ending::Faulted))
@@ -155,13 +215,81 @@ fn restart_or_end(vms: &mut [Vm], index: usize, frame: &mut TrapFrame) -> After 
     }
 }
 
+/// Waits (lock released) until every other vCPU of guest `index` stopped, then rebuilds it.
+#[inline(never)] // off the hot trap path
+fn await_stop(index: usize, caller: usize, frame: &mut TrapFrame) -> After {
+    let t0 = crate::arch::counter();
+    let limit = u64::from(crate::arch::counter_hz()) * STOP_WAIT_MS / 1000;
+    loop {
+        {
+            let mut vms = VMS.lock();
+            let waiting = vms[index].stopping.iter().filter(|&&s| s).count();
+            if waiting == 0 {
+                defmt::info!(
+                    "vm: {=str}: every other vCPU stopped after {=u64} counter ticks",
+                    vms[index].name(),
+                    crate::arch::counter() - t0
+                );
+                return rebuild(&mut vms, index, caller, frame);
+            }
+            if crate::arch::counter() - t0 > limit {
+                defmt::error!(
+                    "vm: {=str}: {=usize} vCPU(s) did not stop within {=u64} ms for the restart: the guest is stopped",
+                    vms[index].name(),
+                    waiting,
+                    STOP_WAIT_MS
+                );
+                return After::Ended(super::mark_ended(&mut vms, index, Ending::Faulted));
+            }
+        }
+        for _ in 0..1000 {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// Rebuilds guest `index` ([`super::restart`]) once no other vCPU runs: vCPU 0
+/// boots on this CPU if `caller` is vCPU 0, else on its own CPU, started for it.
+fn rebuild(vms: &mut [Vm], index: usize, caller: usize, frame: &mut TrapFrame) -> After {
+    let vm = &mut vms[index];
+    if let Err(e) = super::restart(vm) {
+        defmt::error!("vm: restart failed: {=str}", e.as_str());
+        return After::Ended(super::mark_ended(vms, index, Ending::Faulted));
+    }
+    if caller != 0 {
+        // vCPU 0's CPU waits in the monitor (it ran), or is off and is started for it.
+        vm.power[caller] = Power::Off;
+        return if vm.boot_cpu_waits {
+            After::CpuOff
+        } else {
+            After::BootVcpu0(vm.pcpu_mpidr[0] as u32, vm.cpu_ids[0])
+        };
+    }
+    let Some(fresh) = vm.pending[0].take() else {
+        return After::Ended(super::mark_ended(vms, index, Ending::Faulted));
+    };
+    vm.power[0] = Power::On;
+    let regs = vm.vcpu_regs(0);
+    if regs.virtual_irqs {
+        super::vgic::reset_cpu();
+    }
+    guest::reset_pl1();
+    guest::configure(&regs);
+    *frame = fresh;
+    After::Resume
+}
+
 /// `CONSOLE_WRITE(ipa, len)`: the guest's bytes, gathered piece by piece
 /// (they may cross from one movable page to another), logged with its name.
 #[inline(never)] // off the hot trap path
-fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
+fn console_write(vm: &mut Vm, frame: &TrapFrame) -> i32 {
     let (ipa, len) = (u64::from(frame.r[1]), frame.r[2].min(hc::CONSOLE_MAX));
     if len == 0 {
         return if vm.ram_pa(ipa, 1).is_some() { 0 } else { hc::INVALID_ADDRESS };
+    }
+    // Bytes the guest never wrote read as the zeroes its first touch would give it.
+    if super::touch_range(vm, ipa, u64::from(len), &[]).is_err() {
+        return hc::INVALID_ADDRESS;
     }
     let mut buf = [0u8; hc::CONSOLE_MAX as usize];
     let n = len as usize;
@@ -181,7 +309,7 @@ fn console_write(vm: &Vm, frame: &TrapFrame) -> i32 {
 fn carve_call(vms: &mut [Vm], index: usize, frame: &TrapFrame) -> i32 {
     match frame.r[0] {
         hc::NOP => hc::SUCCESS,
-        hc::CONSOLE_WRITE => console_write(&vms[index], frame),
+        hc::CONSOLE_WRITE => console_write(&mut vms[index], frame),
         hc::INFO => match frame.r[1] {
             hc::INFO_FREE_TABLE_PAGES => mmu::free_table_pages().unwrap_or(-1),
             hc::INFO_VMID => i32::from(vms[index].vmid),
@@ -240,9 +368,8 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
         return After::Resume;
     }
     let vm = &mut vms[index];
-    if a.status().is_translation_or_permission() && moved_meanwhile(vm, ipa, a.write()) {
-        // A page that was being moved (CMA): its entry is switched now; the access goes again.
-        vm.migration_waits += 1;
+    if a.status().is_translation_or_permission() && super::fault_in(vm, ipa, a.write()) {
+        // Guest RAM: mapped on this first touch, or meanwhile (another vCPU's touch, a CMA move); the access goes again.
         return After::Resume;
     }
     defmt::error!(
@@ -261,28 +388,12 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
         }
         FaultPolicy::Reset => {
             defmt::info!("vm: {=str}: on-fault = reset", vm.name());
-            restart_or_end(vms, index, frame)
+            let caller = vm.vcpu_on(this_cpu()).unwrap_or(0);
+            restart_or_end(vms, index, caller, frame)
         }
         FaultPolicy::Stop => {
             defmt::error!("vm: {=str} stopped after {=u64} traps", vm.name(), vm.traps);
             After::Ended(super::mark_ended(vms, index, Ending::Faulted))
         }
     }
-}
-
-/// Whether a translation or permission fault at `ipa` (the two a move causes:
-/// the entry invalid for break-before-make, or write-protected for the copy)
-/// came from a movable page the monitor was moving and the page is now mapped
-/// for the access: the mover held the guests' lock this trap waited on.
-#[inline(never)] // off the hot trap path
-fn moved_meanwhile(vm: &mut Vm, ipa: u64, write: bool) -> bool {
-    let Some(at) = <carve_core::addr::Ipa as carve_core::addr::Address>::from_u64(ipa) else { return false };
-    if vm.movable_index(at).is_none() {
-        return false;
-    }
-    let vttbr = vm.vttbr();
-    let stage2 = &vm.stage2;
-    mmu::with_guest_tables(vttbr, |tm| stage2.translate(tm, at))
-        .flatten()
-        .is_some_and(|t| !write || t.attrs.access == carve_core::mm::table::Access::ReadWrite)
 }

@@ -1,6 +1,6 @@
 //! restart: a guest that asks for SYSTEM_RESET three times and checks that each boot gets fresh RAM.
 //!
-//! carve rebuilds a guest that asks for PSCI SYSTEM_RESET: fresh (zeroed)
+//! carve rebuilds a guest that asks for PSCI SYSTEM_RESET: fresh (zeroed on first touch)
 //! RAM, fresh stage-2 tables, the same plan, its images loaded again. Each
 //! boot this stub:
 //! - asks carve which boot it is (INFO(RESTARTS): 0, 1, 2, 3) and how many
@@ -8,12 +8,16 @@
 //!   (the test checks that the count is the same on every boot: a restart
 //!   that leaked table pages would lower it);
 //! - checks that all of its RAM outside its own image, its DTB and its initrd (if it has one) is zero
-//!   (on the first boot as QEMU leaves it; after a restart as carve must
-//!   leave it: no word of the previous boot survives);
+//!   (on every boot as carve must leave it: each unit zeroed on its first touch;
+//!   no word of a previous boot or of what was there before survives);
+//! - counts the pages that begin with [`PLANTED`] (the first-touch test
+//!   loads pages of it into the machine's RAM before the monitor starts: the
+//!   stub must see none, as the monitor zeroes each unit of RAM on its first
+//!   touch; its control run, with that zeroing switched off, sees them);
 //! - stamps every word of that RAM with `0x5a5a0000 | boot`, and asks for
 //!   SYSTEM_RESET; after the third restart it powers off with SYSTEM_OFF.
 //!
-//! Output per boot: `restart: boot N: free table pages F, vmid V, RAM fresh (B bytes zero), ok`;
+//! Output per boot: `restart: boot N: free table pages F, vmid V, RAM fresh (B bytes ..., W words not zero, P planted pages), ok`;
 //! at the end `restart: 3 restarts, every boot with fresh RAM, PASS`.
 #![cfg_attr(target_arch = "arm", no_std, no_main)]
 
@@ -26,6 +30,17 @@ mod stub {
     /// Restarts to ask for before powering off.
     const RESTARTS: i32 = 3;
     const STAMP: u32 = 0x5a5a_0000;
+    /// What tests/stubs.rs plants in RAM before the monitor starts, repeated over whole pages.
+    const PLANTED: &[u8; 16] = b"CARVE-PLANTED-PG";
+
+    /// Whether the page at `a` (page aligned, ours to read) begins with [`PLANTED`].
+    fn planted_at(a: u32) -> bool {
+        (0..4).all(|i| {
+            let want = u32::from_le_bytes([PLANTED[4 * i], PLANTED[4 * i + 1], PLANTED[4 * i + 2], PLANTED[4 * i + 3]]);
+            // SAFETY: a word of the page at `a`, which the caller says is ours.
+            unsafe { ((a + 4 * i as u32) as *const u32).read_volatile() == want }
+        })
+    }
 
     fn fail(args: core::fmt::Arguments<'_>) -> ! {
         say!("restart: {}, FAIL", args);
@@ -79,10 +94,14 @@ mod stub {
         );
 
         let mut nonzero = 0u32;
+        let mut planted = 0u32;
         let mut checked = 0u64;
         for &(s, e) in &rs {
             let mut a = s;
             while a < e {
+                if a & 0xfff == 0 && e - a >= 16 && planted_at(a) {
+                    planted += 1;
+                }
                 // SAFETY: a word of our RAM outside our image, DTB and initrd.
                 let w = unsafe { (a as *const u32).read_volatile() };
                 if w != 0 {
@@ -98,13 +117,14 @@ mod stub {
         }
         let fresh = nonzero == 0;
         say!(
-            "restart: boot {}: free table pages {}, vmid {}, RAM {} ({} bytes outside image, DTB and initrd, {} words not zero), {}",
+            "restart: boot {}: free table pages {}, vmid {}, RAM {} ({} bytes outside image, DTB and initrd, {} words not zero, {} planted pages), {}",
             boot,
             free,
             vmid,
             if fresh { "fresh" } else { "NOT fresh" },
             checked,
             nonzero,
+            planted,
             if fresh { "ok" } else { "FAIL" }
         );
         if !fresh {

@@ -4,7 +4,9 @@
 //! - one `memory` node, its dense IPA range;
 //! - `/reserved-memory` only with the carveouts the guest owns (mapped 1:1);
 //! - no `/memreserve/` entries (they are the machine's);
-//! - `/chosen` rewritten: `bootargs`, `linux,initrd-start`/`-end`, `stdout-path`;
+//! - `/chosen` rewritten: `bootargs`, `linux,initrd-start`/`-end`, `stdout-path`,
+//!   and `carve,restarts` (the boots before this one: 0, patched in place by
+//!   [`set_restarts`] when the monitor restarts the guest);
 //! - PSCI 1.0/0.2 through `hvc`, the conduit the monitor traps;
 //! - the first `cpus` CPU nodes, each started through PSCI;
 //! - the devices passed through (the GIC's distributor and CPU interface, the
@@ -610,6 +612,57 @@ fn check_owned(tree: &Tree<'_>, owned: &[&str]) -> Result<(), DtError> {
     Ok(())
 }
 
+/// The `/chosen` property that tells a guest how many times it was restarted.
+pub const RESTARTS: &str = "carve,restarts";
+
+/// Sets `/chosen/carve,restarts` of a guest DTB [`guest_dtb`] wrote to
+/// `restarts`, in place (the blob keeps its size). An error names what is missing.
+pub fn set_restarts(dtb: &mut [u8], restarts: u32) -> Result<(), &'static str> {
+    let h = super::header::Header::parse(dtb).map_err(|_| "not a device tree")?;
+    let word = |b: &[u8], at: usize| -> Option<u32> { Some(u32::from_be_bytes(b.get(at..at + 4)?.try_into().ok()?)) };
+    let strings = h.off_dt_strings as usize..(h.off_dt_strings + h.size_dt_strings) as usize;
+    let is_restarts = |b: &[u8], off: u32| -> bool {
+        let want = RESTARTS.as_bytes();
+        let from = strings.start.saturating_add(off as usize);
+        from.checked_add(want.len() + 1).is_some_and(|e| e <= strings.end)
+            && b.get(from..from + want.len()) == Some(want)
+            && b.get(from + want.len()) == Some(&0)
+    };
+    let (mut at, end) = (h.off_dt_struct as usize, (h.off_dt_struct + h.size_dt_struct) as usize);
+    let mut depth = 0u32;
+    let mut in_chosen = false;
+    while at + 4 <= end {
+        match word(dtb, at).ok_or("truncated")? {
+            1 => {
+                // FDT_BEGIN_NODE: a NUL-terminated name, padded to 4 bytes.
+                let name = dtb.get(at + 4..end).ok_or("truncated")?;
+                let len = name.iter().position(|&c| c == 0).ok_or("an unterminated node name")?;
+                depth += 1;
+                in_chosen = depth == 2 && &name[..len] == b"chosen";
+                at += 4 + (len + 1).next_multiple_of(4);
+            }
+            2 => {
+                depth = depth.saturating_sub(1);
+                in_chosen = false;
+                at += 4;
+            }
+            3 => {
+                // FDT_PROP: length, name offset, value padded to 4 bytes.
+                let len = word(dtb, at + 4).ok_or("truncated")? as usize;
+                let off = word(dtb, at + 8).ok_or("truncated")?;
+                if in_chosen && len == 4 && is_restarts(dtb, off) {
+                    dtb.get_mut(at + 12..at + 16).ok_or("truncated")?.copy_from_slice(&restarts.to_be_bytes());
+                    return Ok(());
+                }
+                at += 12 + len.next_multiple_of(4);
+            }
+            4 => at += 4,
+            _ => break,
+        }
+    }
+    Err("no /chosen/carve,restarts")
+}
+
 fn fdt_err(path: &str) -> impl Fn(vm_fdt::Error) -> DtError + '_ {
     move |e| DtError::node(path, format!("cannot be written to the guest DTB: {e}"))
 }
@@ -772,6 +825,8 @@ impl Out<'_, '_, '_> {
                 self.prop(path, "stdout-path", sp)?;
             }
         }
+        self.count(path, 24)?;
+        self.w.property_u32(RESTARTS, 0).map_err(fdt_err(path))?;
         self.w.end_node(node).map_err(fdt_err(path))
     }
 

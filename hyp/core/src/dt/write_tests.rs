@@ -932,3 +932,23 @@ fn dma_ranges_take_their_cells_from_bus_and_parent_and_compose_with_the_machines
     // Malformed machine dma-ranges are refused, not misread.
     assert!(dma_ranges("/soc", Some(&[0; 12]), bus, parent, &extents).is_err());
 }
+
+/// `carve,restarts` starts at 0 in `/chosen` and is patched in place, the blob's size unchanged.
+#[test]
+fn restarts_property_is_zero_and_patched_in_place() {
+    let blob = machine_blob(&Spec::default());
+    let (_, _, out) = guest_of(&blob, &GuestDtbOptions::default());
+    let dtb = out.unwrap();
+    let t = Tree::parse(&dtb).unwrap();
+    assert_eq!(t.find("/chosen").unwrap().prop(RESTARTS), Some(&[0u8, 0, 0, 0][..]));
+    let mut patched = dtb.clone();
+    set_restarts(&mut patched, 3).unwrap();
+    assert_eq!(patched.len(), dtb.len());
+    let t = Tree::parse(&patched).unwrap();
+    assert_eq!(t.find("/chosen").unwrap().prop(RESTARTS), Some(&[0u8, 0, 0, 3][..]));
+    // Only those four bytes changed.
+    assert_eq!(dtb.iter().zip(&patched).filter(|(a, b)| a != b).count(), 1);
+    // A blob without it (the machine's own) is refused with a reason.
+    assert_eq!(set_restarts(&mut blob.clone(), 1), Err("no /chosen/carve,restarts"));
+    assert_eq!(set_restarts(&mut [0u8; 16], 1), Err("not a device tree"));
+}

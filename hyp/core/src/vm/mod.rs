@@ -8,6 +8,7 @@ pub mod console;
 pub mod psci;
 pub mod vgic;
 pub mod vuart;
+pub mod touch;
 
 /// carve's own hypercalls and test device (the guest ABI crate).
 pub use carve_abi::hypercall;
