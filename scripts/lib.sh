@@ -110,3 +110,14 @@ carve_cntvct() { # carve_cntvct UART_LOG [first|last]
             v = $2 " " $3; if (w == "first") { print v; exit } }
         END { if (w == "last" && v != "") print v }'
 }
+
+# From a guest's console log: the virtual counter at /init (its first
+# CARVE-CNTVCT line) in ms, three decimals; "-" if there is none.
+carve_init_ms() { # carve_init_ms UART_LOG
+    local count hz
+    if [[ -s $1 ]] && read -r count hz < <(carve_cntvct "$1"); then
+        awk -v c="$count" -v f="$hz" 'BEGIN { printf "%.3f", c * 1000 / f }'
+    else
+        echo -
+    fi
+}
