@@ -5,7 +5,9 @@
 //! at the console's own address, with its interrupt, which its device tree
 //! names as `arm,sbsa-uart` (`dt::write`, `emulated_console`); its page is
 //! left out of the guest's stage-2, so every access traps here
-//! ([`emulate`]). What guests write goes through the multiplexer
+//! ([`emulate`]); an access the syndrome does not describe (LDRD/STRD,
+//! writeback, LDM/STM) is refused with a data abort at the guest's vector,
+//! and both are counted (logged when the guest ends). What guests write goes through the multiplexer
 //! (`carve_core::vm::console`): whole lines, prefixed with the guest's name.
 //!
 //! Where the lines go, and how they share the UART with the monitor's log:
@@ -77,6 +79,8 @@ struct Shared {
     mux: Console,
     /// Guest `i`'s emulated UART.
     uarts: Vec<Vuart>,
+    /// Guest `i`'s accesses to its UART page: (emulated, refused with an abort).
+    counts: Vec<(u64, u64)>,
     /// The interrupt line level the virtual GIC was last told, per guest.
     told: Vec<bool>,
     /// The IPA of every guest's emulated UART page (the machine console's address).
@@ -150,6 +154,7 @@ pub fn init(machine: &Machine, names: &[&str]) {
     let mut s = Shared {
         mux: Console::new(names.iter().map(|n| String::from(*n)), u64::from(crate::arch::counter_hz() / HOLD_DIV)),
         uarts: names.iter().map(|_| Vuart::new()).collect(),
+        counts: alloc::vec![(0, 0); names.len()],
         told: alloc::vec![false; names.len()],
         ipa: regs.start(),
         irq: machine.uart_irq,
@@ -216,24 +221,30 @@ fn tell(vms: &mut [Vm], irq: Option<u32>, changes: &[(usize, bool)]) {
     }
 }
 
-/// A stage-2 data abort of guest `index` at `ipa`: if it is an access to the
-/// guest's emulated UART, it is done (a load's value in its register) and
-/// true is returned; false leaves it to the caller (not the UART, no shared
-/// console, or an access the syndrome does not describe).
-pub fn emulate(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, a: Abort, ipa: u64) -> bool {
+/// A stage-2 data abort of guest `index` at `ipa`: `Some(true)` an access to
+/// the guest's emulated UART, done (a load's value in its register; the
+/// caller steps over the instruction), `Some(false)` an access to it the
+/// syndrome does not describe (LDRD/STRD, writeback, LDM/STM) or that names
+/// the PC, refused (the caller injects a data abort), `None` not the UART
+/// (or no shared console).
+pub fn emulate(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, a: Abort, ipa: u64) -> Option<bool> {
     if ipa >> 12 != u64::from(PAGE.load(Ordering::Acquire)) {
-        return false;
+        return None;
     }
-    let Some(access) = a.access() else { return false };
-    // The register as the guest's mode has it (SP and LR are banked: Linux's writel may store from LR).
-    let Some(stored) = guest::banked::read(frame, access.reg) else { return false };
     let mut changes = Vec::new();
     let irq = {
         let mut guard = CONSOLE.lock();
-        let Some(s) = guard.as_mut() else { return false };
+        let s = guard.as_mut()?;
         if !(s.ipa..s.ipa + vuart::SIZE).contains(&ipa) || index >= s.uarts.len() {
-            return false;
+            return None;
         }
+        // The register as the guest's mode has it (SP and LR are banked: Linux's writel may store from LR).
+        let access = a.access().and_then(|x| guest::banked::read(frame, x.reg).map(|stored| (x, stored)));
+        let Some((access, stored)) = access else {
+            s.counts[index].1 += 1;
+            return Some(false);
+        };
+        s.counts[index].0 += 1;
         let now = crate::arch::counter();
         s.poll_input(now);
         let (offset, bytes) = (ipa - s.ipa, access.size.bytes());
@@ -249,7 +260,7 @@ pub fn emulate(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, a: Abort, ip
         s.irq
     };
     tell(vms, irq, &changes);
-    true
+    Some(true)
 }
 
 /// What the console UART received, to the focused guest (from its receive interrupt).
@@ -270,6 +281,16 @@ pub fn receive() {
 pub fn ended(index: usize, how: &str) {
     let mut guard = CONSOLE.lock();
     let Some(s) = guard.as_mut() else { return };
+    if let (Some(&(emulated, refused)), Some(u)) = (s.counts.get(index), s.uarts.get(index)) {
+        defmt::info!(
+            "console: {=str}'s UART: {=u64} accesses emulated, {=u64} refused with an abort, {=u64} to offsets it does not have; {=u64} bytes sent",
+            s.mux.name(index),
+            emulated,
+            refused,
+            u.unknown,
+            u.tx_bytes
+        );
+    }
     let Shared { mux, sink, .. } = s;
     mux.flush(index, &mut |b: &[u8]| sink.write(b));
     let mut text = String::from(mux.name(index));

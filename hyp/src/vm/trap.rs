@@ -337,13 +337,17 @@ fn carve_call(vms: &mut [Vm], index: usize, frame: &TrapFrame) -> i32 {
     }
 }
 
-/// A stage-2 abort: the emulated UART of a shared console and the test device are emulated; anything else is a fault handled by the guest's policy.
+/// A stage-2 abort: the GICD page, the emulated UART of a shared console and the test device are emulated (an access to the
+/// first two the syndrome does not describe gets a data abort); anything else is a fault handled by the guest's policy.
 fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: Abort) -> After {
     let far = if a.is_data() { Hdfar::read().0 } else { Hifar::read().0 };
     // HPFAR[31:4] holds IPA[39:12]: build the IPA in 64 bits.
     let ipa = (u64::from(Hpfar::read().0 >> 4) << 12) | u64::from(far & 0xfff);
     if a.is_data() {
-        match super::vgic::emulate(&mut vms[index], this_cpu(), frame, &a, ipa) {
+        // The GICD page, or the emulated UART of a shared console.
+        let served = super::vgic::emulate(&mut vms[index], this_cpu(), frame, &a, ipa)
+            .or_else(|| super::console::emulate(vms, index, frame, a, ipa));
+        match served {
             Some(true) => {
                 frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
                 return After::Resume;
@@ -360,10 +364,6 @@ fn abort(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, hsr: Syndrome, a: 
         && super::selftest::is_testdev(ipa)
         && super::selftest::emulate_testdev(&mut vms[index], frame, a, ipa)
     {
-        frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
-        return After::Resume;
-    }
-    if a.is_data() && super::console::emulate(vms, index, frame, a, ipa) {
         frame.elr = frame.elr.wrapping_add(hsr.instruction_len());
         return After::Resume;
     }
