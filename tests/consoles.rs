@@ -13,17 +13,13 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use carve_tests::{compile_dts, monitor_elf, stub, test_dir, tool, virt_dts, GuestNode, MACHINE_HYP, MEM_MIB};
+use carve_tests::{
+    compile_dts, consoles_line, monitor_elf, stub, test_dir, tool, virt_dts, GuestNode, MACHINE_HYP, MEM_MIB,
+};
 
 /// Lines each stub writes (`LINES` in the stub).
 const LINES: u32 = 40;
 const GUESTS: u32 = 4;
-
-/// What the stub with VMID `v` writes as its line `i`.
-fn expected_line(v: u32, i: u32) -> String {
-    let fill = char::from(b'a' + (v % 26) as u8);
-    format!("vm{v} line {i} {} end", fill.to_string().repeat(((i * 7 + v) % 60) as usize))
-}
 
 /// The console's output so far, `\r` removed.
 struct Output(Arc<Mutex<Vec<u8>>>);
@@ -172,7 +168,7 @@ fn four_guests_lines_come_out_whole_and_prefixed_and_input_reaches_only_the_focu
         // Each line appears whole, once, in order. The focused guest's line is
         // shown as it is written and, when it pauses, cut for the others' and
         // shown again: such a cut piece is the start of one of its lines.
-        let want: Vec<String> = (0..LINES).map(|i| expected_line(v, i)).collect();
+        let want: Vec<String> = (0..LINES).map(|i| consoles_line(v, i)).collect();
         let mut whole: Vec<&str> = Vec::new();
         for &piece in p.iter().filter(|l| l.starts_with(&format!("vm{v} line "))) {
             if want.iter().any(|w| w == piece) {

@@ -303,6 +303,12 @@ pub fn plan_tool() -> &'static Path {
     })
 }
 
+/// What the `consoles` stub with VMID `v` writes through its emulated UART as its line `i`.
+pub fn consoles_line(v: u32, i: u32) -> String {
+    let fill = char::from(b'a' + (v % 26) as u8);
+    format!("vm{v} line {i} {} end", fill.to_string().repeat(((i * 7 + v) % 60) as usize))
+}
+
 /// One QEMU run: its exit status and the decoded log.
 pub struct Run {
     pub name: String,

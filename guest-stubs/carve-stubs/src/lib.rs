@@ -39,6 +39,8 @@ pub mod mmu;
 #[cfg(target_arch = "arm")]
 pub mod rt;
 #[cfg(target_arch = "arm")]
+pub mod sbsa;
+#[cfg(target_arch = "arm")]
 pub mod timer;
 
 /// Formats `u64` values as `0x...` with at least 8 hex digits (the width of IPAs below 4 GiB).

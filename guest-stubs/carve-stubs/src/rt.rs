@@ -565,6 +565,28 @@ pub fn read_dt(dtb: u32, f: impl FnMut(crate::fdt::Reg<'_>)) -> Result<(), crate
     with_fdt(dtb, |fdt| fdt.for_each_reg(f))
 }
 
+/// Whether the DTB at `dtb` holds the bytes `needle` anywhere (a word in `bootargs`, say).
+pub fn dtb_holds(dtb: u32, needle: &[u8]) -> bool {
+    // SAFETY: the DTB's header is in guest RAM at `dtb` (the boot protocol); its size is read from it.
+    let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 40) };
+    let Ok(size) = crate::fdt::totalsize(header) else { return false };
+    // SAFETY: the whole blob lies in guest RAM, `size` bytes from `dtb`.
+    let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size.min(DTB_MAX)) };
+    blob.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The base of the console UART the DTB at `dtb` gives (its first node named
+/// `pl011@...`: with several guests carve's emulated SBSA UART).
+pub fn console_uart(dtb: u32) -> Result<Option<u32>, crate::fdt::Error> {
+    let mut base = None;
+    read_dt(dtb, |r| {
+        if base.is_none() && r.node.starts_with("pl011@") && r.size > 0 {
+            base = Some(r.base as u32);
+        }
+    })?;
+    Ok(base)
+}
+
 /// The initrd `/chosen` of the DTB at `dtb` names, as `(start, end)`.
 pub fn initrd(dtb: u32) -> Result<Option<(u64, u64)>, crate::fdt::Error> {
     with_fdt(dtb, |fdt| fdt.initrd())

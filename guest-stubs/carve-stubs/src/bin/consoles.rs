@@ -27,7 +27,8 @@
 mod stub {
     use core::fmt::Write as _;
 
-    use carve_stubs::{abi, fdt, hvc, rt, say, timer};
+    use carve_stubs::sbsa::{read, write, Uart, DR, FR, FR_RXFE, FR_TXFE, FR_TXFF, INT_RT, RIS};
+    use carve_stubs::{abi, hvc, rt, say, timer};
 
     carve_stubs::entry!(main);
 
@@ -36,51 +37,9 @@ mod stub {
     /// Bytes (and FR reads) timed.
     const BENCH_BYTES: u32 = 256;
 
-    // SBSA UART / PL011 registers and bits.
-    const DR: u32 = 0x00;
-    const FR: u32 = 0x18;
-    const RIS: u32 = 0x3c;
-    const FR_RXFE: u32 = 1 << 4;
-    const FR_TXFF: u32 = 1 << 5;
-    const FR_TXFE: u32 = 1 << 7;
-    const INT_RT: u32 = 1 << 6;
-
-    fn read(base: u32, reg: u32) -> u32 {
-        // SAFETY: `base` is the UART page the guest's DT names; carve emulates every access to it.
-        unsafe { core::ptr::read_volatile((base + reg) as *const u32) }
-    }
-
-    fn write(base: u32, reg: u32, v: u32) {
-        // SAFETY: as in `read`.
-        unsafe { core::ptr::write_volatile((base + reg) as *mut u32, v) }
-    }
-
-    /// Writes through the UART a byte at a time, as Linux's console does: wait while TXFF, then DR.
-    struct Uart(u32);
-
-    impl core::fmt::Write for Uart {
-        fn write_str(&mut self, s: &str) -> core::fmt::Result {
-            for &b in s.as_bytes() {
-                while read(self.0, FR) & FR_TXFF != 0 {}
-                write(self.0, DR, u32::from(b));
-            }
-            Ok(())
-        }
-    }
-
     fn fail(args: core::fmt::Arguments<'_>) -> ! {
         say!("consoles: {}, FAIL", args);
         hvc::system_off()
-    }
-
-    /// Whether the DTB at `dtb` holds the bytes `needle` anywhere.
-    fn dtb_holds(dtb: u32, needle: &[u8]) -> bool {
-        // SAFETY: the DTB's header is in guest RAM at `dtb` (the boot protocol); its size is read from it.
-        let header = unsafe { core::slice::from_raw_parts(dtb as *const u8, 40) };
-        let Ok(size) = fdt::totalsize(header) else { return false };
-        // SAFETY: the whole blob lies in guest RAM, `size` bytes from `dtb`.
-        let blob = unsafe { core::slice::from_raw_parts(dtb as *const u8, size) };
-        blob.windows(needle.len()).any(|w| w == needle)
     }
 
     /// Ticks of `n` iterations of `f`.
@@ -94,22 +53,18 @@ mod stub {
 
     fn main(dtb: u32) -> ! {
         let vmid = hvc::info(abi::INFO_VMID);
-        let mut base = None;
-        if let Err(e) = rt::read_dt(dtb, |r| {
-            if base.is_none() && r.node.starts_with("pl011@") && r.size > 0 {
-                base = Some(r.base as u32);
-            }
-        }) {
-            fail(format_args!("vm{vmid}: reading the DT: {e:?}"));
-        }
-        let Some(base) = base else { fail(format_args!("vm{vmid}: no pl011@ node in the DT")) };
+        let base = match rt::console_uart(dtb) {
+            Ok(Some(base)) => base,
+            Ok(None) => fail(format_args!("vm{vmid}: no pl011@ node in the DT")),
+            Err(e) => fail(format_args!("vm{vmid}: reading the DT: {e:?}")),
+        };
         let fr = read(base, FR);
         if fr & (FR_TXFE | FR_RXFE | FR_TXFF) != FR_TXFE | FR_RXFE {
             fail(format_args!("vm{vmid}: FR out of reset {fr:#x}"));
         }
         let mut u = Uart(base);
 
-        if dtb_holds(dtb, b"consoles.bench") {
+        if rt::dtb_holds(dtb, b"consoles.bench") {
             if vmid != 1 {
                 hvc::system_off()
             }
@@ -148,7 +103,7 @@ mod stub {
             );
         }
 
-        let input = dtb_holds(dtb, b"consoles.input");
+        let input = rt::dtb_holds(dtb, b"consoles.input");
         for i in 0..LINES {
             if input {
                 // Lines 10 ms of the counter apart: the four guests' lines overlap in time however their CPUs are scheduled.
