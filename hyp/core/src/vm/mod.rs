@@ -6,9 +6,9 @@
 pub mod boot;
 pub mod console;
 pub mod psci;
+pub mod touch;
 pub mod vgic;
 pub mod vuart;
-pub mod touch;
 
 /// carve's own hypercalls and test device (the guest ABI crate).
 pub use carve_abi::hypercall;
