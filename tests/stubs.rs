@@ -474,7 +474,7 @@ fn restart_asked_by_vcpu_1_boots_vcpu_0_again() {
     let run = run_guests("smpreset", "", &guests, &RunOptions { smp: 2, ..RunOptions::default() });
     run.assert_status(0);
     run.assert_no_fail("guest@0");
-    run.line("guest@0", "smpreset: boot 0: CPU_ON(1) 0, vCPU 1 asks for SYSTEM_RESET");
+    run.line("guest@0", "smpreset: boot 0: starting vCPU 1, which asks for SYSTEM_RESET");
     let end = run.line("guest@0", "smpreset: boot 1: ");
     assert!(end.ends_with("started again, PASS"), "{end}\n{}", run.context());
     for want in [

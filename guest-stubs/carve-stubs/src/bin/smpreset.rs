@@ -36,8 +36,10 @@ mod stub {
         let boot = hvc::info(abi::INFO_RESTARTS);
         match boot {
             0 => {
+                // Said before CPU_ON: once vCPU 1 runs, it asks for the reset at
+                // once, and a console call of vCPU 0's may then be the trap that stops it.
+                say!("smpreset: boot 0: starting vCPU 1, which asks for SYSTEM_RESET; vCPU 0 waits in WFE");
                 let r = hvc::cpu_on(1, rt::secondary_entry(), rt::RESET_CONTEXT);
-                say!("smpreset: boot 0: CPU_ON(1) {}, vCPU 1 asks for SYSTEM_RESET; vCPU 0 waits in WFE", r);
                 if r != 0 {
                     say!("smpreset: boot 0: CPU_ON(1) failed, FAIL");
                     hvc::system_off()
