@@ -413,9 +413,11 @@ fn four_linux_guests_share_the_machine() {
 
 /// Two Linux guests of two vCPUs each on `-smp 4` (`dts/virt-2guests-smp2.dts`):
 /// each brings both its CPUs online (its IPIs are SGIs through the virtual
-/// GIC, to its own vCPUs only) and powers off.
+/// GIC, to its own vCPUs only) and powers off. guest@1 is given the PL031
+/// RTC (`carve,devices`): its Linux registers it, with its interrupt, and
+/// guest@0's never sees one.
 #[test]
-fn two_smp_linux_guests_each_bring_up_two_cpus() {
+fn two_smp_linux_guests_each_bring_up_two_cpus_and_one_is_given_the_rtc() {
     let b = boot("2guests-smp2", &["--guests", "2", "--dts", "dts/virt-2guests-smp2.dts"]);
     b.assert_powered_off();
     for g in ["guest@0", "guest@1"] {
@@ -423,6 +425,18 @@ fn two_smp_linux_guests_each_bring_up_two_cpus() {
         assert_eq!(b.guest_field(g, "online"), "0-1", "{g}: /sys/devices/system/cpu/online\n{}", b.context());
         assert_eq!(b.guest_field(g, "nproc"), "2", "{g}: nproc\n{}", b.context());
     }
+    let (rtc0, rtc1) = (b.guest_console("guest@0"), b.guest_console("guest@1"));
+    assert!(
+        rtc1.contains("rtc-pl031 9010000.pl031: registered as rtc0"),
+        "guest@1 did not register the RTC it was given\n{}",
+        b.context()
+    );
+    assert!(!rtc0.contains("pl031"), "guest@0 saw the RTC given to guest@1\n{}", b.context());
+    assert!(
+        b.monitor_log.contains("vgic: guest@1: physical interrupt 34 is its own, routed to CPU 2"),
+        "the RTC's interrupt was not routed to guest@1's CPU\n{}",
+        b.context()
+    );
 }
 
 /// Two Debian guests with a shell (`carve.shell=1`) share the console; the

@@ -167,3 +167,35 @@ fn random_uart_accesses_get_an_abort_or_a_defined_result_and_the_other_guests_ru
     );
     assert!(fuzz_lines > 1, "the fuzz sent no bytes through guest@0's UART\n{context}");
 }
+
+/// Two guests share the machine and guest@0's node gives it QEMU virt's PL031
+/// (`carve,devices = "/pl031@9010000"`): both run `devirq`. guest@0's tree
+/// has the device, its SPI enables and five rounds each bring exactly that
+/// interrupt (the physical SPI routed to guest@0's CPU and injected as a
+/// hardware interrupt); guest@1's tree lacks it, its distributor keeps the
+/// SPI off, its read of the device's page gets an abort (`carve,on-fault =
+/// "inject"`), and no interrupt reaches it while guest@0's come.
+#[test]
+fn a_device_given_to_one_guest_interrupts_that_guest_alone() {
+    let mut owner = guest("guest@0", 0x4800_0000, "devirq");
+    owner.props = String::from("\t\t\tcarve,devices = \"/pl031@9010000\";\n");
+    // guest@1 is told of the abort its read of the device's page takes (it stops otherwise).
+    let mut outsider = guest("guest@1", 0x4900_0000, "devirq");
+    outsider.props = String::from("\t\t\tcarve,on-fault = \"inject\";\n");
+    let guests = [owner, outsider];
+    let run = run_guests("devirq", 2, &guests);
+    run.assert_status(0);
+    for g in ["guest@0", "guest@1"] {
+        run.assert_no_fail(g);
+        run.line(g, "devirq: PASS");
+    }
+    run.line("guest@0", "devirq: given /pl031@9010000");
+    run.line("guest@1", "devirq: not given /pl031@9010000");
+    run.line("guest@0", "devirq: device interrupt 34 taken 5 times (want 5), other interrupts 0");
+    run.assert_logged("vgic: guest@0: physical interrupt 34 is its own, routed to CPU 0");
+    run.assert_logged("vm: guest@0: pl031@9010000 passed through at 0x09010000");
+    run.assert_not_logged("that no guest owns");
+    let end1 = log_line(&run, &["vgic: guest@1:", "emulated"]);
+    let ignored = number_after(end1, "refused with an abort, ");
+    assert!(ignored >= 2, "guest@1's writes to SPI 34 were not counted as ignored: {end1}\n{}", run.context());
+}

@@ -44,7 +44,9 @@ use alloc::vec::Vec;
 use carve_core::addr::{Address, Ipa, IpaRange, PhysAddr, PhysRange, Size, PAGE_SIZE};
 use carve_core::dt::machine::{FaultPolicy, Machine};
 use carve_core::dt::tree::Tree;
-use carve_core::dt::write::{dma_buses, gets_the_board, guest_dtb, guest_mpidrs, passed_through, GuestDtbOptions};
+use carve_core::dt::write::{
+    check_given, dma_buses, gets_the_board, given_devices, guest_dtb, guest_mpidrs, passed_through, GuestDtbOptions,
+};
 use carve_core::mm::{Attrs, MapStats, PageTable, Stage2, VTCR_VALUE};
 use carve_core::plan::{GuestPlan, Plan};
 use carve_core::vm::boot::{self, BootLayout};
@@ -228,8 +230,9 @@ pub fn build(
     // The movable part's pages, lent by their CMA pool; then stage-2: RAM, then the devices the guest is given.
     let vmid = (index + 1) as u8;
     let movable = cma::lend(g, vmid)?;
-    let devices = if devices { passthrough(tree, machine, g, !virtual_gic)? } else { Vec::new() };
-    let uart_given = !devices.is_empty();
+    let uart_given = devices && machine.uart.is_some();
+    let devices =
+        if devices { passthrough(tree, machine, g, !virtual_gic)? } else { shared_devices(tree, machine, g)? };
     let gicv = if virtual_gic { vgic::gicv_window(machine).map_err(|e| format!("{}: {e}", g.name))? } else { None };
     let stage2 = build_stage2(g, &devices, gicv)?;
     let layout = boot::layout(&g.name, g.ipa_range(), kernel.range.size, ramdisk.map(|r| r.range.size))
@@ -275,7 +278,7 @@ pub fn build(
         movable,
         migration_waits: 0,
         devices,
-        vgic: if virtual_gic { vgic::VmGic::new(machine, cpus, uart_given) } else { None },
+        vgic: if virtual_gic { vgic::VmGic::new(machine, cpus, uart_given, &given_spis(machine, g)) } else { None },
         gicv,
         touch: FirstTouch::new(g),
         touch_faults: 0,
@@ -612,18 +615,47 @@ fn passthrough(
     if gets_the_board(machine, g) {
         log_board(tree, machine, g, listed.len())?;
     }
-    let mut v: Vec<(String, PhysRange)> = Vec::new();
-    for d in listed {
-        let name = d.node.rsplit('/').next().unwrap_or(d.node.as_str());
-        // A zero-sized window (a placeholder `reg`) has no page to map.
-        for r in d.regs.into_iter().filter(|r| r.size > 0) {
-            v.push((String::from(name), r));
-        }
-    }
+    let mut v = windows(listed);
     if let Some(gic) = machine.gic.as_ref().filter(|_| with_gic) {
         v.push((String::from("GIC distributor"), gic.distributor));
         v.push((String::from("GIC CPU interface"), gic.cpu_interface));
     }
+    not_the_log_uart(machine, g, v)
+}
+
+/// The device windows a guest that shares the machine is given: the devices
+/// its `carve,devices` names and those they depend on ([`given_devices`]);
+/// never the console (emulated), the GIC (virtual) or the monitor's log UART.
+fn shared_devices(tree: &Tree<'_>, machine: &Machine, g: &GuestPlan) -> Result<Vec<(String, PhysRange)>, VmError> {
+    let given = given_devices(tree, machine, g).map_err(|e| format!("{}: guest DTB: {e}", g.name))?;
+    not_the_log_uart(machine, g, windows(given))
+}
+
+/// Each device's windows, named by its node's last path component; a
+/// zero-sized window (a placeholder `reg`) has no page to map.
+fn windows(devices: Vec<carve_core::dt::machine::Device>) -> Vec<(String, PhysRange)> {
+    let mut v: Vec<(String, PhysRange)> = Vec::new();
+    for d in devices {
+        let name = d.node.rsplit('/').next().unwrap_or(d.node.as_str());
+        for r in d.regs.into_iter().filter(|r| r.size > 0) {
+            v.push((String::from(name), r));
+        }
+    }
+    v
+}
+
+/// The interrupts of the devices `g`'s `carve,devices` names (GIC SPIs).
+fn given_spis(machine: &Machine, g: &GuestPlan) -> Vec<u32> {
+    let path = g.desc.as_ref().map(|d| d.path.as_str());
+    machine.given.iter().filter(|d| Some(d.guest.as_str()) == path).flat_map(|d| d.spis.iter().copied()).collect()
+}
+
+/// `v`, unless a window in it holds the monitor's log UART.
+fn not_the_log_uart(
+    machine: &Machine,
+    g: &GuestPlan,
+    v: Vec<(String, PhysRange)>,
+) -> Result<Vec<(String, PhysRange)>, VmError> {
     if let Some(log) = &machine.log_uart {
         if let Some((what, _)) = v.iter().find(|(_, r)| log.device.regs.iter().any(|l| l.overlaps(r))) {
             return Err(format!(
@@ -692,6 +724,7 @@ pub fn restart(vm: &mut Vm) -> Result<(), VmError> {
     {
         vm.testdev_reads = 0;
     }
+    vgic::release_hw_spis(vm);
     if let Some(g) = vm.vgic.as_mut() {
         g.reset();
     }
@@ -731,6 +764,10 @@ pub fn start(tree: &Tree<'_>, machine: &Machine, plan: &Plan) -> ! {
     if console::shared(machine, plan.guests.len()) {
         let names: Vec<&str> = plan.guests.iter().map(|g| g.name.as_str()).collect();
         console::init(machine, &names);
+    }
+    if let Err(e) = check_given(tree, machine, &plan.guests) {
+        defmt::error!("vm: {=str}", alloc::format!("{e}").as_str());
+        semihost::exit(ExitCode::BadPlan)
     }
     let mut vms = Vec::new();
     for (i, g) in plan.guests.iter().enumerate() {

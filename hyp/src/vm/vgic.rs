@@ -25,6 +25,7 @@ use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use alloc::format;
 use alloc::string::String;
+use alloc::vec::Vec;
 use carve_core::dt::machine::Machine;
 use carve_core::syndrome::{Abort, AccessSize};
 
@@ -67,15 +68,20 @@ impl VmGic {
     /// virtual timer (hardware-backed), and the console UART's line as a
     /// virtual SPI (the emulated UART raises it).
     /// With `uart_given` (a lone guest given the console UART itself) the line is
-    /// the physical one, injected as a hardware interrupt.
-    pub fn new(machine: &Machine, cpus: usize, uart_given: bool) -> Option<VmGic> {
+    /// the physical one, injected as a hardware interrupt. `given` are the
+    /// SPIs of the devices its `carve,devices` names: hardware interrupts too.
+    pub fn new(machine: &Machine, cpus: usize, uart_given: bool, given: &[u32]) -> Option<VmGic> {
         let gic = machine.gic.as_ref()?;
         let uart: &[u32] = match &machine.uart_irq {
             Some(i) if *i >= 32 => core::slice::from_ref(i),
             _ => &[],
         };
-        let (virtual_spis, hw_spis) = if uart_given { (&[][..], uart) } else { (uart, &[][..]) };
-        let dist = Distributor::new(&Config { cpus, virtual_spis, hw_spis, hw_ppis: 1 << VTIMER_PPI });
+        let mut hw: Vec<u32> = given.to_vec();
+        if uart_given {
+            hw.extend_from_slice(uart);
+        }
+        let virtual_spis = if uart_given { &[][..] } else { uart };
+        let dist = Distributor::new(&Config { cpus, virtual_spis, hw_spis: &hw, hw_ppis: 1 << VTIMER_PPI });
         Some(VmGic { fresh: dist.clone(), dist, gicd: gic.distributor.start(), accesses: 0, refused: 0 })
     }
 
@@ -408,11 +414,24 @@ fn apply(vm: &Vm, op: HwOp) {
     }
 }
 
-/// A guest ended: the monitor's own interrupt moves to a CPU of a guest still running.
+/// The physical SPIs of devices given to `vm` (its restart, its end): disabled,
+/// not pending, not active, so none reaches a guest that has not enabled it again.
+pub fn release_hw_spis(vm: &Vm) {
+    let Some(g) = vm.vgic.as_ref() else { return };
+    for id in (32..g.dist.lines()).filter(|&id| g.dist.kind(id) == Kind::Hw) {
+        for bank in [Bank::ClearEnable, Bank::ClearPending, Bank::ClearActive] {
+            gic::bits(bank, id & !31, 1 << (id % 32));
+        }
+    }
+}
+
+/// A guest ended: its devices' interrupts are switched off, and the monitor's
+/// own interrupt moves to a CPU of a guest still running.
 pub fn guest_ended(vms: &[Vm], index: usize) {
     if vms[index].vgic.is_none() {
         return;
     }
+    release_hw_spis(&vms[index]);
     log_end(&vms[index]);
     let routed = MONITOR_IRQ_CPU.load(Ordering::Acquire);
     if vms[index].cpu_ids.contains(&routed) {

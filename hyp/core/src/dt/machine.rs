@@ -90,7 +90,8 @@ pub enum FaultPolicy {
 }
 
 /// Which of the machine's devices a guest alone on the machine is given
-/// (`carve,devices`). With several guests, none is given a device.
+/// (`carve,devices`). With several guests, none is given the console or the
+/// board: only the devices its node names ([`Guest::named`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum DeviceGrant {
     /// The console UART and what it needs (clocks, resets, pins, interrupt
@@ -135,6 +136,21 @@ pub struct Guest {
 
     /// `carve,devices = "console" | "all"`: what the guest is given when it runs alone.
     pub devices: DeviceGrant,
+    /// The device nodes `carve,devices` names by path (`"/pl031@9010000"`),
+    /// given to this guest alone, whether it shares the machine or not; the
+    /// full paths once [`Machine::from_tree`] has checked them ([`GivenDevice`]).
+    pub named: Vec<String>,
+}
+
+/// A device a guest's `carve,devices` names: mapped 1:1 into that guest
+/// alone, its interrupts (GIC SPIs) delivered to that guest alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GivenDevice {
+    /// The guest's node path.
+    pub guest: String,
+    pub device: Device,
+    /// Its interrupts as GIC interrupt IDs (SPI n is 32 + n), in the node's order.
+    pub spis: Vec<u32>,
 }
 
 /// An MMIO device window, translated to a physical address.
@@ -287,6 +303,8 @@ pub struct Machine {
     pub power_off: Option<PowerOff>,
     /// How to start the other CPUs, when the tree says.
     pub cpu_start: Option<CpuStart>,
+    /// The devices guests' `carve,devices` name, checked: each given to one guest.
+    pub given: Vec<GivenDevice>,
     /// MPIDR affinity values of the `/cpus` nodes.
     pub cpus: Vec<u64>,
     /// Memory nodes whose every bank has size 0 (a bootloader is meant to fill them in).
@@ -312,6 +330,7 @@ impl Machine {
         m.read_reserved(tree)?;
         m.read_chosen(tree)?;
         m.read_devices(tree)?;
+        m.read_given(tree)?;
         Ok(m)
     }
 
@@ -465,6 +484,113 @@ impl Machine {
                 memreserve: true,
                 phandle: None,
             });
+        }
+        Ok(())
+    }
+
+    /// Checks and resolves the devices guests name in `carve,devices`
+    /// ([`GivenDevice`]): each a device on a memory-mapped bus with a window,
+    /// none the monitor's (the GIC, its log UART, its power-off and CPU-start
+    /// registers, the console when guests share it), in no RAM, given to one
+    /// guest only and sharing no 4 KiB page or interrupt with another guest's.
+    /// A guest on the virtual GIC (sharing the machine, or asking for it)
+    /// needs every interrupt of its devices to be a GIC SPI.
+    fn read_given(&mut self, tree: &Tree<'_>) -> Result<(), DtError> {
+        let shared = self.guests.len() > 1;
+        for gi in 0..self.guests.len() {
+            let (gpath, virtual_gic) = (self.guests[gi].path.clone(), shared || self.guests[gi].virtual_gic);
+            let mut resolved = Vec::new();
+            for path in self.guests[gi].named.clone() {
+                let refuse = |why: String| DtError::prop(&gpath, "carve,devices", format!("{path}: {why}"));
+                let node = tree.find(&path).ok_or_else(|| refuse(String::from("names no node")))?;
+                if !is_device_path(tree, &node.path) || node.path.starts_with("/cpus") {
+                    return Err(refuse(format!(
+                        "{} is no device (the root, a CPU, or inside memory, reserved-memory, chosen, PSCI or aliases)",
+                        node.path
+                    )));
+                }
+                if !node.is_enabled() {
+                    return Err(refuse(format!("{} is disabled (status)", node.path)));
+                }
+                if !node.has_prop("reg") {
+                    return Err(refuse(format!("{} has no reg: nothing to map", node.path)));
+                }
+                let device = device(tree, node).map_err(|e| refuse(e.to_string()))?;
+                let windows: Vec<&PhysRange> = device.regs.iter().filter(|r| r.size > 0).collect();
+                if windows.is_empty() {
+                    return Err(refuse(format!("{} has no window of non-zero size", node.path)));
+                }
+                let overlaps = |regs: &[PhysRange]| windows.iter().any(|w| regs.iter().any(|r| share_a_page(w, r)));
+                let mut monitors: Vec<(String, Vec<PhysRange>)> = Vec::new();
+                if let Some(g) = &self.gic {
+                    let parts = [Some(g.distributor), Some(g.cpu_interface), g.hyp_interface, g.vcpu_interface];
+                    monitors.push((format!("the GIC {}", g.node), parts.into_iter().flatten().collect()));
+                }
+                if let Some(l) = &self.log_uart {
+                    monitors.push((format!("the monitor's log UART {}", l.device.node), l.device.regs.clone()));
+                }
+                if let Some(u) = self.uart.as_ref().filter(|_| shared) {
+                    monitors.push((
+                        format!(
+                            "the console UART {}, which the monitor emulates for guests that share the machine",
+                            u.node
+                        ),
+                        u.regs.clone(),
+                    ));
+                }
+                if let Some(PowerOff::VexpressSysCfg { node, sysreg, .. }) = &self.power_off {
+                    monitors.push((format!("the monitor's power-off registers {node}"), alloc::vec![*sysreg]));
+                }
+                if let Some(CpuStart::VexpressSysFlags { sysreg }) = &self.cpu_start {
+                    monitors.push((
+                        String::from("the SYS_FLAGS registers the monitor starts CPUs with"),
+                        alloc::vec![*sysreg],
+                    ));
+                }
+                if let Some((what, _)) = monitors.iter().find(|(_, regs)| overlaps(regs)) {
+                    return Err(refuse(format!("{} shares a 4 KiB page with {what}", node.path)));
+                }
+                if let Some(bank) = self.ram.iter().find(|b| windows.iter().any(|w| w.overlaps(&b.range))) {
+                    return Err(refuse(format!("{} lies in RAM ({})", node.path, bank.node)));
+                }
+                let spis = match gic_interrupts(tree, node) {
+                    Ok(ids) => ids,
+                    Err(why) if virtual_gic => return Err(refuse(format!("{}: {why}", node.path))),
+                    Err(_) => Vec::new(),
+                };
+                if virtual_gic {
+                    if let Some(&ppi) = spis.iter().find(|&&i| i < 32) {
+                        return Err(refuse(format!(
+                            "{}: its interrupt {ppi} is a PPI, one per CPU: only SPIs can be given",
+                            node.path
+                        )));
+                    }
+                    if let Some(&i) = spis.iter().find(|&&i| shared && Some(i) == self.uart_irq) {
+                        return Err(refuse(format!("{}: its interrupt {i} is the console UART's", node.path)));
+                    }
+                }
+                for other in &self.given {
+                    let who = if other.guest == gpath { String::from("this guest") } else { other.guest.clone() };
+                    if other.device.node == node.path {
+                        return Err(refuse(format!("{} is given to {who} already", node.path)));
+                    }
+                    if overlaps(&other.device.regs) {
+                        return Err(refuse(format!(
+                            "{} shares a 4 KiB page with {}, given to {who}",
+                            node.path, other.device.node
+                        )));
+                    }
+                    if let Some(i) = spis.iter().find(|i| other.spis.contains(i)) {
+                        return Err(refuse(format!(
+                            "{}: its interrupt {i} is also that of {}, given to {who}",
+                            node.path, other.device.node
+                        )));
+                    }
+                }
+                resolved.push(node.path.clone());
+                self.given.push(GivenDevice { guest: gpath.clone(), device, spis });
+            }
+            self.guests[gi].named = resolved;
         }
         Ok(())
     }
@@ -868,17 +994,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
             ))
         }
     };
-    let devices = match node.str_prop("carve,devices")? {
-        None | Some("console") => DeviceGrant::Console,
-        Some("all") => DeviceGrant::All,
-        Some(other) => {
-            return Err(DtError::prop(
-                &node.path,
-                "carve,devices",
-                format!("{other:?}: expected \"console\" or \"all\""),
-            ))
-        }
-    };
+    let (devices, named) = device_grant(node)?;
     let movable = movable(node, memory)?;
     let cells = node.cells()?;
     let mut g = Guest {
@@ -896,6 +1012,7 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
         movable,
         virtual_gic: node.prop("carve,virtual-gic").is_some(),
         devices,
+        named,
     };
     for m in &node.children {
         let slot = if m.is_compatible("multiboot,kernel") {
@@ -934,25 +1051,98 @@ fn read_guest(node: &Node<'_>) -> Result<Guest, DtError> {
     Ok(g)
 }
 
+/// `carve,devices`: `"console"` (the default), `"all"` (alone), and/or the
+/// paths of device nodes the guest is given (each a string starting with `/`).
+fn device_grant(node: &Node<'_>) -> Result<(DeviceGrant, Vec<String>), DtError> {
+    let list = node.strings_prop("carve,devices")?;
+    let refuse = |why: String| DtError::prop(&node.path, "carve,devices", why);
+    let mut grant = DeviceGrant::Console;
+    let mut named: Vec<String> = Vec::new();
+    for s in &list {
+        match *s {
+            "console" => {}
+            "all" if list.len() == 1 => grant = DeviceGrant::All,
+            "all" => return Err(refuse(String::from("\"all\" gives the whole board: name no device beside it"))),
+            p if p.starts_with('/') => {
+                if named.iter().any(|n| n == p) {
+                    return Err(refuse(format!("{p} is named twice")));
+                }
+                named.push(String::from(p));
+            }
+            other => {
+                return Err(refuse(format!(
+                    "{other:?}: expected \"console\", \"all\" or the path of a device node (\"/pl031@9010000\")"
+                )))
+            }
+        }
+    }
+    Ok((grant, named))
+}
+
+/// The interrupt controller a node's interrupts go to: its own
+/// `interrupt-parent`, else the nearest ancestor's. `Err` with the reason
+/// when the phandle is malformed or names no node.
+fn interrupt_parent<'t, 'a>(tree: &'t Tree<'a>, node: &Node<'_>) -> Result<Option<&'t Node<'a>>, String> {
+    let ancestors = core::iter::successors(Some(node.path.as_str()), |p| p.rfind('/').map(|i| &p[..i]));
+    let parent = ancestors
+        .map(|p| if p.is_empty() { Some(&tree.root) } else { tree.find(p) })
+        .find_map(|n| n?.prop("interrupt-parent"));
+    let Some(v) = parent else { return Ok(None) };
+    let &[a, b, c, d] = v else {
+        return Err(format!("its interrupt-parent is {} bytes, not one phandle cell", v.len()));
+    };
+    let want = u32::from_be_bytes([a, b, c, d]);
+    let mut found = None;
+    tree.root.walk(&mut |n| {
+        if found.is_none() && phandle(n).ok().flatten() == Some(want) {
+            found = Some(n);
+        }
+    });
+    found.map(Some).ok_or_else(|| format!("its interrupt-parent {want:#x} is no node's phandle"))
+}
+
+/// Every interrupt of a node as a GIC interrupt ID (SPI n is 32 + n, PPI n is
+/// 16 + n), in order: empty when it has none. `Err` with the reason when they
+/// go to another controller, are malformed, or come as `interrupts-extended`.
+pub fn gic_interrupts(tree: &Tree<'_>, node: &Node<'_>) -> Result<Vec<u32>, String> {
+    if node.has_prop("interrupts-extended") {
+        return Err(String::from("it has interrupts-extended, which carve does not route"));
+    }
+    let Some(v) = node.prop("interrupts") else { return Ok(Vec::new()) };
+    let parent =
+        interrupt_parent(tree, node)?.ok_or_else(|| String::from("its interrupts have no interrupt-parent"))?;
+    if !is_gic(parent) {
+        return Err(format!("its interrupts go to {}, not to the GIC", parent.path));
+    }
+    if parent.u32_prop("#interrupt-cells").ok().flatten() != Some(3) {
+        return Err(format!("{} does not have #interrupt-cells = <3>", parent.path));
+    }
+    if v.is_empty() || v.len() % 12 != 0 {
+        return Err(format!("interrupts is {} bytes, not a list of 3-cell GIC specifiers", v.len()));
+    }
+    let cell = |c: &[u8]| u32::from_be_bytes([c[0], c[1], c[2], c[3]]);
+    v.chunks_exact(12)
+        .map(|spec| match (cell(&spec[0..4]), cell(&spec[4..8])) {
+            (0, n) if n < 988 => Ok(32 + n),
+            (1, n) if n < 16 => Ok(16 + n),
+            (kind, n) => Err(format!("interrupt <{kind} {n}> is no GIC SPI or PPI")),
+        })
+        .collect()
+}
+
+/// Whether two windows share a 4 KiB page (stage-2 maps pages, not bytes).
+pub(crate) fn share_a_page(a: &PhysRange, b: &PhysRange) -> bool {
+    let page = |r: &PhysRange| (r.start() & !0xfff, (r.start() + r.size).next_multiple_of(0x1000));
+    let ((a0, a1), (b0, b1)) = (page(a), page(b));
+    a.size > 0 && b.size > 0 && a0 < b1 && b0 < a1
+}
+
 /// A node's first interrupt as a GIC interrupt ID (SPI n is 32 + n, PPI n is
 /// 16 + n; GIC binding, three cells), when its interrupt parent (its own
 /// `interrupt-parent` or the nearest ancestor's) is the GIC. `None` for
 /// anything else: no interrupt, another controller, a malformed property.
 pub fn gic_interrupt(tree: &Tree<'_>, node: &Node<'_>) -> Option<u32> {
-    // The node's own `interrupt-parent`, else the nearest ancestor's (the root's last).
-    let ancestors = core::iter::successors(Some(node.path.as_str()), |p| p.rfind('/').map(|i| &p[..i]));
-    let parent = ancestors
-        .map(|p| if p.is_empty() { Some(&tree.root) } else { tree.find(p) })
-        .find_map(|n| n?.prop("interrupt-parent"));
-    let &[a, b, c, d] = parent? else { return None };
-    let want = u32::from_be_bytes([a, b, c, d]);
-    let mut gic = None;
-    tree.root.walk(&mut |n| {
-        if gic.is_none() && phandle(n).ok().flatten() == Some(want) {
-            gic = Some(n);
-        }
-    });
-    let gic = gic.filter(|g| is_gic(g))?;
+    let gic = interrupt_parent(tree, node).ok().flatten().filter(|g| is_gic(g))?;
     if gic.u32_prop("#interrupt-cells").ok().flatten() != Some(3) {
         return None;
     }

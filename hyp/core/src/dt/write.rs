@@ -37,10 +37,10 @@ use alloc::vec::Vec;
 
 use vm_fdt::FdtWriter;
 
-use super::machine::{cpu_mpidr, root_role, Device, DeviceGrant, PowerOff, RootRole};
+use super::machine::{cpu_mpidr, root_role, share_a_page, Device, DeviceGrant, PowerOff, RootRole};
 use super::tree::{cells_to_u64, strings, Cells, DtError, Node, Tree};
 use super::Machine;
-use crate::addr::{Address, IpaRange};
+use crate::addr::{Address, IpaRange, PhysRange};
 use crate::plan::{Extent, GuestPlan};
 
 #[cfg(test)]
@@ -130,8 +130,12 @@ pub struct Selection<'t, 'a> {
     gic: Option<usize>,
     cpus: Vec<usize>,
     /// The devices (nodes with `reg`) kept for the console: the UART and its
-    /// providers; for a guest given the board, every device after them.
+    /// providers; then those the guest's `carve,devices` names, and theirs
+    /// (from [`Selection::given_from`] on); for a guest given the board,
+    /// every device after them.
     devices: Vec<usize>,
+    /// Where the devices the guest is given besides the console begin in `devices`.
+    given_from: usize,
     /// Given the board: the root's children that are buses holding devices
     /// (their `dma-ranges` translate), and the buses below them (an empty
     /// `dma-ranges` where they have none, so Linux looks further up).
@@ -192,6 +196,7 @@ pub fn strip_for_guest<'t, 'a>(
         gic: None,
         cpus: Vec::new(),
         devices: Vec::new(),
+        given_from: 0,
         dma_top: Vec::new(),
         dma_inner: Vec::new(),
     };
@@ -202,6 +207,13 @@ pub fn strip_for_guest<'t, 'a>(
     seeds.extend((0..sel.nodes.len()).filter(|&i| TIMERS.iter().any(|t| sel.nodes[i].is_compatible(t))));
     let console: Vec<usize> = machine.uart.as_ref().and_then(|u| sel.index_of(&u.node)).into_iter().collect();
     mark(&mut sel, &seeds, &console);
+    sel.given_from = sel.devices.len();
+    let named: Vec<usize> = guest
+        .desc
+        .as_ref()
+        .map(|d| d.named.iter().filter_map(|p| sel.index_of(p)).filter(|i| !sel.devices.contains(i)).collect())
+        .unwrap_or_default();
+    mark(&mut sel, &[], &named);
     if gets_the_board(machine, guest) {
         mark_board(&mut sel, tree, machine);
     }
@@ -282,6 +294,44 @@ fn on_mmio_bus(sel: &Selection<'_, '_>, i: usize) -> bool {
 pub fn passed_through(tree: &Tree<'_>, machine: &Machine, guest: &GuestPlan) -> Result<Vec<Device>, DtError> {
     let sel = strip_for_guest(tree, machine, guest)?;
     sel.devices.iter().map(|&i| super::machine::device(tree, sel.nodes[i])).collect()
+}
+
+/// The devices `guest` is given besides the console and what it needs: those
+/// its `carve,devices` names and the devices they depend on that the console
+/// does not (clock and reset providers with registers), then, given the
+/// board, every other one. A guest that shares the machine is given exactly
+/// these (its console is emulated); a lone one gets [`passed_through`].
+pub fn given_devices(tree: &Tree<'_>, machine: &Machine, guest: &GuestPlan) -> Result<Vec<Device>, DtError> {
+    let sel = strip_for_guest(tree, machine, guest)?;
+    let given = sel.devices.get(sel.given_from..).unwrap_or(&[]);
+    given.iter().map(|&i| super::machine::device(tree, sel.nodes[i])).collect()
+}
+
+/// Refuses guests given devices that share a 4 KiB page with another
+/// guest's: the named devices are checked as the tree is read
+/// ([`Machine::from_tree`]); this also covers the devices they depend on.
+pub fn check_given(tree: &Tree<'_>, machine: &Machine, guests: &[GuestPlan]) -> Result<(), DtError> {
+    if guests.len() < 2 {
+        return Ok(());
+    }
+    let mut seen: Vec<(String, String, PhysRange)> = Vec::new();
+    for g in guests {
+        for d in given_devices(tree, machine, g)? {
+            for r in d.regs.iter().filter(|r| r.size > 0) {
+                if let Some((who, what, _)) = seen.iter().find(|(who, _, o)| *who != g.name && share_a_page(r, o)) {
+                    return Err(DtError::node(
+                        &d.node,
+                        format!(
+                            "given to {} (its carve,devices needs it) shares a 4 KiB page with {what}, given to {who}",
+                            g.name
+                        ),
+                    ));
+                }
+                seen.push((g.name.clone(), d.node.clone(), *r));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The buses of `guest`'s tree that get translating `dma-ranges` (the
@@ -368,7 +418,7 @@ pub fn encode_dma_ranges(path: &str, ranges: &[DmaRange], bus: Cells, parent: Ce
 /// Reads `dma-ranges` cells back (the inverse of [`encode_dma_ranges`]).
 pub fn decode_dma_ranges(path: &str, value: &[u8], bus: Cells, parent: Cells) -> Result<Vec<DmaRange>, DtError> {
     let entry = 4 * (bus.address + parent.address + bus.size) as usize;
-    if entry == 0 || bus.size == 0 || value.len() % entry != 0 {
+    if entry == 0 || bus.size == 0 || !value.len().is_multiple_of(entry) {
         return Err(DtError::prop(
             path,
             "dma-ranges",

@@ -34,6 +34,9 @@ struct Spec {
     memreserve: Vec<(u64, u64)>,
     /// A `carve,guest` under `/chosen` with this many CPUs.
     guest_cpus: Option<u32>,
+    /// Instead: one 256 MiB, one-CPU guest per entry (`guest@N`), each with
+    /// `carve,devices` set to the entry's strings when it has any.
+    guest_devices: Vec<Vec<&'static str>>,
 }
 
 impl Default for Spec {
@@ -48,6 +51,7 @@ impl Default for Spec {
             ],
             memreserve: vec![(0x4f00_0000, 0x10_0000)],
             guest_cpus: Some(1),
+            guest_devices: Vec::new(),
         }
     }
 }
@@ -247,7 +251,24 @@ fn chosen(w: &mut FdtWriter, spec: &Spec) {
     w.property_array_u32("kaslr-seed", &[1, 2]).unwrap();
     w.property_u32("#address-cells", 1).unwrap();
     w.property_u32("#size-cells", 1).unwrap();
-    if let Some(cpus) = spec.guest_cpus {
+    for (i, devices) in spec.guest_devices.iter().enumerate() {
+        let g = w.begin_node(&format!("guest@{i}")).unwrap();
+        w.property_string("compatible", "carve,guest").unwrap();
+        w.property_u32("#address-cells", 1).unwrap();
+        w.property_u32("#size-cells", 1).unwrap();
+        w.property_array_u32("memory", &[0, 0x40000]).unwrap();
+        w.property_u32("cpus", 1).unwrap();
+        if !devices.is_empty() {
+            w.property_string_list("carve,devices", strs(devices)).unwrap();
+        }
+        let at = 0x4800_0000 + i as u32 * 0x100_0000;
+        let k = w.begin_node(&format!("module@{at:x}")).unwrap();
+        w.property_string_list("compatible", strs(&["multiboot,kernel", "multiboot,module"])).unwrap();
+        w.property_array_u32("reg", &[at, 0x80_0000]).unwrap();
+        w.end_node(k).unwrap();
+        w.end_node(g).unwrap();
+    }
+    if let Some(cpus) = spec.guest_cpus.filter(|_| spec.guest_devices.is_empty()) {
         let g = w.begin_node("guest@0").unwrap();
         w.property_string("compatible", "carve,guest").unwrap();
         w.property_u32("#address-cells", 1).unwrap();
@@ -846,6 +867,7 @@ fn board_guest() -> (Machine, GuestPlan) {
         movable: None,
         virtual_gic: false,
         devices: DeviceGrant::All,
+        named: Vec::new(),
     });
     let log = Device { node: "/soc/i2c@9000".into(), compatible: None, regs: vec![] };
     m.log_uart = Some(crate::dt::machine::LogUart { device: log, kind: crate::dt::machine::UartKind::Pl011 });
@@ -951,4 +973,106 @@ fn restarts_property_is_zero_and_patched_in_place() {
     // A blob without it (the machine's own) is refused with a reason.
     assert_eq!(set_restarts(&mut blob.clone(), 1), Err("no /chosen/carve,restarts"));
     assert_eq!(set_restarts(&mut [0u8; 16], 1), Err("not a device tree"));
+}
+
+/// Two guests that share the machine, given a device each by path: each
+/// guest's tree has its own device and not the other's, the machine lists
+/// them with their interrupts (GIC SPIs), and nothing is shared.
+#[test]
+fn devices_named_in_carve_devices_go_to_their_guest_alone() {
+    let spec = Spec {
+        guest_devices: vec![vec!["/virtio_mmio@a000000"], vec!["console", "/pl061@9030000"]],
+        ..Spec::default()
+    };
+    let blob = machine_blob(&spec);
+    let tree = Tree::parse(&blob).unwrap();
+    let m = Machine::from_tree(&tree).unwrap();
+    let given: Vec<(&str, &str, &[u32])> =
+        m.given.iter().map(|d| (d.guest.as_str(), d.device.node.as_str(), d.spis.as_slice())).collect();
+    assert_eq!(
+        given,
+        [("/chosen/guest@0", "/virtio_mmio@a000000", &[48][..]), ("/chosen/guest@1", "/pl061@9030000", &[][..])]
+    );
+    assert_eq!(m.guests[1].named, ["/pl061@9030000"]);
+    let p = plan(&m, &PlanConfig::default()).unwrap();
+    check_given(&tree, &m, &p.guests).unwrap();
+    let opts = GuestDtbOptions { emulated_console: true, ..Default::default() };
+    for (g, own, other) in
+        [(0, "/virtio_mmio@a000000", "/pl061@9030000"), (1, "/pl061@9030000", "/virtio_mmio@a000000")]
+    {
+        let out = guest_dtb(&tree, &m, &p.guests[g], &opts).unwrap();
+        let t = Tree::parse(&out).unwrap();
+        assert!(t.find(own).is_some() && t.find(other).is_none(), "guest@{g}: {:?}", paths(&t));
+        let devices = given_devices(&tree, &m, &p.guests[g]).unwrap();
+        assert_eq!(devices.iter().map(|d| d.node.as_str()).collect::<Vec<_>>(), [own]);
+    }
+    // A lone guest naming a device gets it beside the console.
+    let lone = machine_blob(&Spec { guest_devices: vec![vec!["/virtio_mmio@a000000"]], ..Spec::default() });
+    let (m, g, _) = guest_of(&lone, &GuestDtbOptions::default());
+    let t = Tree::parse(&lone).unwrap();
+    let all: Vec<String> = passed_through(&t, &m, &g).unwrap().into_iter().map(|d| d.node).collect();
+    assert_eq!(all, ["/pl011@9000000", "/virtio_mmio@a000000"]);
+}
+
+/// What `carve,devices` may not name or share, each refused with the guest's
+/// node, the device and why.
+#[test]
+fn devices_a_guest_may_not_be_given_are_refused_with_the_reason() {
+    let cases: [(Vec<Vec<&'static str>>, &str); 9] = [
+        (vec![vec!["/virtio_mmio@a000000"], vec!["/virtio_mmio@a000000"]], "is given to /chosen/guest@0 already"),
+        (vec![vec!["/pl011@9000000"], vec![]], "shares a 4 KiB page with the console UART /pl011@9000000"),
+        (vec![vec!["/intc@8000000"], vec![]], "shares a 4 KiB page with the GIC /intc@8000000"),
+        (vec![vec!["/nowhere@0"], vec![]], "/nowhere@0: names no node"),
+        (vec![vec!["/pmu"], vec![]], "/pmu has no reg: nothing to map"),
+        (vec![vec!["/memory@40000000"], vec![]], "is no device"),
+        (vec![vec!["all", "/pl061@9030000"], vec![]], "name no device beside it"),
+        (vec![vec!["serial0"], vec![]], "expected \"console\", \"all\" or the path of a device node"),
+        (vec![vec!["/pl061@9030000", "/pl061@9030000"], vec![]], "/pl061@9030000 is named twice"),
+    ];
+    for (guests, why) in cases {
+        let blob = machine_blob(&Spec { guest_devices: guests.clone(), ..Spec::default() });
+        let err = Machine::from_dtb(&blob).map(|_| ()).unwrap_err().to_string();
+        assert!(err.contains("/chosen/guest@") && err.contains("carve,devices"), "{guests:?}: {err}");
+        assert!(err.contains(why), "{guests:?}: {err:?} lacks {why:?}");
+    }
+}
+
+/// A device's interrupts as GIC interrupt IDs: SPIs and PPIs in order, none
+/// when it has none, and a reason when they cannot be routed.
+#[test]
+fn gic_interrupts_reads_every_specifier_or_says_why_not() {
+    let blob = machine_blob(&Spec::default());
+    let t = Tree::parse(&blob).unwrap();
+    let ids = |path: &str| crate::dt::machine::gic_interrupts(&t, t.find(path).unwrap());
+    assert_eq!(ids("/virtio_mmio@a000000"), Ok(vec![48]));
+    assert_eq!(ids("/timer"), Ok(vec![29, 30, 27, 26]));
+    assert_eq!(ids("/pl061@9030000"), Ok(vec![]));
+    let mut w = FdtWriter::new().unwrap();
+    let root = w.begin_node("").unwrap();
+    let n = w.begin_node("intc").unwrap();
+    w.property_u32("phandle", 1).unwrap();
+    w.property_null("interrupt-controller").unwrap();
+    w.property_u32("#interrupt-cells", 2).unwrap();
+    w.end_node(n).unwrap();
+    let n = w.begin_node("gic").unwrap();
+    w.property_u32("phandle", 2).unwrap();
+    w.property_string("compatible", "arm,gic-400").unwrap();
+    w.property_u32("#interrupt-cells", 3).unwrap();
+    w.end_node(n).unwrap();
+    for (name, parent, cells) in
+        [("a", 1, &[3u32, 4][..]), ("b", 2, &[0, 1, 4, 0][..]), ("c", 2, &[2, 1, 4][..]), ("d", 9, &[0, 1, 4][..])]
+    {
+        let n = w.begin_node(name).unwrap();
+        w.property_u32("interrupt-parent", parent).unwrap();
+        w.property_array_u32("interrupts", cells).unwrap();
+        w.end_node(n).unwrap();
+    }
+    w.end_node(root).unwrap();
+    let blob = w.finish().unwrap();
+    let t = Tree::parse(&blob).unwrap();
+    let why = |path: &str| crate::dt::machine::gic_interrupts(&t, t.find(path).unwrap()).unwrap_err();
+    assert!(why("/a").contains("go to /intc, not to the GIC"), "{}", why("/a"));
+    assert!(why("/b").contains("16 bytes"), "{}", why("/b"));
+    assert!(why("/c").contains("<2 1> is no GIC SPI or PPI"), "{}", why("/c"));
+    assert!(why("/d").contains("0x9 is no node's phandle"), "{}", why("/d"));
 }

@@ -231,6 +231,7 @@ fn modules_are_kept_out_and_checked() {
         virtual_gic: false,
         movable: None,
         devices: Default::default(),
+        named: Vec::new(),
     });
     let p = plan(&m, &PlanConfig::default()).unwrap();
     verify(&p).unwrap();
@@ -363,6 +364,7 @@ fn small_guest(n: u32, cpus: u32, cpu_ids: Option<Vec<u32>>, kernel: u64) -> Gue
         virtual_gic: false,
         movable: None,
         devices: Default::default(),
+        named: Vec::new(),
     }
 }
 
