@@ -16,8 +16,10 @@
 //! `carve,devices = "all"` is given the board: every device but the
 //! monitor's log UART and the GIC's hypervisor parts, and its DTB's buses
 //! carry `dma-ranges` so its devices' DMA reaches its remapped RAM. When
-//! several run, none is given a device: they share nothing. Every other
-//! access is a stage-2 fault.
+//! several run, each is given only the devices its `carve,devices` names
+//! by path (and those they depend on: `dt::write::given_devices`), never
+//! one another guest has, their SPIs hardware interrupts of its virtual GIC.
+//! Every other access is a stage-2 fault.
 //!
 //! The movable part of a guest's RAM (a CMA pool's free pages, lent at build
 //! time) is mapped page by page, so a contiguous allocation can move one page
