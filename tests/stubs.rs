@@ -494,6 +494,44 @@ fn restart_asked_by_vcpu_1_boots_vcpu_0_again() {
     );
 }
 
+/// The same restart on the virtual GIC, with two guests beside it: there
+/// the monitor, not the guest, owns the physical GIC, so the SGI that wakes
+/// vCPU 0 is the monitor's kick. vCPU 0 boots again and vCPU 1 starts again
+/// through CPU_ON, while `vtimer` (guest@1) takes its 5,200 timer interrupts
+/// and `devirq` (guest@2, given no device) waits 1.5 s with its interrupts
+/// unmasked and must take none: one guest's restart neither stops the others
+/// nor sends them an interrupt.
+#[test]
+fn restart_on_the_virtual_gic_leaves_the_guests_beside_it_running() {
+    let guests = [
+        Guest { cpus: 2, ..Guest::new("guest@0", "smpreset", 16, 0x4800_0000) },
+        Guest::new("guest@1", "vtimer", 16, 0x4900_0000),
+        Guest { inject: true, ..Guest::new("guest@2", "devirq", 16, 0x4a00_0000) },
+    ];
+    let run = run_guests("smpreset-vgic", "", &guests, &RunOptions { smp: 4, ..RunOptions::default() });
+    run.assert_status(0);
+    run.assert_logged("the monitor takes physical IRQs (HCR.IMO/FMO)");
+    for g in ["guest@0", "guest@1", "guest@2"] {
+        run.assert_no_fail(g);
+    }
+    let end = run.line("guest@0", "smpreset: boot 1: ");
+    assert!(end.ends_with("started again, PASS"), "{end}\n{}", run.context());
+    run.assert_logged("vm: guest@0: restarted (1 so far)");
+    run.assert_logged("vm: guest@0: PoweredOff after 1 restart(s)");
+    run.line("guest@1", "vtimer: PASS");
+    run.line("guest@2", "devirq: interrupts taken while waiting 1.5 s: 0 (want 0)");
+    run.line("guest@2", "devirq: PASS");
+    for g in ["guest@1", "guest@2"] {
+        run.assert_logged(&format!("vm: {g}: PoweredOff after 0 restart(s)"));
+    }
+    // The restart came while guest@2 waited.
+    assert!(
+        run.line_index("vm: guest@0: restarted (1 so far)") < run.line_index("guest@2: devirq: interrupts taken"),
+        "guest@2 was done before guest@0 restarted: nothing shown\n{}",
+        run.context()
+    );
+}
+
 /// A 16 MiB CMA pool at 0x50000000, as `/reserved-memory`.
 const CMA_POOL: &str = "\treserved-memory {\n\t\t#address-cells = <2>;\n\t\t#size-cells = <2>;\n\t\tranges;\n\t\tcma_pool: cma@50000000 {\n\t\t\tcompatible = \"shared-dma-pool\";\n\t\t\treusable;\n\t\t\treg = <0x0 0x50000000 0x0 0x1000000>;\n\t\t};\n\t};\n";
 
