@@ -475,7 +475,7 @@ fn restart_asked_by_vcpu_1_boots_vcpu_0_again() {
     run.assert_status(0);
     run.assert_no_fail("guest@0");
     run.line("guest@0", "smpreset: boot 0: starting vCPU 1, which asks for SYSTEM_RESET");
-    let end = run.line("guest@0", "smpreset: boot 1: ");
+    let end = run.line("guest@0", "smpreset: boot 1: vCPU 1 ");
     assert!(end.ends_with("started again, PASS"), "{end}\n{}", run.context());
     for want in [
         "vm: guest@0: restart from vCPU 1: RAM unmapped, 1 other vCPU(s) asked to stop",
@@ -497,7 +497,8 @@ fn restart_asked_by_vcpu_1_boots_vcpu_0_again() {
 /// The same restart on the virtual GIC, with two guests beside it: there
 /// the monitor, not the guest, owns the physical GIC, so the SGI that wakes
 /// vCPU 0 is the monitor's kick. vCPU 0 boots again and vCPU 1 starts again
-/// through CPU_ON, while `vtimer` (guest@1) takes its 5,200 timer interrupts
+/// through CPU_ON, its emulated console UART is back to reset (IMSC 0), while
+/// `vtimer` (guest@1) takes its 5,200 timer interrupts
 /// and `devirq` (guest@2, given no device) waits 1.5 s with its interrupts
 /// unmasked and must take none: one guest's restart neither stops the others
 /// nor sends them an interrupt.
@@ -514,10 +515,12 @@ fn restart_on_the_virtual_gic_leaves_the_guests_beside_it_running() {
     for g in ["guest@0", "guest@1", "guest@2"] {
         run.assert_no_fail(g);
     }
-    let end = run.line("guest@0", "smpreset: boot 1: ");
+    let end = run.line("guest@0", "smpreset: boot 1: vCPU 1 ");
     assert!(end.ends_with("started again, PASS"), "{end}\n{}", run.context());
     run.assert_logged("vm: guest@0: restarted (1 so far)");
     run.assert_logged("vm: guest@0: PoweredOff after 1 restart(s)");
+    // The restart reset its emulated UART.
+    run.line("guest@0", "smpreset: boot 1: the emulated console UART's IMSC reads 0x0 (boot 0 wrote 0x50)");
     run.line("guest@1", "vtimer: PASS");
     run.line("guest@2", "devirq: interrupts taken while waiting 1.5 s: 0 (want 0)");
     run.line("guest@2", "devirq: PASS");

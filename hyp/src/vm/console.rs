@@ -277,6 +277,19 @@ pub fn receive() {
     tell(&mut vms, irq, &changes);
 }
 
+/// Guest `index` restarts: its held partial line goes out and its emulated
+/// UART is back to reset (its virtual GIC, reset too, holds its line low).
+pub fn restarted(index: usize) {
+    let mut guard = CONSOLE.lock();
+    let Some(s) = guard.as_mut() else { return };
+    let Shared { mux, sink, uarts, told, .. } = s;
+    if let (Some(u), Some(t)) = (uarts.get_mut(index), told.get_mut(index)) {
+        u.reset();
+        *t = false;
+    }
+    mux.flush(index, &mut |b: &[u8]| sink.write(b));
+}
+
 /// Guest `index` ended (`how`): its held partial line goes out, and the console says so.
 pub fn ended(index: usize, how: &str) {
     let mut guard = CONSOLE.lock();

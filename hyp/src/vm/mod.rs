@@ -730,6 +730,7 @@ pub fn restart(vm: &mut Vm) -> Result<(), VmError> {
     if let Some(g) = vm.vgic.as_mut() {
         g.reset();
     }
+    console::restarted(usize::from(vm.vmid) - 1);
     vm.power.iter_mut().for_each(|p| *p = Power::Off);
     vm.pending.iter_mut().for_each(|p| *p = None);
     vm.stopping.iter_mut().for_each(|s| *s = false);

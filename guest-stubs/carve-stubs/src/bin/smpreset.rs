@@ -9,6 +9,10 @@
 //! Boot 1: vCPU 1 must be off (AFFINITY_INFO), and start again by CPU_ON:
 //! it runs, turns itself off, and the stub powers off.
 //!
+//! On the monitor's emulated console UART (`arm,sbsa-uart`: guests share the
+//! machine), boot 0 unmasks its receive interrupts and boot 1 says what
+//! IMSC reads: 0 when the restart reset the emulated UART, as it must.
+//!
 //! Output: `smpreset: boot 0: ...`, then `smpreset: boot 1: vCPU 1 off after
 //! the restart, started again, PASS` (or a line ending in FAIL).
 #![cfg_attr(target_arch = "arm", no_std, no_main)]
@@ -32,13 +36,23 @@ mod stub {
         done()
     }
 
-    fn main(_dtb: u32) -> ! {
+    /// The emulated console UART's interrupt mask (SBSA UART / PL011 UARTIMSC) and what boot 0 writes.
+    const IMSC: u32 = 0x38;
+    const RX_RT: u32 = 0x50;
+
+    fn main(dtb: u32) -> ! {
         let boot = hvc::info(abi::INFO_RESTARTS);
+        let emulated_uart =
+            rt::dtb_holds(dtb, b"arm,sbsa-uart\0").then(|| rt::console_uart(dtb).ok().flatten()).flatten();
         match boot {
             0 => {
                 // Said before CPU_ON: once vCPU 1 runs, it asks for the reset at
                 // once, and a console call of vCPU 0's may then be the trap that stops it.
                 say!("smpreset: boot 0: starting vCPU 1, which asks for SYSTEM_RESET; vCPU 0 waits in WFE");
+                if let Some(uart) = emulated_uart {
+                    // SAFETY: the emulated UART's register (the monitor serves the page).
+                    unsafe { core::ptr::write_volatile((uart + IMSC) as *mut u32, RX_RT) };
+                }
                 let r = hvc::cpu_on(1, rt::secondary_entry(), rt::RESET_CONTEXT);
                 if r != 0 {
                     say!("smpreset: boot 0: CPU_ON(1) failed, FAIL");
@@ -50,6 +64,15 @@ mod stub {
                 }
             }
             1 => {
+                if let Some(uart) = emulated_uart {
+                    // SAFETY: as at boot 0.
+                    let imsc = unsafe { core::ptr::read_volatile((uart + IMSC) as *const u32) };
+                    say!(
+                        "smpreset: boot 1: the emulated console UART's IMSC reads {:#x} (boot 0 wrote {:#x})",
+                        imsc,
+                        RX_RT
+                    );
+                }
                 let off = hvc::affinity_info(1, 0);
                 let r = hvc::cpu_on(1, rt::secondary_entry(), 7);
                 let ran = wait_until(|| rt::secondary_run().runs == 1);
