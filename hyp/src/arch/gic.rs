@@ -154,7 +154,9 @@ pub fn init_cpu() {
     for i in 0..8 {
         write(&GICD, GICD_IPRIORITYR + 4 * i, PRIORITY * 0x0101_0101);
     }
-    write(&GICD, GICD_ISENABLER, (1 << KICK_SGI) | (1 << MAINTENANCE_PPI));
+    // The Hyp timer off until the monitor arms it (its state out of reset is unknown).
+    super::timer::disarm();
+    write(&GICD, GICD_ISENABLER, (1 << KICK_SGI) | (1 << MAINTENANCE_PPI) | (1 << super::timer::PPI));
     write(&GICC, GICC_PMR, 0xff);
     write(&GICC, GICC_BPR, 0);
     write(&GICC, GICC_CTLR, GICC_CTLR_VALUE);

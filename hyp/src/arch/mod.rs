@@ -7,6 +7,7 @@
 //! - [`mmu`]: translation-table memory, the boot Hyp stage-1 map (the DTB in the fixmap) and the linear map.
 //! - [`guest`]: the virtualization registers, entering a guest, firmware PSCI calls.
 //! - [`smp`]: starting and stopping the other CPUs (PSCI, or a boot monitor's SYS_FLAGS).
+//! - [`timer`]: the Hyp physical timer, the monitor's own deadline on each CPU.
 //! - [`phys`]: reading loader-provided memory (the DTB) through the fixmap.
 //! - [`heap`]: the global allocator.
 //! - [`uart`]: PL011 and 8250/16550 drivers; [`logger`]: the global defmt logger (semihosting or a UART).
@@ -30,6 +31,7 @@ pub mod power;
 pub mod regs;
 pub mod semihost;
 pub mod smp;
+pub mod timer;
 pub mod uart;
 pub mod vectors;
 

@@ -257,10 +257,30 @@ pub fn emulate(vms: &mut [Vm], index: usize, frame: &mut TrapFrame, a: Abort, ip
             guest::banked::write(frame, access.reg, access.load_value(s.uarts[index].read(offset, bytes)));
         }
         s.line_changes(&mut changes);
+        arm_hold(s);
         s.irq
     };
     tell(vms, irq, &changes);
     Some(true)
+}
+
+/// Arms this CPU's Hyp timer for the held lines' deadline, if lines wait:
+/// they go out then even when no guest touches its UART again.
+fn arm_hold(s: &Shared) {
+    if let Some(at) = s.mux.deadline() {
+        crate::arch::timer::arm(at);
+    }
+}
+
+/// The Hyp timer fired (on the CPU that armed it): lines held behind an open
+/// line that has since gone quiet go out, and the timer is armed again if
+/// some still wait.
+pub fn hold_over() {
+    let mut guard = CONSOLE.lock();
+    let Some(s) = guard.as_mut() else { return };
+    let Shared { mux, sink, .. } = s;
+    mux.tick(crate::arch::counter(), &mut |b: &[u8]| sink.write(b));
+    arm_hold(s);
 }
 
 /// What the console UART received, to the focused guest (from its receive interrupt).
@@ -272,6 +292,7 @@ pub fn receive() {
         let Some(s) = guard.as_mut() else { return };
         s.poll_input(crate::arch::counter());
         s.line_changes(&mut changes);
+        arm_hold(s);
         s.irq
     };
     tell(&mut vms, irq, &changes);

@@ -18,6 +18,9 @@
 //!   register is always left for the timer. A vCPU on another CPU is kicked
 //!   with the physical SGI [`gic::KICK_SGI`].
 //!
+//! The Hyp timer's PPI ([`timer::PPI`]) is the monitor's own: when it fires,
+//! the shared console's held lines go out ([`super::console::hold_over`]).
+//!
 //! Each vCPU runs on its own physical CPU for good, so a CPU's list registers
 //! belong to one vCPU and are never saved or restored.
 
@@ -34,6 +37,7 @@ use carve_core::vm::vgic::{Config, Distributor, HwOp, Kind, GICD_SIZE, VTIMER_PP
 use super::{Vm, VMS};
 use crate::arch::gic::{self, lr, Bank};
 use crate::arch::guest::banked;
+use crate::arch::timer;
 use crate::arch::vectors::TrapFrame;
 
 /// The most physical CPUs the monitor tracks list registers for.
@@ -289,6 +293,13 @@ pub fn irq(_frame: &mut TrapFrame) {
         return;
     }
     gic::eoi(iar);
+    if id == timer::PPI {
+        // The monitor's own deadline: off (its line drops), then its work.
+        timer::disarm();
+        gic::deactivate(iar);
+        super::console::hold_over();
+        return;
+    }
     if id >= 32 && id != MONITOR_IRQ.load(Ordering::Relaxed) && inject_hw_spi(cpu, iar) {
         return;
     }

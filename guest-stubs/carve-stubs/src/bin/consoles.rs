@@ -14,6 +14,14 @@
 //!   reports both through `CONSOLE_WRITE` (`consoles: uart byte N.N ns, FR
 //!   read M.M ns`: one instruction a nanosecond under `-icount shift=0`,
 //!   `scripts/bench-traps`);
+//! - if its device tree holds the string `consoles.quiet` (in `bootargs`):
+//!   vm1 (the focused guest) types an open line, `vm1 typing` and a byte
+//!   every 10 ms for half a second, then falls quiet for `QUIET_S` seconds
+//!   (no UART access) before ending it with ` done`; vm2, 200 ms in, writes
+//!   the whole line `vm2 whole line` (held behind vm1's busy line), then is
+//!   quiet as long. The monitor must let vm2's line out once vm1's has been
+//!   quiet for the hold time, by its own timer: no guest touches a UART to
+//!   make it. Both then power off;
 //! - writes `LINES` lines `vmV line I <payload> end` byte by byte, polling
 //!   FR.TXFF like Linux's console (10 ms of the counter apart when asked for input, below);
 //! - then, if its device tree holds the string `consoles.input` (in the
@@ -36,6 +44,16 @@ mod stub {
     const LINES: u32 = 40;
     /// Bytes (and FR reads) timed.
     const BENCH_BYTES: u32 = 256;
+    /// Seconds the `consoles.quiet` guests leave their UARTs alone.
+    const QUIET_S: u64 = 3;
+
+    /// Waits `ms` milliseconds of the counter without touching the UART.
+    fn pause_ms(ms: u64) {
+        let t = timer::cntvct() + u64::from(timer::cntfrq()) * ms / 1000;
+        while timer::cntvct() < t {
+            core::hint::spin_loop();
+        }
+    }
 
     fn fail(args: core::fmt::Arguments<'_>) -> ! {
         say!("consoles: {}, FAIL", args);
@@ -101,6 +119,27 @@ mod stub {
                 base_fr,
                 freq
             );
+        }
+
+        if rt::dtb_holds(dtb, b"consoles.quiet") {
+            match vmid {
+                1 => {
+                    let _ = write!(u, "vm1 typing ");
+                    for _ in 0..50 {
+                        pause_ms(10);
+                        let _ = u.write_char('x');
+                    }
+                    pause_ms(QUIET_S * 1000);
+                    let _ = writeln!(u, " done");
+                }
+                _ => {
+                    pause_ms(200);
+                    let _ = writeln!(u, "vm{vmid} whole line");
+                    pause_ms(QUIET_S * 1000);
+                }
+            }
+            say!("consoles: vm{} quiet run done, PASS", vmid);
+            hvc::system_off()
         }
 
         let input = rt::dtb_holds(dtb, b"consoles.input");

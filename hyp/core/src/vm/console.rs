@@ -177,6 +177,13 @@ impl Console {
         self.reopen(out);
     }
 
+    /// When lines wait behind the open line, the time [`Console::tick`] will
+    /// let them out if nothing happens before: the open line's last byte
+    /// plus the hold time. `None` when nothing waits.
+    pub fn deadline(&self) -> Option<u64> {
+        (!self.queue.is_empty() && self.open).then(|| self.last.saturating_add(self.hold))
+    }
+
     /// Lets time pass: lines waiting behind an open line that went quiet go out.
     pub fn tick(&mut self, now: u64, out: &mut impl FnMut(&[u8])) {
         if !self.queue.is_empty() && !self.busy(now) {
@@ -373,6 +380,27 @@ mod tests {
             write(c, 0, "o\nok\n", 30, out);
         });
         assert_eq!(out, "a| ech<>o\nb| boot done\na| ok\n");
+    }
+
+    /// The deadline the monitor arms its timer for: the open line's last byte
+    /// plus the hold, only while lines wait; ticking at it lets them out.
+    #[test]
+    fn the_deadline_is_when_held_lines_may_go_and_only_while_some_wait() {
+        let mut c = Console::new(["a", "b"], HOLD);
+        assert_eq!(c.deadline(), None);
+        let mut out = String::new();
+        let mut sink = |b: &[u8]| out.push_str(core::str::from_utf8(b).unwrap());
+        write(&mut c, 0, "~ # ", 10, &mut sink);
+        assert_eq!(c.deadline(), None, "an open line alone holds nothing");
+        write(&mut c, 1, "early\n", 50, &mut sink);
+        assert_eq!(c.deadline(), Some(10 + HOLD));
+        write(&mut c, 0, "l", 60, &mut sink);
+        assert_eq!(c.deadline(), Some(60 + HOLD), "a new byte of the open line moves it");
+        c.tick(60 + HOLD - 1, &mut sink);
+        assert_eq!(c.deadline(), Some(60 + HOLD), "before it, nothing goes");
+        c.tick(60 + HOLD, &mut sink);
+        assert_eq!(c.deadline(), None);
+        assert!(out.replace('\r', "").ends_with("b| early\na| ~ # l"), "{out:?}");
     }
 
     #[test]
