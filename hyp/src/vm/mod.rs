@@ -870,7 +870,17 @@ pub fn run_cpu(cpu: u32) -> ! {
         selftest::run_job(job)
     }
     let (regs, frame) = loop {
+        let asked = crate::arch::counter();
         let mut vms = VMS.lock();
+        let waited = crate::arch::counter().saturating_sub(asked);
+        // Said when it is long (over 1 ms): the guests' lock is taken by every trap of every guest.
+        if waited > u64::from(crate::arch::counter_hz() / 1000) {
+            defmt::info!(
+                "vm: CPU {=u32} waited {=u64} us for the guests' lock before entering a vCPU",
+                cpu,
+                waited * 1_000_000 / u64::from(crate::arch::counter_hz().max(1))
+            );
+        }
         let Some((vm, vcpu)) = vms.iter_mut().find_map(|vm| vm.vcpu_on(cpu).map(|v| (vm, v))) else {
             drop(vms);
             defmt::info!("vm: CPU {=u32} runs no guest: parked", cpu);
