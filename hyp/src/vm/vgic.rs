@@ -24,7 +24,7 @@
 //! Each vCPU runs on its own physical CPU for good, so a CPU's list registers
 //! belong to one vCPU and are never saved or restored.
 
-use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
 
 use alloc::format;
 use alloc::string::String;
@@ -32,7 +32,7 @@ use alloc::vec::Vec;
 use carve_core::dt::machine::Machine;
 use carve_core::syndrome::{Abort, AccessSize};
 
-use carve_core::vm::vgic::{Config, Distributor, HwOp, Kind, GICD_SIZE, VTIMER_PPI};
+use carve_core::vm::vgic::{reg, Config, Distributor, HwOp, Kind, GICD_SIZE, VTIMER_PPI};
 
 use super::{Vm, VMS};
 use crate::arch::gic::{self, lr, Bank};
@@ -42,6 +42,8 @@ use crate::arch::vectors::TrapFrame;
 
 /// The most physical CPUs the monitor tracks list registers for.
 const MAX_CPUS: usize = 8;
+/// GICD_IPRIORITYR's word that holds the virtual timer's priority (INTIDs 24-27).
+const IPRIORITYR_TIMER_WORD: u32 = reg::IPRIORITYR + (VTIMER_PPI & !3);
 
 /// A physical SPI the monitor serves itself (the console UART's), 0 if none, and its handler.
 static MONITOR_IRQ: AtomicU32 = AtomicU32::new(0);
@@ -51,6 +53,9 @@ static MONITOR_IRQ_CPU: AtomicU32 = AtomicU32::new(u32::MAX);
 
 /// Per physical CPU: the list registers holding virtual (HW = 0) entries the distributor counts as held.
 static VIRT_LRS: [AtomicU32; MAX_CPUS] = [const { AtomicU32::new(0) }; MAX_CPUS];
+/// Per physical CPU: the priority the guest of the vCPU there gave its virtual
+/// timer (GICD_IPRIORITYR, INTID 27), for the fast path, which takes no lock.
+static TIMER_PRIORITY: [AtomicU8; MAX_CPUS] = [const { AtomicU8::new(0) }; MAX_CPUS];
 /// Per physical CPU: virtual-timer interrupts injected (the bench reads them at the end).
 pub static TIMER_INJECTED: [AtomicU64; MAX_CPUS] = [const { AtomicU64::new(0) }; MAX_CPUS];
 
@@ -185,6 +190,7 @@ pub fn guests_built(cpu: u32) {
 pub fn reset_cpu() {
     gic::init_cpu();
     VIRT_LRS[this_cpu() as usize % MAX_CPUS].store(0, Ordering::Relaxed);
+    TIMER_PRIORITY[this_cpu() as usize % MAX_CPUS].store(0, Ordering::Relaxed);
 }
 
 /// This physical CPU's number (Aff0 of MPIDR), which is also its GIC CPU interface number on the machines carve runs on.
@@ -280,7 +286,8 @@ pub fn irq(_frame: &mut TrapFrame) {
         gic::eoi(iar);
         let free = gic::empty_lrs() & !VIRT_LRS[cpu as usize % MAX_CPUS].load(Ordering::Relaxed);
         if free != 0 {
-            gic::write_lr(free.trailing_zeros(), lr::pending(VTIMER_PPI, 0, true, VTIMER_PPI, false));
+            let priority = TIMER_PRIORITY[cpu as usize % MAX_CPUS].load(Ordering::Relaxed);
+            gic::write_lr(free.trailing_zeros(), lr::pending(VTIMER_PPI, priority, true, VTIMER_PPI, false));
             TIMER_INJECTED[cpu as usize % MAX_CPUS].fetch_add(1, Ordering::Relaxed);
         } else {
             // Cannot happen while one list register is kept for it; never livelock if it does.
@@ -385,6 +392,11 @@ pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64
             g.refused += 1;
             return Some(false);
         };
+        // The timer's priority, where the lock-free fast path reads it (banked: this vCPU's).
+        if (IPRIORITYR_TIMER_WORD..IPRIORITYR_TIMER_WORD + 4).contains(&offset) {
+            let p = g.dist.priority(vcpu, VTIMER_PPI);
+            TIMER_PRIORITY[cpu as usize % MAX_CPUS].store(p, Ordering::Relaxed);
+        }
         apply(vm, out.hw);
         deliver(vm, out.kick);
     } else {

@@ -16,6 +16,10 @@
 //!
 //! - GICD cost: `GICD_LOOPS` word reads of GICD_ISENABLER0 and writes of
 //!   GICD_IPRIORITYR0 (SGIs 0-3: its own), against the same loops on RAM.
+//! - priority: the timer's priority is 0xa0; with the CPU interface's
+//!   priority mask at 0xa0 its pending interrupt must not be taken (GICv2
+//!   3.3: only a priority higher than the mask is signalled), and once the
+//!   mask is 0xff it must be.
 //!
 //! Any other interrupt ID it acknowledges is a failure (another guest's SGI,
 //! say). Output: `vtimer: latency loops=L ticks=T freq=F`, `vtimer: roundtrip
@@ -173,6 +177,24 @@ vt_store:
                 timed(|| vt_store(GICD_LOOPS, GICD + gic::GICD_IPRIORITYR, 0xa0a0_a0a0)),
             )
         };
+        // Priority: masked at 0xa0 (its own priority), then let through.
+        COUNT.store(0, Ordering::Relaxed);
+        LIMIT.store(1, Ordering::Relaxed);
+        gic::write(GICC + gic::GICC_PMR, 0xa0);
+        gic::set_vtimer_cval(0);
+        gic::set_vtimer_ctl(1);
+        gic::irqs_on();
+        let masked_taken = u32::from(wait_count(1, 2_000_000));
+        gic::write(GICC + gic::GICC_PMR, 0xff);
+        let unmasked_taken = wait_count(1, 10_000_000);
+        gic::irqs_off();
+        gic::set_vtimer_ctl(0b10);
+        let prio_ok = masked_taken == 0 && unmasked_taken;
+        say!(
+            "vtimer: priority 0xa0 under mask 0xa0: {} taken (want 0); under mask 0xff: taken {}",
+            masked_taken,
+            unmasked_taken
+        );
         say!("vtimer: gicd-read loops={} ticks={} baseline={} freq={}", GICD_LOOPS, rd, rd_base, freq);
         say!("vtimer: gicd-write loops={} ticks={} baseline={} freq={}", GICD_LOOPS, wr, wr_base, freq);
         say!("vtimer: latency loops={} ticks={} freq={}", LATENCY, lat_ticks, freq);
@@ -181,7 +203,7 @@ vt_store:
         // ITARGETSR0 reads its own CPU's bit, or zero with one CPU interface (GICv2 4.3.12).
         let one_cpu = (typer >> 5) & 7 == 0;
         let targets_ok = targets == if one_cpu { 0 } else { 0x0101_0101 };
-        let ok = lat_ok && rt_ok && enabled && other == 0 && targets_ok;
+        let ok = lat_ok && rt_ok && enabled && other == 0 && targets_ok && prio_ok;
         if !ok {
             say!(
                 "vtimer: latency phase done {}, round trips done {} ({} taken), enable read back {}, ITARGETSR0 {:#x}, {} other interrupts (last IAR {:#x})",
