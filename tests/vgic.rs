@@ -193,6 +193,7 @@ fn a_device_given_to_one_guest_interrupts_that_guest_alone() {
     run.line("guest@1", "devirq: not given /pl031@9010000");
     run.line("guest@0", "devirq: device interrupt 34 taken 5 times (want 5), other interrupts 0");
     run.assert_logged("vgic: guest@0: physical interrupt 34 is its own, routed to CPU 0");
+    run.assert_logged("map:   given /pl031@9010000: PA 0x009010000 4 KiB, interrupts [34]");
     run.assert_logged("vm: guest@0: pl031@9010000 passed through at 0x09010000");
     run.assert_not_logged("that no guest owns");
     let end1 = log_line(&run, &["vgic: guest@1:", "emulated"]);

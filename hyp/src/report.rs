@@ -58,6 +58,18 @@ pub fn log_plan(machine: &Machine, plan: &Plan) {
                 m.size / 1024
             );
         }
+        let path = g.desc.as_ref().map(|d| d.path.as_str());
+        for given in machine.given.iter().filter(|x| Some(x.guest.as_str()) == path) {
+            for r in &given.device.regs {
+                defmt::info!(
+                    "map:   given {=str}: PA {=u64:#011x} {=u64} KiB, interrupts {=[?]}",
+                    given.device.node.as_str(),
+                    r.start(),
+                    r.size.div_ceil(1024),
+                    given.spis.as_slice()
+                );
+            }
+        }
     }
     defmt::info!("map: monitor free RAM {=u64} MiB", plan.monitor_free.total() / MIB);
     let l = &plan.monitor;

@@ -118,6 +118,18 @@ pub fn text(dtb: &str, machine: &Machine, plan: &Plan) -> String {
             );
         }
         if let Some(d) = &g.desc {
+            for given in machine.given.iter().filter(|x| x.guest == d.path) {
+                let windows: Vec<String> =
+                    given.device.regs.iter().map(|r| format!("{:#x} ({})", r.start(), size_str(r.size))).collect();
+                let spis: Vec<String> = given.spis.iter().map(u32::to_string).collect();
+                let _ = writeln!(
+                    o,
+                    "    given {} at {}, interrupts: {}",
+                    given.device.node,
+                    windows.join(", "),
+                    if spis.is_empty() { String::from("none") } else { spis.join(", ") }
+                );
+            }
             if let Some(args) = &d.bootargs {
                 let _ = writeln!(o, "    bootargs \"{args}\"");
             }
@@ -190,6 +202,11 @@ pub fn json(machine: &Machine, plan: &Plan) -> Value {
             "cpus": g.cpus, "first_cpu": g.first_cpu, "cpu_ids": g.cpu_ids,
             "extents": g.extents.iter().map(|e| json!({"ipa": e.ipa.as_u64(), "pa": e.pa.as_u64(), "size": e.size})).collect::<Vec<_>>(),
             "movable": g.movable.as_ref().map(|m| json!({"pool": m.pool, "ipa": m.ipa.as_u64(), "size": m.size})),
+            "devices": machine.given.iter().filter(|x| g.desc.as_ref().is_some_and(|d| d.path == x.guest)).map(|x| json!({
+                "node": x.device.node,
+                "regs": x.device.regs.iter().map(|r| json!({"base": r.start(), "size": r.size})).collect::<Vec<_>>(),
+                "interrupts": x.spis,
+            })).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "monitor": {
             "page_offset": m.page_offset.as_u64(),
