@@ -367,12 +367,21 @@ pub fn route_hw_spis(vm: &Vm) {
 /// Serves a guest's access to its GICD page at `ipa`, if it is one: `Some(true)`
 /// done (the caller steps over the instruction), `Some(false)` refused (the
 /// caller injects a data abort), `None` not the GICD page.
+#[inline(always)]
 pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64) -> Option<bool> {
-    let vcpu = vm.vcpu_on(cpu).unwrap_or(0);
-    let g = vm.vgic.as_mut()?;
-    if !(g.gicd..g.gicd + GICD_SIZE).contains(&ipa) {
+    // The check every emulated access pays, inline; the emulation out of line.
+    let gicd = vm.vgic.as_ref()?.gicd;
+    if !(gicd..gicd + GICD_SIZE).contains(&ipa) {
         return None;
     }
+    emulate_gicd(vm, cpu, frame, a, ipa)
+}
+
+/// [`emulate`] for an access to the GICD page.
+#[inline(never)]
+fn emulate_gicd(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64) -> Option<bool> {
+    let vcpu = vm.vcpu_on(cpu).unwrap_or(0);
+    let g = vm.vgic.as_mut()?;
     // No valid syndrome (LDRD/STRD, writeback, LDM/STM): not emulated, the guest gets an abort.
     g.accesses += 1;
     // The PC as the register is not emulated either.
@@ -392,10 +401,8 @@ pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64
             g.refused += 1;
             return Some(false);
         };
-        // The timer's priority, where the lock-free fast path reads it (banked: this vCPU's).
         if (IPRIORITYR_TIMER_WORD..IPRIORITYR_TIMER_WORD + 4).contains(&offset) {
-            let p = g.dist.priority(vcpu, VTIMER_PPI);
-            TIMER_PRIORITY[cpu as usize % MAX_CPUS].store(p, Ordering::Relaxed);
+            note_timer_priority(&g.dist, vcpu, cpu);
         }
         apply(vm, out.hw);
         deliver(vm, out.kick);
@@ -414,6 +421,14 @@ pub fn emulate(vm: &mut Vm, cpu: u32, frame: &mut TrapFrame, a: &Abort, ipa: u64
         }
     }
     Some(true)
+}
+
+/// Keeps the timer's priority where the lock-free fast path reads it (banked: this vCPU's).
+/// Out of line: [`emulate`] is on the path of every emulated access.
+#[inline(never)]
+#[cold]
+fn note_timer_priority(dist: &Distributor, vcpu: usize, cpu: u32) {
+    TIMER_PRIORITY[cpu as usize % MAX_CPUS].store(dist.priority(vcpu, VTIMER_PPI), Ordering::Relaxed);
 }
 
 /// Does a guest's write's physical side: PPIs on this CPU (the writing vCPU's), SPIs on the distributor.
