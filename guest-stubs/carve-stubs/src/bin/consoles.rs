@@ -26,7 +26,9 @@
 //!   FR.TXFF like Linux's console (10 ms of the counter apart when asked for input, below);
 //! - then, if its device tree holds the string `consoles.input` (in the
 //!   kernel's `bootargs`), writes `vmV ready` and echoes each byte it
-//!   receives as `vmV got XX` (hex), checking that RIS.RT (the receive
+//!   receives as `vmV got #N XX` (the Nth byte, in hex: numbered, so no
+//!   echo is the start of another and a reader can tell a line the console
+//!   cut and showed again from a byte typed twice), checking that RIS.RT (the receive
 //!   timeout) is raised while data waits, until it receives `.`: then
 //!   `vmV bye` and SYSTEM_OFF. Without it, it powers off after its lines.
 #![cfg_attr(target_arch = "arm", no_std, no_main)]
@@ -161,6 +163,7 @@ mod stub {
             hvc::system_off()
         }
         let _ = writeln!(u, "vm{vmid} ready");
+        let mut n = 0u32;
         loop {
             if read(base, FR) & FR_RXFE != 0 {
                 // Nothing yet: wait a little before asking again (each read traps).
@@ -179,7 +182,8 @@ mod stub {
                 say!("consoles: vm{} PASS", vmid);
                 hvc::system_off()
             }
-            let _ = writeln!(u, "vm{vmid} got {b:02x}");
+            n += 1;
+            let _ = writeln!(u, "vm{vmid} got #{n} {b:02x}");
         }
     }
 }
