@@ -504,12 +504,15 @@ fn typed_commands_reach_only_the_focused_linux_guest() {
     wait("guest@1| CARVE-INIT-DONE");
     std::thread::sleep(Duration::from_secs(2));
     // The answers are computed by the shell, so they appear only if it ran the command.
+    // Each answer is awaited with its newline: the focused guest's line shows
+    // as it is written, and a focus switch before the newline would cut it
+    // and show it again whole.
     send("echo to0-$((40+2))\r");
-    wait("guest@0| to0-42");
+    wait("guest@0| to0-42\n");
     send("\x01\x01\x01");
     wait("(carve)| input goes to guest@1");
     send("echo to1-$((40+3))\r");
-    wait("guest@1| to1-43");
+    wait("guest@1| to1-43\n");
     send("exit\r");
     wait("(carve)| guest@1 ended: powered off");
     send("\x01\x01\x01");
